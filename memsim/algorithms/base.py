@@ -1,0 +1,28 @@
+"""What every algorithm file provides: its name, its default tiles and its kernels' closed-form costs."""
+
+from dataclasses import dataclass
+from typing import Callable
+
+from memsim.hardware.spec import GPUSpec
+from memsim.kernel import KernelCost
+from memsim.workload.shape import AttentionShape
+from memsim.workload.tiles import TileConfig
+
+PASSES = ("fwd", "bwd", "fwd+bwd")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    summary: str
+    passes: tuple[str, ...]  # which of fwd, bwd, fwd+bwd it models
+    default_tiles: Callable[[GPUSpec, AttentionShape], TileConfig]
+    # (gpu, shape, tiles, pass) -> the kernels one call launches, in order
+    kernels: Callable[[GPUSpec, AttentionShape, TileConfig, str], list[KernelCost]]
+    assumptions: tuple[str, ...] = ()
+    decode_only: bool = False  # needs q_len == 1 (or a few tokens)
+
+
+def registers_estimate(fp32_elements_per_cta: float, threads: int, overhead: int = 32) -> int:
+    """Registers per thread: the CTA's fp32 accumulators spread over its threads, plus addressing."""
+    return int(fp32_elements_per_cta / threads) + overhead

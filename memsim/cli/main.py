@@ -1,0 +1,91 @@
+"""The `memsim` command: parse, call one library function, render."""
+
+import json
+import sys
+
+import click
+from rich.console import Console
+
+from memsim.errors import MemsimError
+from memsim.hardware import DEFAULT_GPU, load_gpu
+from memsim.predict import ENGINES, predict, resolve_tiles
+from memsim.algorithms import ALGORITHMS, PASSES
+from memsim.workload import AttentionShape
+from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
+from memsim.cli import render
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="memsim")
+def cli():
+    """What an attention algorithm costs on a GPU: bytes per memory level, FLOPs per unit, latency."""
+
+
+@cli.command("predict")
+@click.option("--gpu", default=DEFAULT_GPU, show_default=True, help="Preset name or path to a GPU YAML file.")
+@click.option("--algo", default="flash2", show_default=True, type=click.Choice(list(ALGORITHMS)))
+@click.option("--batch", default=1, show_default=True, type=int)
+@click.option("--heads", default=32, show_default=True, type=int, help="Query heads.")
+@click.option("--kv-heads", type=int, help="K/V heads (GQA/MQA); default: --heads.")
+@click.option("--seq", default=4096, show_default=True, type=int, help="Query length (1 for decode).")
+@click.option("--kv-seq", type=int, help="Key/value length; default: --seq.")
+@click.option("--head-dim", default=128, show_default=True, type=int)
+@click.option("--dtype", default="bf16", show_default=True, type=click.Choice(list(COMPUTE_DTYPES)))
+@click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), help="KV-cache storage type; default: --dtype.")
+@click.option("--causal/--no-causal", default=False, show_default=True)
+@click.option("--window", type=int, help="Sliding-window size in keys.")
+@click.option("--block-m", type=int, help="BLOCK_M: query rows per tile.")
+@click.option("--block-n", type=int, help="BLOCK_N: keys per tile.")
+@click.option("--warps", type=int, help="num_warps per CTA.")
+@click.option("--stages", type=int, help="num_stages: K/V buffers in flight.")
+@click.option("--splits", type=int, help="KV splits (Flash-Decoding).")
+@click.option("--page-size", type=int, help="Tokens per KV-cache page (paged attention).")
+@click.option("--pass", "pass_", default="fwd", show_default=True, type=click.Choice(PASSES))
+@click.option("--engine", default="analytic", show_default=True, type=click.Choice(ENGINES))
+@click.option("--peak", is_flag=True, help="Use datasheet peaks instead of the GPU's measured ceilings.")
+@click.option("--compare", help="Comma-separated algorithms to show side by side, e.g. standard,flash1,flash2.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
+                block_m, block_n, warps, stages, splits, page_size, pass_, engine, peak, compare, as_json):
+    """Predict bytes, FLOPs, latency and bound of one attention call."""
+    spec = load_gpu(gpu)
+    shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
+                           head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
+    algos = [a.strip() for a in compare.split(",")] if compare else [algo]
+    overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
+                     num_splits=splits, page_size=page_size)
+    results = [predict(a, shape, spec, resolve_tiles(spec, a, shape, **overrides), pass_, engine, not peak)
+               for a in algos]
+    if as_json:
+        out = results[0].as_dict() if len(results) == 1 else [r.as_dict() for r in results]
+        click.echo(json.dumps(out, indent=2))
+        return
+    for r in results:
+        render.print_prediction(r)
+
+
+@cli.command("gpus")
+@click.option("--json", "as_json", is_flag=True)
+def gpus_cmd(as_json):
+    """List the GPU presets."""
+    render.print_gpus(as_json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input prints one line and exits 2, without a traceback."""
+    try:
+        cli.main(args=argv, prog_name="memsim", standalone_mode=False)
+    except MemsimError as err:
+        click.echo(f"memsim: error: {err}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("memsim: aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        click.echo(f"memsim: error: {err.format_message()}", err=True)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Rich tables for predictions and GPU lists. Units are converted here and nowhere else."""
+
+from rich.console import Console
+from rich.table import Table
+
+from memsim.result import Prediction
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def human_time(s: float) -> str:
+    for unit, size in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= size:
+            return f"{s / size:,.3f} {unit}"
+    return f"{s * 1e9:,.1f} ns"
+
+
+def human_count(n: float, unit: str) -> str:
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {prefix}{unit}"
+    return f"{n:,.0f} {unit}"
+
+
+def prediction_table(p: Prediction) -> Table:
+    s = p.shape
+    title = (f"{p.algo} {p.pass_} on {p.gpu}: B={s['batch']} H={s['q_heads']}/{s['kv_heads']} "
+             f"N={s['q_len']}/{s['kv_len']} d={s['head_dim']} {s['dtype']}{' causal' if s['causal'] else ''}")
+    table = Table(title=title, title_justify="left", show_header=True)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    d = p.as_dict()
+    t = p.tiles
+    table.add_row("tiles", f"BLOCK_M={t['block_m']} BLOCK_N={t['block_n']} warps={t['num_warps']} "
+                           f"stages={t['num_stages']}")
+    table.add_row("latency", human_time(p.latency_s))
+    table.add_row("bound", f"{p.bound} ({d['critical_resource']})")
+    table.add_row("tensor-core FLOPs", human_count(p.flops["tensor"], "FLOP"))
+    table.add_row("CUDA-core ops (exp)", f"{human_count(p.flops['cuda'], 'op')} ({human_count(p.flops['exp'], 'op')})")
+    for key, label in (("hbm_read", "HBM read"), ("hbm_write", "HBM write"),
+                       ("l2_read", "L2 -> SM read"), ("l2_write", "SM -> L2 write")):
+        table.add_row(label, human_bytes(p.bytes[key]))
+    sram = d["sram"]
+    table.add_row("SRAM per CTA", f"{human_bytes(sram['bytes_per_cta'])} of {human_bytes(sram['limit_bytes'])}")
+    occ = d["occupancy"]
+    table.add_row("CTAs per SM / waves", f"{occ['ctas_per_sm']} ({occ['limiter']}) / {occ['waves']}")
+    if p.latency_s > 0:
+        table.add_row("achieved", f"{human_count(p.flops['tensor'] / p.latency_s, 'FLOP/s')}, "
+                                  f"{human_count(p.bytes['hbm_read'] / p.latency_s + p.bytes['hbm_write'] / p.latency_s, 'B/s')} HBM")
+    table.caption = f"engine: {p.engine}; rates: {p.ceilings}"
+    return table
+
+
+def print_prediction(p: Prediction, console: Console | None = None) -> None:
+    (console or Console()).print(prediction_table(p))
+
+
+def print_gpus(as_json: bool = False, console: Console | None = None) -> None:
+    import json
+
+    from memsim.hardware import load_gpu, preset_names
+
+    specs = [load_gpu(n) for n in preset_names()]
+    if as_json:
+        print(json.dumps([{"name": g.name, "vendor": g.vendor, "architecture": g.architecture,
+                           "sm_count": g.sm_count, "smem_per_sm_bytes": g.smem_per_sm_bytes,
+                           "l2_bytes": g.l2_bytes, "hbm_bytes": g.hbm_bytes,
+                           "hbm_bandwidth_bytes_per_s": g.hbm_bandwidth_bytes_per_s,
+                           "tensor_flops_per_s": dict(g.tensor_flops_per_s),
+                           "calibrated": g.calibration is not None} for g in specs], indent=2))
+        return
+    table = Table(title="GPU presets (datasheet peaks; * = has measured calibration)", title_justify="left")
+    for col in ("name", "arch", "SMs", "SRAM/SM", "L2", "HBM", "HBM BW", "bf16 dense", "fp8 dense"):
+        table.add_column(col, justify="left" if col in ("name", "arch") else "right")
+    for g in specs:
+        tc = g.tensor_flops_per_s
+        table.add_row(g.name + (" *" if g.calibration else ""), g.architecture, str(g.sm_count),
+                      f"{g.smem_per_sm_bytes // 1024} KiB", f"{g.l2_bytes / 2**20:.0f} MiB",
+                      f"{g.hbm_bytes / 2**30:.0f} GiB", human_count(g.hbm_bandwidth_bytes_per_s, "B/s"),
+                      human_count(tc["bf16"], "FLOP/s") if "bf16" in tc else "-",
+                      human_count(tc["fp8"], "FLOP/s") if "fp8" in tc else "-")
+    (console or Console()).print(table)

@@ -1,0 +1,114 @@
+"""What a GPU is, as numbers with units: frozen, built with keywords, derived values are properties.
+
+Datasheet peaks live in `GPUSpec`; measured achievable ceilings live apart in
+`Calibration`, and `GPUSpec.ceilings()` says which of the two a prediction uses.
+This module imports nothing else of memsim.
+"""
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkSpec:
+    """One kind of GPU-to-GPU link, all of a GPU's lanes of it together."""
+
+    name: str
+    bandwidth_bytes_per_s: float  # per direction, summed over the GPU's links of this kind
+    latency_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """Ceilings measured on a real card (what a kernel can reach, not what the datasheet says)."""
+
+    device: str
+    date: str
+    hbm_bandwidth_bytes_per_s: float | None = None
+    l2_bandwidth_bytes_per_s: float | None = None
+    tensor_flops_per_s: Mapping[str, float] = field(default_factory=dict)
+    launch_overhead_s: float | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ceilings:
+    """The rates a roofline divides by, with a word on where they came from."""
+
+    origin: str  # "datasheet peak" or "calibrated on <device>, <date>"
+    hbm_bandwidth_bytes_per_s: float
+    l2_bandwidth_bytes_per_s: float
+    tensor_flops_per_s: Mapping[str, float]
+    cuda_core_fp32_flops_per_s: float
+    sfu_ops_per_s: float
+    launch_overhead_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPUSpec:
+    name: str
+    vendor: str
+    architecture: str
+    # compute units
+    sm_count: int
+    clock_hz: float  # boost clock the datasheet peaks are quoted at
+    warp_size: int
+    max_warps_per_sm: int
+    max_ctas_per_sm: int
+    registers_per_sm: int  # 32-bit registers
+    max_registers_per_thread: int
+    # on-chip memory
+    smem_per_sm_bytes: int
+    smem_per_block_optin_bytes: int
+    smem_reserved_per_block_bytes: int  # taken by the system from the SM's pool for each resident CTA
+    l2_bytes: int
+    l2_bandwidth_bytes_per_s: float  # L2 <-> SMs, all slices together
+    # device memory
+    hbm_bytes: int
+    hbm_bandwidth_bytes_per_s: float
+    hbm_latency_s: float
+    # arithmetic
+    tensor_flops_per_s: Mapping[str, float]  # dense, by input dtype (tf32, fp16, bf16, fp8, int8)
+    cuda_core_fp32_flops_per_s: float  # an FMA counts two
+    sfu_ops_per_s: float  # special-function unit: exp2, log2, rcp per second, whole GPU
+    launch_overhead_s: float
+    # interconnect
+    links: Mapping[str, LinkSpec] = field(default_factory=dict)
+    calibration: Calibration | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)  # field name -> citation
+
+    @property
+    def threads_per_sm(self) -> int:
+        return self.max_warps_per_sm * self.warp_size
+
+    @property
+    def cuda_core_fp32_ops_per_s(self) -> float:
+        """Issue rate of simple fp32 instructions (max, add, mul): one per lane per clock, half the FMA FLOP rate."""
+        return self.cuda_core_fp32_flops_per_s / 2
+
+    def ceilings(self, calibrated: bool = True) -> Ceilings:
+        """Datasheet peaks, with measured values put in where a calibration has them and `calibrated` is set."""
+        cal = self.calibration if calibrated else None
+        if cal is None:
+            return Ceilings(
+                origin="datasheet peak",
+                hbm_bandwidth_bytes_per_s=self.hbm_bandwidth_bytes_per_s,
+                l2_bandwidth_bytes_per_s=self.l2_bandwidth_bytes_per_s,
+                tensor_flops_per_s=self.tensor_flops_per_s,
+                cuda_core_fp32_flops_per_s=self.cuda_core_fp32_flops_per_s,
+                sfu_ops_per_s=self.sfu_ops_per_s,
+                launch_overhead_s=self.launch_overhead_s,
+            )
+        tensor = dict(self.tensor_flops_per_s)
+        tensor.update(cal.tensor_flops_per_s)
+        return Ceilings(
+            origin=f"calibrated on {cal.device}, {cal.date}",
+            hbm_bandwidth_bytes_per_s=cal.hbm_bandwidth_bytes_per_s or self.hbm_bandwidth_bytes_per_s,
+            l2_bandwidth_bytes_per_s=cal.l2_bandwidth_bytes_per_s or self.l2_bandwidth_bytes_per_s,
+            tensor_flops_per_s=MappingProxyType(tensor),
+            cuda_core_fp32_flops_per_s=self.cuda_core_fp32_flops_per_s,
+            sfu_ops_per_s=self.sfu_ops_per_s,
+            launch_overhead_s=cal.launch_overhead_s or self.launch_overhead_s,
+        )

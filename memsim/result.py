@@ -1,0 +1,107 @@
+"""A prediction: frozen, printable as a table (memsim.cli.render) or as JSON (`as_dict`).
+
+Units: bytes, FLOPs (an FMA counts two), seconds. `l2_read`/`l2_write` are bytes
+between L2 and the SMs; `hbm_read`/`hbm_write` between HBM and L2.
+"""
+
+from dataclasses import dataclass
+
+from memsim.roofline import KernelTime
+
+
+@dataclass(frozen=True)
+class KernelPrediction:
+    name: str
+    grid_ctas: int
+    latency_s: float
+    bound: str
+    critical: str
+    ctas_per_sm: int
+    occupancy_limiter: str
+    waves: int
+    smem_bytes_per_cta: int
+    smem_buffers: dict
+    registers_per_thread: int
+    tensor_flops: float
+    cuda_ops: float
+    exp_ops: float
+    bytes: dict  # hbm_read, hbm_write, l2_read, l2_write
+    bytes_by_tensor: dict  # tensor -> the same four keys
+    resource_s: dict
+
+    @staticmethod
+    def from_time(t: KernelTime) -> "KernelPrediction":
+        c = t.cost
+        return KernelPrediction(
+            name=c.name, grid_ctas=c.grid_ctas, latency_s=t.latency_s, bound=t.bound, critical=t.critical,
+            ctas_per_sm=t.occupancy.ctas_per_sm, occupancy_limiter=t.occupancy.limiter, waves=t.occupancy.waves,
+            smem_bytes_per_cta=c.smem_bytes_per_cta, smem_buffers=dict(c.smem_buffers),
+            registers_per_thread=c.registers_per_thread, tensor_flops=c.tensor_flops, cuda_ops=c.cuda_ops,
+            exp_ops=c.exp_ops, bytes=_four(c.total),
+            bytes_by_tensor={k: _four(v) for k, v in c.traffic.items()}, resource_s=dict(t.resource_s),
+        )
+
+
+def _four(t) -> dict:
+    return {"hbm_read": t.hbm_read, "hbm_write": t.hbm_write, "l2_read": t.l2_read, "l2_write": t.l2_write}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    gpu: str
+    algo: str
+    pass_: str
+    engine: str
+    ceilings: str  # where the rates came from
+    shape: dict
+    tiles: dict
+    kernels: tuple[KernelPrediction, ...]
+    sram_limit_bytes: int
+    assumptions: tuple[str, ...]
+
+    @property
+    def latency_s(self) -> float:
+        return sum(k.latency_s for k in self.kernels)
+
+    @property
+    def main_kernel(self) -> KernelPrediction:
+        """The kernel that takes longest: its bound, occupancy and SRAM speak for the call."""
+        return max(self.kernels, key=lambda k: k.latency_s)
+
+    @property
+    def bound(self) -> str:
+        return self.main_kernel.bound
+
+    @property
+    def flops(self) -> dict:
+        return {"tensor": sum(k.tensor_flops for k in self.kernels),
+                "cuda": sum(k.cuda_ops for k in self.kernels),
+                "exp": sum(k.exp_ops for k in self.kernels)}
+
+    @property
+    def bytes(self) -> dict:
+        keys = ("hbm_read", "hbm_write", "l2_read", "l2_write")
+        return {key: sum(k.bytes[key] for k in self.kernels) for key in keys}
+
+    @property
+    def bytes_by_tensor(self) -> dict:
+        out: dict[str, dict] = {}
+        for k in self.kernels:
+            for tensor, b in k.bytes_by_tensor.items():
+                acc = out.setdefault(tensor, dict.fromkeys(b, 0.0))
+                for key, v in b.items():
+                    acc[key] += v
+        return out
+
+    def as_dict(self) -> dict:
+        main = self.main_kernel
+        smem = max(k.smem_bytes_per_cta for k in self.kernels)
+        return {
+            "gpu": self.gpu, "algo": self.algo, "pass": self.pass_, "engine": self.engine,
+            "ceilings": self.ceilings, "shape": self.shape, "tiles": self.tiles,
+            "flops": self.flops, "bytes": self.bytes, "bytes_by_tensor": self.bytes_by_tensor,
+            "sram": {"bytes_per_cta": smem, "limit_bytes": self.sram_limit_bytes, "fits": smem <= self.sram_limit_bytes},
+            "occupancy": {"ctas_per_sm": main.ctas_per_sm, "waves": main.waves, "limiter": main.occupancy_limiter},
+            "latency_s": self.latency_s, "bound": self.bound, "critical_resource": main.critical,
+            "kernels": [k.__dict__ for k in self.kernels], "assumptions": list(self.assumptions),
+        }

@@ -1,0 +1,41 @@
+"""How a kernel cuts the problem into CTAs: named like the Triton meta-parameters."""
+
+from dataclasses import asdict, dataclass
+
+from memsim.errors import MemsimError
+
+LOOP_ORDERS = ("q_outer", "kv_outer")  # FlashAttention-2 order / FlashAttention-1 order
+
+
+@dataclass(frozen=True, kw_only=True)
+class TileConfig:
+    """BLOCK_M query rows and BLOCK_N keys per tile; num_warps per CTA; num_stages of K/V buffers.
+
+    `num_splits` cuts the keys of each (batch, head) across CTAs (Flash-Decoding);
+    `page_size` is the tokens per KV-cache page (PagedAttention).
+    """
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    loop_order: str = "q_outer"
+    num_splits: int = 1
+    page_size: int = 16
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "num_warps", "num_stages", "num_splits", "page_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise MemsimError(f"{name} = {value!r} must be a positive whole number")
+        if self.num_warps & (self.num_warps - 1):
+            raise MemsimError(f"num_warps = {self.num_warps} must be a power of two (1, 2, 4, 8, 16)")
+        if self.loop_order not in LOOP_ORDERS:
+            raise MemsimError(f"loop_order = {self.loop_order!r} is not known; use one of {', '.join(LOOP_ORDERS)}")
+
+    @property
+    def threads(self) -> int:
+        return self.num_warps * 32
+
+    def as_dict(self) -> dict:
+        return asdict(self)
