@@ -65,10 +65,10 @@ def _check_keys(data: dict, allowed: set[str], required: set[str], where: str, p
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(sorted(allowed))}"
-            raise MemsimError(f"{where}: unknown key {prefix}{key!r}{hint}")
+            raise MemsimError(f"{where}: unknown key '{prefix}{key}'{hint}")
     for key in sorted(required):
         if key not in data:
-            raise MemsimError(f"{where}: missing key {prefix}{key!r}")
+            raise MemsimError(f"{where}: missing key '{prefix}{key}'")
 
 
 def _tensor_rates(reader: _Reader, raw: object, key: str) -> MappingProxyType:

@@ -1,0 +1,85 @@
+"""The memsim command: output on success; on bad input one line on stderr, exit 2, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from memsim.cli.main import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_prints_a_table(capsys):
+    code, out, err = run(capsys, "predict")
+    assert code == 0 and err == ""
+    for word in ("flash2", "H100-SXM5-80GB", "latency", "HBM read", "L2 -> SM read", "bound"):
+        assert word in out
+
+
+def test_predict_json(capsys):
+    code, out, _ = run(capsys, "predict", "--json", "--seq", "1024", "--heads", "8", "--kv-heads", "2")
+    d = json.loads(out)
+    assert code == 0 and d["shape"]["q_len"] == 1024 and d["shape"]["kv_heads"] == 2
+    assert d["latency_s"] > 0
+
+
+def test_tile_overrides_reach_the_prediction(capsys):
+    _, out, _ = run(capsys, "predict", "--json", "--block-m", "64", "--block-n", "32", "--warps", "8", "--stages", "3")
+    t = json.loads(out)["tiles"]
+    assert (t["block_m"], t["block_n"], t["num_warps"], t["num_stages"]) == (64, 32, 8, 3)
+
+
+def test_gpus_lists_presets(capsys):
+    code, out, _ = run(capsys, "gpus", "--json")
+    names = [g["name"] for g in json.loads(out)]
+    assert code == 0 and "H100-SXM5-80GB" in names
+
+
+@pytest.mark.parametrize("args, words", [
+    (["predict", "--gpu", "H1000"], ["unknown GPU 'H1000'", "H100-SXM5-80GB"]),
+    (["predict", "--gpu", "/no/such/file.yaml"], ["cannot read GPU file"]),
+    (["predict", "--heads", "32", "--kv-heads", "5"], ["q_heads = 32", "kv_heads = 5"]),
+    (["predict", "--seq", "-4"], ["q_len = -4"]),
+    (["predict", "--seq", "0"], ["q_len = 0"]),
+    (["predict", "--seq", "abc"], ["'--seq'", "abc"]),
+    (["predict", "--head-dim", "0"], ["head_dim = 0"]),
+    (["predict", "--batch", "0"], ["batch = 0"]),
+    (["predict", "--dtype", "int8"], ["'--dtype'", "int8"]),
+    (["predict", "--algo", "nope"], ["'--algo'", "nope"]),
+    (["predict", "--block-m", "512", "--block-n", "256", "--stages", "4"], ["shared memory", "232448"]),
+    (["predict", "--warps", "3"], ["num_warps = 3"]),
+    (["predict", "--window", "0"], ["window = 0"]),
+    (["predict", "--causal", "--seq", "10", "--kv-seq", "5"], ["q_len = 10", "kv_len = 5"]),
+    (["predict", "--engine", "des"], ["not available yet"]),
+    (["predict", "--compare", "flash2,bogus"], ["unknown algorithm 'bogus'"]),
+    (["predict", "--no-such-flag"], ["--no-such-flag"]),
+    (["nosuchcommand"], ["nosuchcommand"]),
+])
+def test_bad_input_gets_one_line_and_exit_2(capsys, args, words):
+    code, out, err = run(capsys, *args)
+    assert code == 2, (code, err)
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memsim: error: "), err
+    for w in words:
+        assert w in lines[0]
+
+
+def test_bad_gpu_file_names_file_key_and_value(tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: X\nsm_count: lots\n")
+    code, _, err = run(capsys, "predict", "--gpu", str(path))
+    assert code == 2 and str(path) in err and "\n" not in err.strip()
+
+
+def test_real_process_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "memsim.cli.main", "predict", "--gpu", "nope"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
