@@ -60,8 +60,10 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
         out = results[0].as_dict() if len(results) == 1 else [r.as_dict() for r in results]
         click.echo(json.dumps(out, indent=2))
         return
-    for r in results:
-        render.print_prediction(r)
+    if len(results) > 1:
+        Console().print(render.compare_table(results))
+    else:
+        render.print_prediction(results[0])
 
 
 @cli.command("gpus")

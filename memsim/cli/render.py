@@ -85,3 +85,33 @@ def print_gpus(as_json: bool = False, console: Console | None = None) -> None:
                       human_count(tc["bf16"], "FLOP/s") if "bf16" in tc else "-",
                       human_count(tc["fp8"], "FLOP/s") if "fp8" in tc else "-")
     (console or Console()).print(table)
+
+
+def compare_table(results: list[Prediction]) -> Table:
+    """Algorithms side by side on one shape and GPU; the last column is relative to the first algorithm."""
+    first = results[0]
+    s = first.shape
+    table = Table(title=f"{first.pass_} on {first.gpu}: B={s['batch']} H={s['q_heads']}/{s['kv_heads']} "
+                        f"N={s['q_len']}/{s['kv_len']} d={s['head_dim']} {s['dtype']}"
+                        f"{' causal' if s['causal'] else ''}", title_justify="left")
+    table.add_column("quantity")
+    for r in results:
+        table.add_column(r.algo, justify="right")
+    rows = [
+        ("latency", lambda r: human_time(r.latency_s)),
+        ("bound", lambda r: f"{r.bound} ({r.main_kernel.critical})"),
+        ("kernels", lambda r: str(len(r.kernels))),
+        ("tensor FLOPs", lambda r: human_count(r.flops["tensor"], "FLOP")),
+        ("CUDA-core ops", lambda r: human_count(r.flops["cuda"], "op")),
+        ("HBM read", lambda r: human_bytes(r.bytes["hbm_read"])),
+        ("HBM write", lambda r: human_bytes(r.bytes["hbm_write"])),
+        ("L2 -> SM read", lambda r: human_bytes(r.bytes["l2_read"])),
+        ("SM -> L2 write", lambda r: human_bytes(r.bytes["l2_write"])),
+        ("SRAM per CTA", lambda r: human_bytes(max(k.smem_bytes_per_cta for k in r.kernels))),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(r) for r in results))
+    base = first.latency_s
+    table.add_row("speed-up vs " + first.algo, *(f"{base / r.latency_s:.2f}x" for r in results))
+    table.caption = f"engine: {first.engine}; rates: {first.ceilings}"
+    return table

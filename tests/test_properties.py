@@ -1,0 +1,83 @@
+"""Properties every algorithm's prediction must have, whatever the shape (Hypothesis).
+
+- bytes never fall below the compulsory minimum: each input read once, each output written once;
+- L2->SM reads are never fewer than HBM reads for any tensor the kernels only read;
+- more HBM bandwidth is never slower;
+- the same request gives the same answer;
+- default tiles always fit the GPU.
+"""
+
+import dataclasses
+
+from hypothesis import given, strategies as st
+
+from memsim import AttentionShape, predict
+from memsim.algorithms import ALGORITHMS
+from memsim.algorithms.tiling import keys_touched
+from memsim.hardware import load_gpu
+
+H100 = load_gpu("H100-SXM5-80GB")
+READ_ONLY = ("Q", "K", "V")
+
+
+@st.composite
+def shapes(draw, decode: bool):
+    kv_heads = draw(st.sampled_from([1, 2, 4, 8]))
+    group = draw(st.sampled_from([1, 2, 4, 8]))
+    kv_len = draw(st.integers(1, 16384))
+    q_len = 1 if decode else draw(st.integers(1, 8192))
+    causal = draw(st.booleans())
+    if causal:
+        kv_len = max(kv_len, q_len)
+    return AttentionShape(
+        batch=draw(st.integers(1, 4)), q_heads=kv_heads * group, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len,
+        head_dim=draw(st.sampled_from([32, 64, 80, 96, 128, 256])), dtype=draw(st.sampled_from(["fp16", "bf16"])),
+        causal=causal)
+
+
+def algorithm_and_shape():
+    return st.sampled_from(sorted(ALGORITHMS)).flatmap(
+        lambda name: st.tuples(st.just(name), shapes(decode=ALGORITHMS[name].decode_only)))
+
+
+def compulsory(shape: AttentionShape) -> tuple[float, float]:
+    q = shape.batch * shape.q_heads * shape.q_len * shape.head_dim * shape.element_bytes
+    kv = 2 * shape.batch * shape.kv_heads * keys_touched(shape) * shape.head_dim * shape.kv_element_bytes
+    return q + kv, q
+
+
+@given(algorithm_and_shape())
+def test_never_below_the_compulsory_bytes(case):
+    name, shape = case
+    p = predict(name, shape, H100)
+    must_read, must_write = compulsory(shape)
+    assert p.bytes["hbm_read"] >= must_read * (1 - 1e-9), (name, p.bytes, must_read)
+    assert p.bytes["hbm_write"] >= must_write * (1 - 1e-9), (name, p.bytes, must_write)
+    assert p.bytes["l2_read"] >= must_read * (1 - 1e-9)
+
+
+@given(algorithm_and_shape())
+def test_l2_reads_cover_hbm_reads_of_inputs(case):
+    name, shape = case
+    by_tensor = predict(name, shape, H100).bytes_by_tensor
+    for tensor in READ_ONLY:
+        if tensor in by_tensor:
+            assert by_tensor[tensor]["l2_read"] >= by_tensor[tensor]["hbm_read"] * (1 - 1e-9), (name, tensor)
+
+
+@given(algorithm_and_shape(), st.floats(1.01, 10.0))
+def test_more_hbm_bandwidth_is_never_slower(case, factor):
+    name, shape = case
+    faster = dataclasses.replace(H100, hbm_bandwidth_bytes_per_s=H100.hbm_bandwidth_bytes_per_s * factor,
+                                 calibration=None)
+    slower = dataclasses.replace(H100, calibration=None)
+    assert predict(name, shape, faster).latency_s <= predict(name, shape, slower).latency_s
+
+
+@given(algorithm_and_shape())
+def test_deterministic_and_default_tiles_fit(case):
+    name, shape = case
+    first, second = predict(name, shape, H100).as_dict(), predict(name, shape, H100).as_dict()
+    assert first == second
+    assert first["sram"]["fits"]
+    assert first["latency_s"] > 0
