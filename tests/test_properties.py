@@ -21,14 +21,17 @@ READ_ONLY = ("Q", "K", "V")
 
 
 @st.composite
-def shapes(draw, decode: bool):
+def shapes(draw, algo):
+    """Shapes the algorithm models: decode for decode kernels, causal and square where it needs them."""
     kv_heads = draw(st.sampled_from([1, 2, 4, 8]))
     group = draw(st.sampled_from([1, 2, 4, 8]))
     kv_len = draw(st.integers(1, 16384))
-    q_len = 1 if decode else draw(st.integers(1, 8192))
-    causal = draw(st.booleans())
+    q_len = 1 if algo.decode_only else draw(st.integers(1, 8192))
+    causal = True if algo.causal_only else draw(st.booleans())
     if causal:
         kv_len = max(kv_len, q_len)
+        if algo.causal_needs_square:
+            q_len = kv_len = min(kv_len, 8192)
     return AttentionShape(
         batch=draw(st.integers(1, 4)), q_heads=kv_heads * group, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len,
         head_dim=draw(st.sampled_from([32, 64, 80, 96, 128, 256])), dtype=draw(st.sampled_from(["fp16", "bf16"])),
@@ -37,7 +40,7 @@ def shapes(draw, decode: bool):
 
 def algorithm_and_shape():
     return st.sampled_from(sorted(ALGORITHMS)).flatmap(
-        lambda name: st.tuples(st.just(name), shapes(decode=ALGORITHMS[name].decode_only)))
+        lambda name: st.tuples(st.just(name), shapes(ALGORITHMS[name])))
 
 
 def compulsory(shape: AttentionShape) -> tuple[float, float]:

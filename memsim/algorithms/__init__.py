@@ -1,10 +1,19 @@
 """Every attention algorithm memsim models, one file each. ALGORITHMS maps a name to its Algorithm."""
 
-from memsim.algorithms import flash2
+from memsim.algorithms import (flash1, flash2, flash3, flash_decoding, lightning, linear, paged,
+                               standard)
 from memsim.algorithms.base import PASSES, Algorithm
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
+    standard.ALGORITHM,
+    flash1.ALGORITHM,
     flash2.ALGORITHM,
+    flash3.ALGORITHM,
+    flash_decoding.ALGORITHM,
+    paged.ALGORITHM,
+    linear.ALGORITHM,
+    lightning.ALGORITHM,
+    lightning.ALGORITHM_NO_DECAY,
 )}
 
 __all__ = ["ALGORITHMS", "PASSES", "Algorithm"]

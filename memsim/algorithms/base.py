@@ -21,6 +21,11 @@ class Algorithm:
     kernels: Callable[[GPUSpec, AttentionShape, TileConfig, str], list[KernelCost]]
     assumptions: tuple[str, ...] = ()
     decode_only: bool = False  # needs q_len == 1 (or a few tokens)
+    causal_only: bool = False  # models only causal attention
+    causal_needs_square: bool = False  # causal form needs q_len == kv_len (a chunked scan over the whole sequence)
+    windows: bool = True  # models sliding-window attention
+    # (shape, tiles, pass) -> the launches as schedules for the discrete-event engine; None: not yet
+    schedule: Callable[[AttentionShape, TileConfig, str], list] | None = None
 
 
 def registers_estimate(fp32_elements_per_cta: float, threads: int, overhead: int = 32) -> int:

@@ -9,6 +9,7 @@ loop; K and V tiles stream through `num_stages` shared-memory buffers.
 from math import ceil
 
 from memsim.algorithms.base import Algorithm, registers_estimate
+from memsim.errors import MemsimError
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import keys_touched, q_block_tiles
 from memsim.hardware.spec import GPUSpec
@@ -62,8 +63,8 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = 
     e, kv_e = shape.element_bytes, shape.kv_element_bytes
     kv_streamed = heads * blocks.keys_loaded * d * kv_e
     kv_shared = keys_touched(shape) * d * kv_e
-    kv_hbm = shared_hbm_reads(shape.batch * shape.kv_heads, shape.group_size * blocks.t_r, slots,
-                              kv_shared, gpu.l2_bytes)
+    kv_hbm = shared_hbm_reads(shape.batch * shape.kv_heads, shape.group_size * blocks.t_r, slots, kv_shared,
+                              gpu.l2_bytes, kv_streamed, working_set_per_group=2 * kv_shared)  # K and V together
     q_bytes = heads * shape.q_len * d * e
     traffic = {
         "Q": Traffic.streamed(read=q_bytes),
@@ -91,6 +92,13 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
     return out
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import flash2 as sched
+    if pass_ != "fwd":
+        raise MemsimError(f"flash2 {pass_} has no discrete-event schedule yet; use --engine analytic")
+    return [sched.forward(shape, tiles)]
+
+
 ALGORITHM = Algorithm(
     name="flash2",
     summary="FlashAttention-2: Q-block outer loop, deferred rescale, LSE saved",
@@ -98,4 +106,5 @@ ALGORITHM = Algorithm(
     default_tiles=default_tiles,
     kernels=kernels,
     assumptions=ASSUMPTIONS,
+    schedule=schedule,
 )

@@ -1,0 +1,52 @@
+"""The block scheduler: CTAs go to SMs in program-id order as slots free up.
+
+The first wave fills SMs breadth first (CTA 0 on SM 0, CTA 1 on SM 1, ...), then each
+CTA takes the slot the earliest finisher left. In fast mode, consecutive CTAs of one
+work class dispatched at the same instant become one cohort.
+"""
+
+from itertools import groupby
+
+import simpy
+
+from memsim.engine.cta import Cohort, batch_size, run_cohort
+from memsim.engine.machine import Machine
+from memsim.occupancy import Occupancy
+from memsim.schedules.steps import Launch
+
+
+def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_out: list):
+    """A SimPy process that runs every CTA of `launch` and ends when the last one does."""
+    env = m.env
+    free = simpy.Store(env)
+    for _ in range(occ.ctas_per_sm):
+        for sm in range(m.gpu.sm_count):
+            free.put(sm)
+    order = launch.order or (lambda i: i)
+    running: list[simpy.Process] = []
+    position = 0
+
+    def finish(cohort: Cohort, process: simpy.Process):
+        yield process
+        for sm in cohort.sms:
+            free.put(sm)
+
+    while position < launch.grid:
+        first = yield free.get()
+        yield env.timeout(0)  # let every CTA ending at this instant hand back its slot
+        sms = [first] + list(free.items)
+        free.items.clear()
+        pids = [order(i) for i in range(position, min(launch.grid, position + len(sms)))]
+        position += len(pids)
+        for sm in sms[len(pids):]:
+            free.put(sm)
+        start = 0
+        for _, group in groupby(pids, key=launch.work_class if fast else (lambda pid: pid)):
+            members = list(group)
+            cohort = Cohort(first_pid=members[0], weight=len(members), program=launch.program(members[0]),
+                            sms=sms[start:start + len(members)])
+            start += len(members)
+            process = env.process(run_cohort(m, cohort, launch.num_stages, lambda n: batch_size(n, fast)))
+            cohorts_out.append(cohort)
+            running.append(env.process(finish(cohort, process)))
+    yield env.all_of(running)

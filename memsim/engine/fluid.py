@@ -1,0 +1,81 @@
+"""A unit shared by everything in flight on it: HBM bandwidth, L2 bandwidth, the tensor cores.
+
+Processor sharing: every unit of weight in service progresses at
+min(cap, rate / total weight). A request of weight w stands for w identical requests
+made at the same instant (w CTAs of one cohort), and finishes exactly when each of
+them would: that is what makes merging identical CTAs exact. `cap` is the most one
+unit of weight may take (one CTA cannot use more than its own SM's tensor cores).
+"""
+
+import math
+
+import simpy
+
+_DONE = 1e-9  # relative remainder at which a request counts as served (float rounding)
+
+
+class FluidResource:
+    def __init__(self, env: simpy.Environment, name: str, rate: float, cap: float = math.inf):
+        if rate <= 0:
+            raise ValueError(f"{name}: rate must be > 0, got {rate}")
+        self.env, self.name, self.rate, self.cap = env, name, rate, cap
+        self._jobs: dict[int, list] = {}  # id -> [remaining per unit, weight, event, amount]
+        self._next_id = 0
+        self._weight = 0.0
+        self._last_s = env.now
+        self._version = 0
+        self.busy_s = 0.0  # integral of utilisation (0..1) over time
+        self.served = 0.0  # total amount served, weights included
+        self.busy_intervals: list[tuple[float, float]] | None = None  # filled when tracing
+
+    def use(self, amount: float, weight: float = 1.0) -> simpy.Event:
+        """An event that fires once `amount` (per unit of weight) has been served."""
+        done = self.env.event()
+        if amount <= 0 or weight <= 0:
+            return done.succeed()
+        self._advance()
+        if not self._jobs and self.busy_intervals is not None:
+            self.busy_intervals.append((self.env.now, math.nan))
+        self._jobs[self._next_id] = [amount, weight, done, amount]
+        self._next_id += 1
+        self._weight += weight
+        self.served += amount * weight
+        self._reschedule()
+        return done
+
+    def _unit_rate(self) -> float:
+        return min(self.cap, self.rate / self._weight)
+
+    def _advance(self) -> None:
+        dt = self.env.now - self._last_s
+        if dt > 0 and self._jobs:
+            r = self._unit_rate()
+            for job in self._jobs.values():
+                job[0] -= r * dt
+            self.busy_s += dt * min(1.0, r * self._weight / self.rate)
+        self._last_s = self.env.now
+
+    def _reschedule(self) -> None:
+        self._version += 1
+        if not self._jobs:
+            return
+        remaining = min(job[0] for job in self._jobs.values())
+        version = self._version
+        timer = self.env.timeout(max(remaining, 0.0) / self._unit_rate())
+        timer.callbacks.append(lambda _event: self._on_timer(version))
+
+    def _on_timer(self, version: int) -> None:
+        if version != self._version:
+            return  # superseded by a later arrival or departure
+        self._advance()
+        finished = [k for k, job in self._jobs.items() if job[0] <= _DONE * job[3]]
+        for k in finished:
+            _, weight, done, _ = self._jobs.pop(k)
+            self._weight -= weight
+            done.succeed()
+        if not self._jobs:
+            self._weight = 0.0
+            if self.busy_intervals is not None:
+                start, _ = self.busy_intervals[-1]
+                self.busy_intervals[-1] = (start, self.env.now)
+        self._reschedule()

@@ -1,0 +1,82 @@
+"""The GPU as SimPy sees it: shared units with rates, an L2 of finite size, and counters.
+
+Every SM-local unit (tensor cores, CUDA cores, SFU, shared memory) is a pool over all
+SMs whose work is measured in GPU-seconds (work / whole-GPU rate), shared fairly by the
+resident CTAs, with no CTA taking more than one SM's share (cap = 1 / sm_count). With
+CTAs spread over SMs as the hardware does (breadth first), this equals one unit per SM.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import simpy
+
+from memsim.engine.fluid import FluidResource
+from memsim.engine.l2cache import L2Cache
+from memsim.errors import MemsimError
+from memsim.hardware.spec import Ceilings, GPUSpec
+
+SMEM_BYTES_PER_CLK_PER_SM = 128  # 32 banks x 4 bytes per clock (CUDA C++ Programming Guide, Shared Memory)
+TENSORS = ("tensor", "cuda", "sfu", "smem", "hbm", "l2")
+
+
+@dataclass
+class Counters:
+    """Bytes per tensor at each level, and work per unit."""
+
+    l2_read: dict = field(default_factory=lambda: defaultdict(float))
+    l2_write: dict = field(default_factory=lambda: defaultdict(float))
+    hbm_read: dict = field(default_factory=lambda: defaultdict(float))
+    hbm_write: dict = field(default_factory=lambda: defaultdict(float))
+    tensor_flops: float = 0.0
+    cuda_ops: float = 0.0  # exp included, as in the analytic model
+    exp_ops: float = 0.0
+    smem_bytes: float = 0.0
+
+    def by_tensor(self) -> dict:
+        names = set(self.l2_read) | set(self.l2_write) | set(self.hbm_read) | set(self.hbm_write)
+        return {t: {"hbm_read": self.hbm_read.get(t, 0.0), "hbm_write": self.hbm_write.get(t, 0.0),
+                    "l2_read": self.l2_read.get(t, 0.0), "l2_write": self.l2_write.get(t, 0.0)}
+                for t in sorted(names)}
+
+    def totals(self) -> dict:
+        return {key: sum(getattr(self, key).values()) for key in ("hbm_read", "hbm_write", "l2_read", "l2_write")}
+
+
+class Machine:
+    def __init__(self, env: simpy.Environment, gpu: GPUSpec, ceilings: Ceilings, trace: bool = False):
+        self.env, self.gpu, self.ceilings = env, gpu, ceilings
+        per_sm = 1.0 / gpu.sm_count
+        self.units = {
+            "tensor": FluidResource(env, "tensor", 1.0, per_sm),
+            "cuda": FluidResource(env, "cuda", 1.0, per_sm),
+            "sfu": FluidResource(env, "sfu", 1.0, per_sm),
+            "smem": FluidResource(env, "smem", 1.0, per_sm),
+            "hbm": FluidResource(env, "hbm", ceilings.hbm_bandwidth_bytes_per_s),
+            "l2": FluidResource(env, "l2", ceilings.l2_bandwidth_bytes_per_s),
+        }
+        if trace:
+            for unit in self.units.values():
+                unit.busy_intervals = []
+        self.smem_bytes_per_s = SMEM_BYTES_PER_CLK_PER_SM * gpu.clock_hz * gpu.sm_count
+        self.l2 = L2Cache(gpu.l2_bytes)
+        self.counters = Counters()
+
+    def tensor_seconds(self, flops: float, dtype: str) -> float:
+        rate = self.ceilings.tensor_flops_per_s.get(dtype)
+        if not rate:
+            raise MemsimError(f"{self.gpu.name} has no {dtype} tensor cores; it has "
+                              f"{', '.join(sorted(self.gpu.tensor_flops_per_s))}")
+        return flops / rate
+
+    def cuda_seconds(self, ops: float) -> float:
+        return ops / (self.ceilings.cuda_core_fp32_flops_per_s / 2)  # one simple op per lane per clock
+
+    def sfu_seconds(self, ops: float) -> float:
+        return ops / self.ceilings.sfu_ops_per_s
+
+    def write_back(self, evicted: list[tuple[str, float]]) -> None:
+        """Dirty tiles leaving L2 go to HBM in the background."""
+        for tensor, nbytes in evicted:
+            self.counters.hbm_write[tensor] += nbytes
+            self.units["hbm"].use(nbytes)

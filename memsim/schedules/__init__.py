@@ -1,0 +1,1 @@
+"""Schedules: for each algorithm, what every CTA loads, computes and stores, in order (pure data)."""

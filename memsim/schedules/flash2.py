@@ -1,0 +1,64 @@
+"""FlashAttention-2 forward as a schedule: what each CTA loads, computes and stores, in order.
+
+Program id p = q_block + T_r * (batch * q_heads + head), q-block fastest (Triton tutorial
+06 and PyTorch's FA2 grid). The Q tile is loaded once and stays on chip; K and V tiles
+of the CTA's (batch, kv head) stream through num_stages buffers; O and LSE are stored once.
+"""
+
+from memsim.algorithms.softmax import online_softmax
+from memsim.algorithms.tiling import q_block_tiles
+from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector
+from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
+from memsim.workload.shape import AttentionShape
+from memsim.workload.tiles import TileConfig
+from memsim.algorithms.flash2 import smem_buffers
+from memsim.algorithms.base import registers_estimate
+
+
+def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", overlap: bool = False) -> Launch:
+    bm, bn, d = tiles.block_m, tiles.block_n, shape.head_dim
+    blocks = q_block_tiles(shape, bm, bn)
+    t_r = blocks.t_r
+    dtype = tensor_core_dtype(shape.dtype)
+    e, kv_e = shape.element_bytes, shape.kv_element_bytes
+    uneven = shape.causal or shape.window is not None or shape.q_len % bm != 0
+    matmul = Mma(2.0 * bm * bn * d, dtype)
+
+    def locate(pid: int) -> tuple[int, int, int]:
+        q_block, bh = pid % t_r, pid // t_r
+        batch, head = divmod(bh, shape.q_heads)
+        return q_block, batch, head // shape.group_size
+
+    def program(pid: int) -> CtaProgram:
+        q_block, batch, kv_head = locate(pid)
+        rows = int(blocks.rows[q_block])
+        first, count = int(blocks.first_tile[q_block]), int(blocks.tiles[q_block])
+        edge_from = count - int(blocks.edge_tiles[q_block])
+        region = (batch, kv_head)
+
+        def loads(i: int) -> tuple[Load, ...]:
+            tile = first + i
+            keys = min(bn, shape.kv_len - tile * bn)
+            return (Load("K", region, tile, keys * d * kv_e), Load("V", region, tile, keys * d * kv_e))
+
+        def compute(i: int):
+            ops = online_softmax(bm * bn, bm * bn if i >= edge_from else 0, rows, 0, d)
+            return (matmul, Vector(ops.cuda_ops - ops.exp_ops, ops.exp_ops), matmul)
+
+        final = online_softmax(0, 0, 0, rows, d)
+        return CtaProgram(
+            prologue=(Load("Q", None, 0, rows * d * e),),
+            loop=Loop(count, loads, compute, overlap_vector=overlap),
+            epilogue=(Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
+                      Store("O", None, 0, rows * d * e), Store("LSE", None, 0, rows * ACCUMULATOR_BYTES)),
+        )
+
+    def work_class(pid: int):
+        q_block, batch, kv_head = locate(pid)
+        return (q_block if uneven else 0, batch, kv_head)
+
+    return Launch(
+        name=name, grid=t_r * shape.batch * shape.q_heads, warps_per_cta=tiles.num_warps,
+        smem_buffers=smem_buffers(shape, tiles), registers_per_thread=registers_estimate(bm * d + bm * bn, tiles.threads),
+        num_stages=tiles.num_stages, program=program, work_class=work_class,
+    )

@@ -1,0 +1,111 @@
+"""What a CTA does, as plain data: the schedule side of memsim knows nothing of SimPy.
+
+A kernel launch is a grid of CTAs. Each CTA runs a prologue, a pipelined loop and an
+epilogue. In the loop, the loads of iteration i+1 .. i+num_stages are in flight while
+iteration i computes (cp.async / TMA multi-buffering); compute of one iteration is its
+steps in order.
+
+Tiles are named by (tensor, region, index): CTAs that name the same tile read the same
+bytes, which is what lets L2 serve the second reader. A region is whatever the data is
+shared by, e.g. (batch, kv_head) for K and V.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Mapping
+
+
+@dataclass(frozen=True)
+class Load:
+    """Read one tile into shared memory or registers (from L2, or from HBM on a miss)."""
+
+    tensor: str
+    region: Hashable
+    index: int
+    bytes: float
+
+
+@dataclass(frozen=True)
+class Store:
+    """Write one tile to global memory (into L2, written back to HBM later)."""
+
+    tensor: str
+    region: Hashable
+    index: int
+    bytes: float
+
+
+@dataclass(frozen=True)
+class Atomic:
+    """Read-modify-write of a tile in L2 (fp32 atomic adds), e.g. dQ in the FlashAttention-2 backward."""
+
+    tensor: str
+    region: Hashable
+    index: int
+    bytes: float
+
+
+@dataclass(frozen=True)
+class Mma:
+    """Matrix work on the SM's tensor cores."""
+
+    flops: float
+    dtype: str  # tensor-core rate key: tf32, fp16, bf16, fp8
+
+
+@dataclass(frozen=True)
+class Vector:
+    """Elementwise and reduction work on CUDA cores (max, sum, rescale); exp on the special-function unit."""
+
+    cuda_ops: float  # exp excluded
+    exp_ops: float = 0.0
+
+
+@dataclass(frozen=True)
+class SmemRoundTrip:
+    """Warps exchanging partial results through shared memory (write, barrier, read)."""
+
+    bytes: float
+
+
+Step = Load | Store | Atomic | Mma | Vector | SmemRoundTrip
+
+
+@dataclass(frozen=True)
+class Loop:
+    """`iterations` repeats of: its loads (prefetched up to num_stages ahead), then its compute steps.
+
+    `loads(i)` and `compute(i)` give iteration i's steps; iterations whose steps differ only
+    in tile index have equal amounts, which the fast mode relies on.
+    """
+
+    iterations: int
+    loads: Callable[[int], tuple[Load, ...]]
+    compute: Callable[[int], tuple[Step, ...]]
+    overlap_vector: bool = False  # FlashAttention-3: softmax of i runs under the matmuls of i+1
+
+
+@dataclass(frozen=True)
+class CtaProgram:
+    prologue: tuple[Step, ...] = ()
+    loop: Loop | None = None
+    epilogue: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: a grid of CTAs with the resources each needs and what each does."""
+
+    name: str
+    grid: int
+    warps_per_cta: int
+    smem_buffers: Mapping[str, int]  # buffer name -> bytes of shared memory per CTA
+    registers_per_thread: int
+    num_stages: int
+    program: Callable[[int], CtaProgram]  # program id -> what that CTA does
+    # CTAs with equal classes do equal amounts of work (only their tiles' names differ).
+    work_class: Callable[[int], Hashable] = field(default=lambda pid: 0)
+    order: Callable[[int], int] | None = None  # dispatch position -> program id; None: program-id order
+
+    @property
+    def smem_bytes_per_cta(self) -> int:
+        return int(sum(self.smem_buffers.values()))

@@ -1,0 +1,50 @@
+import pytest
+
+from memsim import AttentionShape, TileConfig
+from memsim.algorithms import flash_decoding, paged
+from memsim.algorithms.kv_quant import dequant_ops, kv_load_ops
+from memsim.errors import MemsimError
+from memsim.hardware import load_gpu
+
+H100 = load_gpu("H100-SXM5-80GB")
+TILES = TileConfig(block_m=16, block_n=128, num_splits=8)
+
+
+def decode_shape(kv_dtype: str) -> AttentionShape:
+    return AttentionShape(batch=4, q_heads=32, kv_heads=8, q_len=1, kv_len=16384, head_dim=128,
+                          kv_dtype=kv_dtype, kv_group_size=64)
+
+
+@pytest.mark.parametrize("kv_dtype, per_element", [("int8", 2), ("int4", 4), ("fp8", 1), ("bf16", 0), ("fp32", 0)])
+def test_ops_per_element(kv_dtype, per_element):
+    """int8: convert + scale; int4: shift + mask + convert + scale; fp8: convert only."""
+    assert dequant_ops(1000, kv_dtype) == 1000 * per_element
+
+
+def test_unknown_kv_dtype_is_one_line_error():
+    with pytest.raises(MemsimError) as err:
+        dequant_ops(10, "int3")
+    assert "int3" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_no_work_when_cache_is_the_compute_type():
+    assert kv_load_ops(AttentionShape(dtype="bf16"), 1e6) == 0
+    assert kv_load_ops(AttentionShape(dtype="fp8", kv_dtype="fp8"), 1e6) == 0
+    assert kv_load_ops(AttentionShape(dtype="bf16", kv_dtype="fp32"), 1e6) == 1e6  # one convert
+
+
+@pytest.mark.parametrize("kv_dtype, expected_ratio", [("int8", 2 / (1 + 2 / 64)), ("int4", 2 / (0.5 + 2 / 64))])
+@pytest.mark.parametrize("module", [flash_decoding, paged])
+def test_quantised_kv_cuts_kv_bytes_and_adds_dequant(module, kv_dtype, expected_ratio):
+    """bf16 K/V take 2 B per element; int8 1 B + 2 B scale / 64 = 1.03125 B; int4 0.53125 B."""
+    base = module.kernels(H100, decode_shape("bf16"), TILES, "fwd")[0]
+    quant = module.kernels(H100, decode_shape(kv_dtype), TILES, "fwd")[0]
+    ratio = base.traffic["K"].hbm_read / quant.traffic["K"].hbm_read
+    print(f"{module.__name__} {kv_dtype}: K bytes bf16 {base.traffic['K'].hbm_read / 1e6:.2f} MB, "
+          f"{kv_dtype} {quant.traffic['K'].hbm_read / 1e6:.2f} MB, ratio {ratio:.3f} (expected {expected_ratio:.3f})")
+    assert ratio == pytest.approx(expected_ratio)
+    assert (1.9 < ratio < 2.0) if kv_dtype == "int8" else (3.7 < ratio < 4.0)
+    assert quant.traffic["V"].l2_read == pytest.approx(base.traffic["V"].l2_read / expected_ratio)
+    elements = 2 * 4 * 8 * 16384 * 128  # K and V, batch x kv heads x keys x d, each loaded once
+    assert quant.cuda_ops - base.cuda_ops == pytest.approx(dequant_ops(elements, kv_dtype))
+    assert quant.tensor_flops == base.tensor_flops
