@@ -1,7 +1,9 @@
 """A prediction: frozen, printable as a table (memsim.cli.render) or as JSON (`as_dict`).
 
 Units: bytes, FLOPs (an FMA counts two), seconds. `l2_read`/`l2_write` are bytes
-between L2 and the SMs; `hbm_read`/`hbm_write` between HBM and L2.
+between L2 and the SMs; `hbm_read`/`hbm_write` between HBM and L2 during the kernel;
+`hbm_write_deferred` is what is still dirty in L2 when the kernel ends (written back later,
+outside the kernel, so Nsight Compute does not count it).
 """
 
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ class KernelPrediction:
     tensor_flops: float
     cuda_ops: float
     exp_ops: float
-    bytes: dict  # hbm_read, hbm_write, l2_read, l2_write
+    bytes: dict  # BYTE_KEYS: hbm_write is what reaches HBM during the kernel, hbm_write_deferred what stays dirty in L2
     bytes_by_tensor: dict  # tensor -> the same four keys
     resource_s: dict
 
@@ -42,8 +44,13 @@ class KernelPrediction:
         )
 
 
+BYTE_KEYS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
+
+
 def _four(t) -> dict:
-    return {"hbm_read": t.hbm_read, "hbm_write": t.hbm_write, "l2_read": t.l2_read, "l2_write": t.l2_write}
+    """The analytic model assumes every written byte reaches HBM during the kernel: nothing deferred."""
+    return {"hbm_read": t.hbm_read, "hbm_write": t.hbm_write, "l2_read": t.l2_read, "l2_write": t.l2_write,
+            "hbm_write_deferred": 0.0}
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,7 @@ class Prediction:
 
     @property
     def bytes(self) -> dict:
-        keys = ("hbm_read", "hbm_write", "l2_read", "l2_write")
-        return {key: sum(k.bytes[key] for k in self.kernels) for key in keys}
+        return {key: sum(k.bytes[key] for k in self.kernels) for key in BYTE_KEYS}
 
     @property
     def bytes_by_tensor(self) -> dict:

@@ -65,7 +65,7 @@ def kernel_time(gpu: GPUSpec, ceilings: Ceilings, cost: KernelCost) -> KernelTim
         "sfu": sfu_s * tail,
         "hbm": (total.hbm_read + total.hbm_write) / ceilings.hbm_bandwidth_bytes_per_s,
         "l2": (total.l2_read + total.l2_write) / ceilings.l2_bandwidth_bytes_per_s,
-        "memory_latency": occ.waves * round_trips * gpu.hbm_latency_s,
+        "memory_latency": occ.waves * round_trips * ceilings.hbm_latency_s,
         "launch": ceilings.launch_overhead_s,
     }
     busy = {"compute": compute_s * tail, **{k: resource_s[k] for k in ("hbm", "l2", "memory_latency")}}

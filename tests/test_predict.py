@@ -17,7 +17,7 @@ def test_json_has_the_documented_keys_and_units():
     for key, kind in REQUIRED.items():
         assert isinstance(d[key], kind), key
     assert set(d["flops"]) >= {"tensor", "cuda"}
-    assert set(d["bytes"]) == {"hbm_read", "hbm_write", "l2_read", "l2_write"}
+    assert set(d["bytes"]) == {"hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred"}
     assert set(d["sram"]) == {"bytes_per_cta", "limit_bytes", "fits"}
     assert set(d["occupancy"]) >= {"ctas_per_sm", "waves"}
     assert d["bound"] in ("memory", "compute", "latency")

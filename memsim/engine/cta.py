@@ -50,7 +50,7 @@ def load_tiles(m: Machine, loads: Iterable[Load], cohort: Cohort):
         fetched = env.event()
         for key, _, _ in missed:
             l2.start_fetch(key, fetched)
-        yield env.timeout(m.gpu.hbm_latency_s)
+        yield env.timeout(m.ceilings.hbm_latency_s)
         yield m.units["hbm"].use(sum(b for _, b, _ in missed))
         for key, nbytes, tensor in missed:
             c.hbm_read[tensor] += nbytes
@@ -58,6 +58,8 @@ def load_tiles(m: Machine, loads: Iterable[Load], cohort: Cohort):
         fetched.succeed()
     if pending:
         yield env.all_of(pending)
+    elif not missed and m.ceilings.l2_hit_latency_s:
+        yield env.timeout(m.ceilings.l2_hit_latency_s)
     yield m.units["l2"].use(deliver, cohort.weight)
 
 

@@ -12,6 +12,7 @@ import math
 import simpy
 
 _DONE = 1e-9  # relative remainder at which a request counts as served (float rounding)
+_CLOCK_RESOLUTION = 1e-12  # relative: a remainder needing less time than this cannot move the clock
 
 
 class FluidResource:
@@ -68,7 +69,9 @@ class FluidResource:
         if version != self._version:
             return  # superseded by a later arrival or departure
         self._advance()
-        finished = [k for k, job in self._jobs.items() if job[0] <= _DONE * job[3]]
+        tiny_s = _CLOCK_RESOLUTION * max(self.env.now, 1e-9)
+        r = self._unit_rate()
+        finished = [k for k, job in self._jobs.items() if job[0] <= _DONE * job[3] or job[0] / r <= tiny_s]
         for k in finished:
             _, weight, done, _ = self._jobs.pop(k)
             self._weight -= weight

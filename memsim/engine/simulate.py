@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import simpy
 
 from memsim.engine.dispatch import run_launch
-from memsim.engine.machine import TENSORS, Machine
+from memsim.engine.machine import UNITS, Machine
 from memsim.hardware.spec import Ceilings, GPUSpec
 from memsim.occupancy import Occupancy, occupancy
 from memsim.schedules.steps import Launch
@@ -45,11 +45,11 @@ def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: boo
         start = env.now
         env.run(env.process(run_launch(m, launch, occ, fast, cohorts)))
         end = env.now
-        m.write_back(m.l2.flush())  # counted, not timed: ncu flushes between kernels
+        m.counters.flush(m.l2.flush())  # the next kernel starts cold, as under ncu
         results.append(LaunchResult(
             launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
-            counters=m.counters, busy_s={u: m.units[u].busy_s for u in TENSORS}, cohorts=cohorts,
-            unit_intervals={u: m.units[u].busy_intervals or [] for u in TENSORS},
+            counters=m.counters, busy_s={u: m.units[u].busy_s for u in UNITS}, cohorts=cohorts,
+            unit_intervals={u: m.units[u].busy_intervals or [] for u in UNITS},
         ))
         clock_s = end
     return results

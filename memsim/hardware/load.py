@@ -94,7 +94,8 @@ def _links(reader: _Reader, raw: object) -> MappingProxyType:
 
 def _calibration(reader: _Reader, raw: object) -> Calibration:
     body = reader.mapping(raw, "calibration")
-    numeric = {"hbm_bandwidth_bytes_per_s", "l2_bandwidth_bytes_per_s", "launch_overhead_s"}
+    numeric = {"hbm_bandwidth_bytes_per_s", "l2_bandwidth_bytes_per_s", "hbm_latency_s", "l2_hit_latency_s",
+               "cuda_core_fp32_flops_per_s", "sfu_ops_per_s", "launch_overhead_s"}
     _check_keys(body, numeric | {"device", "date", "tensor_flops_per_s"}, {"device", "date"},
                 reader.where, prefix="calibration.")
     sub = _Reader(reader.where, reader.references)
@@ -182,7 +183,8 @@ def load_gpu(name_or_path: str | Path = DEFAULT_GPU) -> GPUSpec:
     file_name = _preset_index().get(text.lower())
     if file_name is None:
         names = preset_names()
-        close = difflib.get_close_matches(text, names, n=4, cutoff=0.4)
+        lower = {n.lower(): n for n in names}
+        close = [lower[c] for c in difflib.get_close_matches(text.lower(), list(lower), n=4, cutoff=0.4)]
         close += [n for n in names if text.lower() in n.lower() and n not in close]
         hint = f"did you mean {', '.join(close)}?" if close else f"presets are {', '.join(names)}"
         raise MemsimError(f"unknown GPU {text!r}: {hint} (or give a path to a YAML file)")

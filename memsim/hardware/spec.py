@@ -28,7 +28,11 @@ class Calibration:
     date: str
     hbm_bandwidth_bytes_per_s: float | None = None
     l2_bandwidth_bytes_per_s: float | None = None
+    hbm_latency_s: float | None = None
+    l2_hit_latency_s: float | None = None
     tensor_flops_per_s: Mapping[str, float] = field(default_factory=dict)
+    cuda_core_fp32_flops_per_s: float | None = None
+    sfu_ops_per_s: float | None = None
     launch_overhead_s: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -40,6 +44,8 @@ class Ceilings:
     origin: str  # "datasheet peak" or "calibrated on <device>, <date>"
     hbm_bandwidth_bytes_per_s: float
     l2_bandwidth_bytes_per_s: float
+    hbm_latency_s: float
+    l2_hit_latency_s: float  # 0 where nothing was measured: hits then cost only bandwidth
     tensor_flops_per_s: Mapping[str, float]
     cuda_core_fp32_flops_per_s: float
     sfu_ops_per_s: float
@@ -96,6 +102,8 @@ class GPUSpec:
                 origin="datasheet peak",
                 hbm_bandwidth_bytes_per_s=self.hbm_bandwidth_bytes_per_s,
                 l2_bandwidth_bytes_per_s=self.l2_bandwidth_bytes_per_s,
+                hbm_latency_s=self.hbm_latency_s,
+                l2_hit_latency_s=0.0,
                 tensor_flops_per_s=self.tensor_flops_per_s,
                 cuda_core_fp32_flops_per_s=self.cuda_core_fp32_flops_per_s,
                 sfu_ops_per_s=self.sfu_ops_per_s,
@@ -103,12 +111,19 @@ class GPUSpec:
             )
         tensor = dict(self.tensor_flops_per_s)
         tensor.update(cal.tensor_flops_per_s)
+
+        def measured(name: str) -> float:
+            value = getattr(cal, name)
+            return getattr(self, name) if value is None else value
+
         return Ceilings(
             origin=f"calibrated on {cal.device}, {cal.date}",
-            hbm_bandwidth_bytes_per_s=cal.hbm_bandwidth_bytes_per_s or self.hbm_bandwidth_bytes_per_s,
-            l2_bandwidth_bytes_per_s=cal.l2_bandwidth_bytes_per_s or self.l2_bandwidth_bytes_per_s,
+            hbm_bandwidth_bytes_per_s=measured("hbm_bandwidth_bytes_per_s"),
+            l2_bandwidth_bytes_per_s=measured("l2_bandwidth_bytes_per_s"),
+            hbm_latency_s=measured("hbm_latency_s"),
+            l2_hit_latency_s=cal.l2_hit_latency_s or 0.0,
             tensor_flops_per_s=MappingProxyType(tensor),
-            cuda_core_fp32_flops_per_s=self.cuda_core_fp32_flops_per_s,
-            sfu_ops_per_s=self.sfu_ops_per_s,
-            launch_overhead_s=cal.launch_overhead_s or self.launch_overhead_s,
+            cuda_core_fp32_flops_per_s=measured("cuda_core_fp32_flops_per_s"),
+            sfu_ops_per_s=measured("sfu_ops_per_s"),
+            launch_overhead_s=measured("launch_overhead_s"),
         )
