@@ -6,7 +6,7 @@ compute overlap; a kernel takes as long as its busiest resource:
     compute  tensor-core FLOPs / rate, plus softmax work on CUDA cores and the SFU
              (added, since one warp does its matmul and its softmax in turn, unless the
              kernel ping-pongs them across warpgroups as FlashAttention-3 does), scaled
-             by the wave tail: a last partial wave leaves SMs idle
+             by the wave tail: SMs that get fewer CTAs than the busiest sit idle
     hbm      bytes between L2 and HBM / HBM bandwidth
     l2       bytes between SMs and L2 / L2 bandwidth
     latency  Little's law: a CTA with B bytes in flight and latency L streams at most B/L
@@ -48,10 +48,20 @@ def _tensor_rate(gpu: GPUSpec, ceilings: Ceilings, dtype: str) -> float:
     return rate
 
 
+def wave_tail(grid_ctas: int, sm_count: int) -> float:
+    """How much longer than a perfectly balanced run the compute takes (>= 1).
+
+    CTAs of equal work go breadth first to the SMs as slots free up, so each SM ends up
+    running ceil(grid / SMs) or floor(grid / SMs) of them, whatever their concurrency;
+    the busiest SM sets the time. 112 CTAs on 132 SMs: each gets a whole SM, 132/112 = 1.18.
+    """
+    return -(-grid_ctas // sm_count) * sm_count / grid_ctas
+
+
 def kernel_time(gpu: GPUSpec, ceilings: Ceilings, cost: KernelCost) -> KernelTime:
     occ = occupancy(gpu, cost.smem_bytes_per_cta, cost.warps_per_cta, cost.registers_per_thread, cost.grid_ctas,
                     cost.name)
-    tail = occ.waves * occ.slots / cost.grid_ctas  # >= 1: idle slots in the last wave
+    tail = wave_tail(cost.grid_ctas, gpu.sm_count)
     tensor_s = cost.tensor_flops / _tensor_rate(gpu, ceilings, cost.tensor_dtype) if cost.tensor_flops else 0.0
     cuda_s = (cost.cuda_ops - cost.exp_ops) / (ceilings.cuda_core_fp32_flops_per_s / 2)
     sfu_s = cost.exp_ops / ceilings.sfu_ops_per_s

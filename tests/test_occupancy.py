@@ -32,3 +32,10 @@ def test_warp_and_cta_limits():
 def test_tile_that_does_not_fit_names_sizes():
     with pytest.raises(MemsimError, match="needs 300000 B of shared memory per CTA, more than the 232448 B"):
         occupancy(H100, 300000, warps=4, registers_per_thread=64, grid_ctas=1)
+
+
+def test_wave_tail_counts_ctas_per_sm_not_slots():
+    from memsim.roofline import wave_tail
+    assert wave_tail(112, 132) == pytest.approx(132 / 112)  # one CTA per SM, 20 SMs idle
+    assert wave_tail(528, 132) == 1.0
+    assert wave_tail(529, 132) == pytest.approx(5 * 132 / 529)
