@@ -56,7 +56,7 @@ def test_gpus_lists_presets(capsys):
     (["predict", "--warps", "3"], ["num_warps = 3"]),
     (["predict", "--window", "0"], ["window = 0"]),
     (["predict", "--causal", "--seq", "10", "--kv-seq", "5"], ["q_len = 10", "kv_len = 5"]),
-    (["predict", "--engine", "des", "--pass", "bwd"], ["no discrete-event schedule yet"]),
+    (["predict", "--engine", "des", "--algo", "linear", "--pass", "bwd"], ["linear models only the fwd pass"]),
     (["predict", "--compare", "flash2,bogus"], ["unknown algorithm 'bogus'"]),
     (["predict", "--no-such-flag"], ["--no-such-flag"]),
     (["nosuchcommand"], ["nosuchcommand"]),

@@ -51,7 +51,7 @@ def test_peak_is_never_slower_than_calibrated():
     (dict(gpu="Z100"), ["unknown GPU 'Z100'"]),
     (dict(pass_="sideways"), ["pass 'sideways'"]),
     (dict(engine="quantum"), ["engine 'quantum'"]),
-    (dict(engine="des", pass_="bwd"), ["no discrete-event schedule yet"]),
+    (dict(algo="lightning", pass_="bwd"), ["lightning models only the fwd pass"]),
     (dict(tiles=memsim.TileConfig(block_m=256, block_n=256, num_stages=4)), ["shared memory", "232448"]),
 ])
 def test_bad_requests_raise_one_line(kwargs, words):

@@ -151,6 +151,13 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
     return [init_kernel(shape), forward(gpu, shape, tiles)]
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import flash1 as sched
+    if "bwd" in pass_:
+        raise MemsimError(f"flash1 models only the fwd pass, not {pass_!r}")
+    return sched.launches(shape, tiles)
+
+
 ALGORITHM = Algorithm(
     name="flash1",
     summary="FlashAttention-1: K/V-block outer loop, one CTA per head, O/l/m round-trip per key block",
@@ -158,4 +165,5 @@ ALGORITHM = Algorithm(
     default_tiles=default_tiles,
     kernels=kernels,
     assumptions=ASSUMPTIONS,
+    schedule=schedule,
 )

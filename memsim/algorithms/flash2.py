@@ -93,10 +93,14 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
 
 
 def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
-    from memsim.schedules import flash2 as sched
-    if pass_ != "fwd":
-        raise MemsimError(f"flash2 {pass_} has no discrete-event schedule yet; use --engine analytic")
-    return [sched.forward(shape, tiles)]
+    from memsim.schedules import flash2 as forward_schedule
+    from memsim.schedules import flash2_bwd as backward_schedule
+    out = []
+    if "fwd" in pass_:
+        out.append(forward_schedule.forward(shape, tiles))
+    if "bwd" in pass_:
+        out.extend(backward_schedule.backward(shape, tiles))
+    return out
 
 
 ALGORITHM = Algorithm(

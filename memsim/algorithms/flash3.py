@@ -139,6 +139,16 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
     return out
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import flash3 as sched
+    out = []
+    if "fwd" in pass_:
+        out.append(sched.forward(shape, tiles))
+    if "bwd" in pass_:
+        out.extend(sched.backward(shape))
+    return out
+
+
 ALGORITHM = Algorithm(
     name="flash3",
     summary="FlashAttention-3: FA2's bytes, warp-specialised TMA producer, GEMM/softmax overlap, FP8 (Hopper)",
@@ -146,4 +156,5 @@ ALGORITHM = Algorithm(
     default_tiles=default_tiles,
     kernels=kernels,
     assumptions=ASSUMPTIONS,
+    schedule=schedule,
 )

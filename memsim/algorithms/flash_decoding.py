@@ -271,6 +271,12 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
     return forward(gpu, shape, tiles)
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import flash_decoding as sched
+    check_pass(pass_, "flash_decoding")
+    return sched.forward(shape, tiles)
+
+
 ALGORITHM = Algorithm(
     name="flash_decoding",
     summary="Flash-Decoding: keys split across CTAs, GQA heads packed per CTA, LSE combine",
@@ -279,4 +285,5 @@ ALGORITHM = Algorithm(
     kernels=kernels,
     assumptions=ASSUMPTIONS,
     decode_only=True,
+    schedule=schedule,
 )

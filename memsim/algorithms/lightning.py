@@ -100,6 +100,18 @@ def kernels_without_decay(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig
     return [forward(gpu, shape, tiles, decay=False)]
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import lightning as sched
+    check_pass(pass_, "lightning")
+    return [sched.forward(shape, tiles)]
+
+
+def schedule_without_decay(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import lightning as sched
+    check_pass(pass_, "lightning")
+    return [sched.forward(shape, tiles, decay=False)]
+
+
 ALGORITHM = Algorithm(
     name="lightning",
     summary="Lightning Attention-2: causal linear attention with decay, intra-block left / inter-block right product",
@@ -110,9 +122,10 @@ ALGORITHM = Algorithm(
     causal_only=True,
     causal_needs_square=True,
     windows=False,
+    schedule=schedule,
 )
 
 ALGORITHM_NO_DECAY = dataclasses.replace(
     ALGORITHM, name="lightning_nodecay", summary="Lightning Attention-2 without decay (lambda = 1)",
-    kernels=kernels_without_decay,
+    kernels=kernels_without_decay, schedule=schedule_without_decay,
     assumptions=tuple(a for a in ASSUMPTIONS if "decay" not in a) + ("no decay: lambda = 1",))

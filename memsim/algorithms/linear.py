@@ -283,6 +283,12 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
     return forward(gpu, shape, tiles)
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import linear as sched
+    check_pass(pass_, "linear")
+    return sched.forward(shape, tiles)
+
+
 ALGORITHM = Algorithm(
     name="linear",
     summary="linear attention (elu+1 features): d x d state, O(N d^2); causal as a chunked scan",
@@ -292,4 +298,5 @@ ALGORITHM = Algorithm(
     assumptions=ASSUMPTIONS,
     causal_needs_square=True,
     windows=False,
+    schedule=schedule,
 )

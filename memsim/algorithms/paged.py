@@ -116,6 +116,12 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
     return out
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
+    from memsim.schedules import paged as sched
+    fd.check_pass(pass_, "paged")
+    return sched.forward(shape, tiles)
+
+
 ALGORITHM = Algorithm(
     name="paged",
     summary="PagedAttention decode: K/V in pages found through a block table, optional split partitions",
@@ -124,4 +130,5 @@ ALGORITHM = Algorithm(
     kernels=kernels,
     assumptions=ASSUMPTIONS,
     decode_only=True,
+    schedule=schedule,
 )

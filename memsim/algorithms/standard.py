@@ -250,6 +250,20 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
     return out
 
 
+def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str, gpu: GPUSpec | None = None) -> list:
+    """The kernels as schedules for the discrete-event engine. Whether the softmax kernel keeps its row in
+    shared memory depends on the GPU; `gpu` defaults to memsim's default GPU."""
+    from memsim.hardware import load_gpu
+    from memsim.schedules import standard as sched
+    smem_limit_bytes = (gpu or load_gpu()).smem_per_block_optin_bytes
+    out = []
+    if "fwd" in pass_:
+        out.extend(sched.forward(shape, tiles, smem_limit_bytes))
+    if "bwd" in pass_:
+        out.extend(sched.backward(shape, tiles, smem_limit_bytes))
+    return out
+
+
 ALGORITHM = Algorithm(
     name="standard",
     summary="Standard attention: S = QK^T, softmax, O = PV as separate kernels, S and P through HBM",
@@ -257,4 +271,5 @@ ALGORITHM = Algorithm(
     default_tiles=default_tiles,
     kernels=kernels,
     assumptions=ASSUMPTIONS,
+    schedule=schedule,
 )

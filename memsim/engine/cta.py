@@ -33,44 +33,88 @@ def _key(step, cohort: Cohort) -> tuple[Hashable, float]:
     return (step.tensor, step.region, step.index), step.bytes
 
 
-def load_tiles(m: Machine, loads: Iterable[Load], cohort: Cohort):
-    """Fetch what L2 lacks from HBM (one latency, then the bytes), then deliver every tile to the SMs."""
+def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
+    """Fetch what L2 lacks from HBM, then deliver every tile to the SMs.
+
+    `iterations` holds one tuple of loads per loop iteration (several when fast mode loads a
+    batch as one). Latency is paid per iteration, as tile by tile: HBM latency for one that
+    misses, L2 hit latency for one that hits, none for one that waits on another CTA's fetch.
+    So a CTA keeps the same bytes in flight per latency (Little's law) however it is batched.
+    A shared tile is fetched once for the whole cohort; private tiles once per member, each
+    member with its own share of HBM bandwidth."""
     env, l2, c = m.env, m.l2, m.counters
-    missed, pending, deliver = [], [], 0.0
-    for load in loads:
-        key, nbytes = _key(load, cohort)
-        found = l2.lookup(key)
-        if found is False:
-            missed.append((key, nbytes, load.tensor))
-        elif found is not True:
-            pending.append(found)
-        deliver += load.bytes
-        c.l2_read[load.tensor] += load.bytes * cohort.weight
+    missed, pending, deliver = {}, [], 0.0
+    shared_bytes = private_bytes = 0.0
+    miss_iterations = hit_iterations = 0
+    for loads in iterations:
+        outcome = True
+        for load in loads:
+            key, nbytes = _key(load, cohort)
+            deliver += load.bytes
+            c.l2_read[load.tensor] += load.bytes * cohort.weight
+            if key in missed:  # named twice in one batch: fetched once
+                continue
+            found = l2.lookup(key)
+            if found is False:
+                missed[key] = (nbytes, load.tensor)
+                if load.region is None:
+                    private_bytes += load.bytes
+                else:
+                    shared_bytes += nbytes
+                outcome = False
+            elif found is not True:
+                pending.append(found)
+                if outcome is True:
+                    outcome = None
+        if outcome is False:
+            miss_iterations += 1
+        elif outcome is True:
+            hit_iterations += 1
+    latency_s = miss_iterations * m.ceilings.hbm_latency_s + hit_iterations * m.ceilings.l2_hit_latency_s
     if missed:
         fetched = env.event()
-        for key, _, _ in missed:
+        for key in missed:
             l2.start_fetch(key, fetched)
-        yield env.timeout(m.ceilings.hbm_latency_s)
-        yield m.units["hbm"].use(sum(b for _, b, _ in missed))
-        for key, nbytes, tensor in missed:
+        yield env.timeout(latency_s)
+        hbm = m.units["hbm"]
+        yield env.all_of([hbm.use(shared_bytes), hbm.use(private_bytes, cohort.weight)])
+        for key, (nbytes, tensor) in missed.items():
             c.hbm_read[tensor] += nbytes
             m.write_back(l2.finish_fetch(key, nbytes, tensor))
         fetched.succeed()
+    elif latency_s:
+        yield env.timeout(latency_s)
     if pending:
         yield env.all_of(pending)
-    elif not missed and m.ceilings.l2_hit_latency_s:
-        yield env.timeout(m.ceilings.l2_hit_latency_s)
     yield m.units["l2"].use(deliver, cohort.weight)
 
 
 def store_tile(m: Machine, step: Store | Atomic, cohort: Cohort):
-    """Write into L2 (write-back cache); an atomic first needs the line, from HBM if absent."""
+    """Write into L2 (write-back cache). An atomic (red.global.add) needs its line in L2: a
+    missing line comes from HBM, but no data moves to the SM."""
     key, nbytes = _key(step, cohort)
-    if isinstance(step, Atomic) and m.l2.lookup(key) is False:
-        yield from load_tiles(m, [Load(step.tensor, step.region, step.index, step.bytes)], cohort)
+    if isinstance(step, Atomic):
+        yield from _fetch_line(m, key, nbytes, step.tensor)
     m.counters.l2_write[step.tensor] += step.bytes * cohort.weight
     yield m.units["l2"].use(step.bytes, cohort.weight)
     m.write_back(m.l2.insert(key, nbytes, step.tensor, dirty=True))
+
+
+def _fetch_line(m: Machine, key, nbytes: float, tensor: str):
+    """Bring a tile into L2 for an atomic: wait for a fetch in flight, or fetch it from HBM."""
+    found = m.l2.lookup(key)
+    if found is True:
+        return
+    if found is not False:
+        yield found
+        return
+    fetched = m.env.event()
+    m.l2.start_fetch(key, fetched)
+    yield m.env.timeout(m.ceilings.hbm_latency_s)
+    yield m.units["hbm"].use(nbytes)
+    m.counters.hbm_read[tensor] += nbytes
+    m.write_back(m.l2.finish_fetch(key, nbytes, tensor))
+    fetched.succeed()
 
 
 def mma(m: Machine, step: Mma, weight: int):
@@ -93,7 +137,7 @@ def smem_round_trip(m: Machine, step: SmemRoundTrip, weight: int):
 def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort):
     for step in steps:
         if isinstance(step, Load):
-            yield from load_tiles(m, [step], cohort)
+            yield from load_tiles(m, [(step,)], cohort)
         elif isinstance(step, (Store, Atomic)):
             yield from store_tile(m, step, cohort)
         elif isinstance(step, Mma):
@@ -127,27 +171,40 @@ def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[Step, ...]:
     return tuple(merged)
 
 
+def spans(iterations: int, batch: int) -> list[tuple[int, int]]:
+    """[first, last) iterations of each simulated step: 1, 2, 4, ... up to `batch`, then `batch` each.
+
+    The doubling start keeps the pipeline's fill as short as tile by tile (one tile's load is
+    exposed, not a whole batch's); after it, batches of equal work run at the same steady rate."""
+    out, start, size = [], 0, 1
+    while start < iterations:
+        end = min(iterations, start + size)
+        out.append((start, end))
+        start, size = end, min(batch, size * 2)
+    return out
+
+
 def run_loop(m: Machine, loop: Loop, cohort: Cohort, stages: int, batch: int):
     """Loads run up to `stages` (batches of) iterations ahead of compute: multi-buffered shared memory.
-    `batch` iterations are simulated as one (fast mode); 1 simulates every tile."""
+    Up to `batch` iterations are simulated as one (fast mode); 1 simulates every tile."""
     env = m.env
     n = loop.iterations
-    spans = [(a, min(n, a + batch)) for a in range(0, n, batch)]
+    spans_ = spans(n, batch)
     free = simpy.Container(env, capacity=stages, init=stages)
-    ready = [env.event() for _ in spans]
+    ready = [env.event() for _ in spans_]
 
     def fetch(j: int, a: int, b: int):
-        yield from load_tiles(m, [t for i in range(a, b) for t in loop.loads(i)], cohort)
+        yield from load_tiles(m, [loop.loads(i) for i in range(a, b)], cohort)
         ready[j].succeed()
 
     def producer():
-        for j, (a, b) in enumerate(spans):
+        for j, (a, b) in enumerate(spans_):
             yield free.get(1)
             env.process(fetch(j, a, b))
 
     env.process(producer())
     vector_chain = None
-    for j, (a, b) in enumerate(spans):
+    for j, (a, b) in enumerate(spans_):
         yield ready[j]
         steps = merge_steps([loop.compute(i) for i in range(a, b)])
         if loop.overlap_vector:
@@ -183,6 +240,19 @@ def run_cohort(m: Machine, cohort: Cohort, stages: int, batch_for):
     cohort.end_s = m.env.now
 
 
-def batch_size(iterations: int, fast: bool, macro_steps: int = 128) -> int:
-    """Fast mode simulates a long loop as about `macro_steps` steps of equal work."""
-    return max(1, ceil(iterations / macro_steps)) if fast else 1
+STEPS_PER_LAUNCH = 4000  # fast mode: loop steps simulated per CTA x waves, about
+STEPS_PER_CTA = (12, 128)  # fast mode: at least / at most this many steps per CTA loop
+TILE_BY_TILE_UP_TO = 100_000  # CTAs x loop iterations: launches this small are simulated tile by tile
+
+
+def batch_size(iterations: int, fast: bool, waves: int = 1, grid: int = 1) -> int:
+    """How many loop iterations fast mode simulates as one.
+
+    Small launches (grid x iterations up to TILE_BY_TILE_UP_TO) go tile by tile: fast mode then
+    differs from faithful mode only in merging identical CTAs, which is exact. Larger ones
+    batch every CTA's loop alike, about STEPS_PER_LAUNCH / waves steps per CTA."""
+    if not fast or grid * iterations <= TILE_BY_TILE_UP_TO:
+        return 1
+    low, high = STEPS_PER_CTA
+    steps = max(low, min(high, STEPS_PER_LAUNCH // max(waves, 1)))
+    return max(1, ceil(iterations / steps))

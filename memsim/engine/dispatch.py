@@ -15,6 +15,14 @@ from memsim.occupancy import Occupancy
 from memsim.schedules.steps import Launch
 
 
+def _longest_loop(launch: Launch) -> int:
+    """The launch's longest CTA loop, as the schedule declares it or as its first and last CTAs show."""
+    if launch.loop_iterations is not None:
+        return launch.loop_iterations
+    loops = (launch.program(pid).loop for pid in {0, launch.grid - 1})
+    return max((loop.iterations for loop in loops if loop is not None), default=0)
+
+
 def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_out: list):
     """A SimPy process that runs every CTA of `launch` and ends when the last one does."""
     env = m.env
@@ -25,6 +33,7 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
     order = launch.order or (lambda i: i)
     running: list[simpy.Process] = []
     position = 0
+    batch = batch_size(_longest_loop(launch), fast, occ.waves, launch.grid)
 
     def finish(cohort: Cohort, process: simpy.Process):
         yield process
@@ -46,7 +55,7 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
             cohort = Cohort(first_pid=members[0], weight=len(members), program=launch.program(members[0]),
                             sms=sms[start:start + len(members)])
             start += len(members)
-            process = env.process(run_cohort(m, cohort, launch.num_stages, lambda n: batch_size(n, fast)))
+            process = env.process(run_cohort(m, cohort, launch.num_stages, lambda n: batch))
             cohorts_out.append(cohort)
             running.append(env.process(finish(cohort, process)))
     yield env.all_of(running)

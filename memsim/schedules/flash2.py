@@ -61,4 +61,5 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
         name=name, grid=t_r * shape.batch * shape.q_heads, warps_per_cta=tiles.num_warps,
         smem_buffers=smem_buffers(shape, tiles), registers_per_thread=registers_estimate(bm * d + bm * bn, tiles.threads),
         num_stages=tiles.num_stages, program=program, work_class=work_class,
+        loop_iterations=int(blocks.tiles.max()),
     )

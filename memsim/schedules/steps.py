@@ -105,6 +105,9 @@ class Launch:
     # CTAs with equal classes do equal amounts of work (only their tiles' names differ).
     work_class: Callable[[int], Hashable] = field(default=lambda pid: 0)
     order: Callable[[int], int] | None = None  # dispatch position -> program id; None: program-id order
+    # The longest CTA loop: fast mode batches every CTA's loop alike, so that CTAs reading the
+    # same tiles in step stay in step (None: each CTA's own loop length).
+    loop_iterations: int | None = None
 
     @property
     def smem_bytes_per_cta(self) -> int:

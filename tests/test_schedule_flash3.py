@@ -1,0 +1,131 @@
+"""FlashAttention-3's schedules (memsim.schedules.flash3) against fast mode and the closed form."""
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from memsim import AttentionShape, MemsimError, predict
+from memsim.algorithms import flash3
+from memsim.engine import simulate
+from memsim.hardware import load_gpu
+from memsim.schedules import flash2 as flash2_schedule
+from memsim.schedules import flash3 as schedule
+from memsim.schedules.steps import Mma
+
+H100 = load_gpu("H100-SXM5-80GB")
+CEILINGS = H100.ceilings()
+FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
+LATENCY_FACTOR = 3.0  # engine / roofline on every pass sampled: 1.0x - 2.4x per kernel
+ACCUMULATOR = "dQ accumulator"
+
+
+def launches(shape, pass_):
+    return flash3.schedule(shape, flash3.default_tiles(H100, shape), pass_)
+
+
+def assert_matches_closed_form(costs, results):
+    """Resources, work and every byte per tensor, as the closed form has them (all fits in L2 here).
+    The engine counts the fill of a line an atomic misses as an L2 -> SM read; the closed form does not."""
+    assert [r.launch.name for r in results] == [c.name for c in costs]
+    for cost, r in zip(costs, results):
+        sim, by_tensor = r.counters, r.counters.by_tensor()
+        assert (r.launch.grid, r.launch.warps_per_cta, r.launch.registers_per_thread) == \
+            (cost.grid_ctas, cost.warps_per_cta, cost.registers_per_thread), cost.name
+        assert dict(r.launch.smem_buffers) == dict(cost.smem_buffers), cost.name
+        assert sim.tensor_flops == pytest.approx(cost.tensor_flops, rel=1e-9), cost.name
+        assert sim.cuda_ops == pytest.approx(cost.cuda_ops, rel=1e-9), cost.name
+        assert sim.exp_ops == pytest.approx(cost.exp_ops, rel=1e-9), cost.name
+        assert set(by_tensor) == set(cost.traffic), cost.name
+        for tensor, t in cost.traffic.items():
+            s = by_tensor[tensor]
+            if tensor == ACCUMULATOR and t.l2_read == 0:
+                assert s["l2_read"] <= s["hbm_read"] + 1e-6
+            else:
+                assert s["l2_read"] == pytest.approx(t.l2_read, rel=1e-9), (cost.name, tensor)
+            assert s["l2_write"] == pytest.approx(t.l2_write, rel=1e-9), (cost.name, tensor)
+            assert s["hbm_read"] == pytest.approx(t.hbm_read, rel=1e-9), (cost.name, tensor)
+            assert s["hbm_write"] + s["hbm_write_deferred"] == pytest.approx(t.hbm_write, rel=1e-9), (cost.name, tensor)
+
+
+@settings(max_examples=6, deadline=None)
+@given(batch=st.sampled_from([1, 2]), heads=st.sampled_from([(2, 2), (4, 2)]), n=st.integers(32, 700),
+       causal=st.booleans(), d=st.sampled_from([64, 128]), fwd_dtype=st.sampled_from(["bf16", "fp8"]))
+def test_fast_mode_agrees_with_faithful_mode(batch, heads, n, causal, d, fwd_dtype):
+    base = dict(batch=batch, q_heads=heads[0], kv_heads=heads[1], q_len=n, head_dim=d, causal=causal)
+    work = launches(AttentionShape(**base, dtype=fwd_dtype), "fwd") + launches(AttentionShape(**base), "bwd")
+    fast, faithful = simulate(H100, CEILINGS, work, fast=True), simulate(H100, CEILINGS, work, fast=False)
+    for a, b in zip(fast, faithful):
+        assert a.latency_s == pytest.approx(b.latency_s, rel=0.01), a.launch.name
+        for key in FIELDS:
+            assert a.counters.totals()[key] == pytest.approx(b.counters.totals()[key], rel=0.01, abs=1.0)
+        assert a.counters.tensor_flops == pytest.approx(b.counters.tensor_flops, rel=1e-9)
+        assert a.counters.cuda_ops == pytest.approx(b.counters.cuda_ops, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape, pass_", [
+    (AttentionShape(batch=2, q_heads=4, q_len=512, head_dim=64), "fwd+bwd"),
+    (AttentionShape(batch=1, q_heads=8, kv_heads=2, q_len=300, kv_len=700, head_dim=128, causal=True), "fwd+bwd"),
+    (AttentionShape(batch=1, q_heads=4, kv_heads=2, q_len=700, head_dim=128, causal=True, dtype="fp8"), "fwd"),
+    (AttentionShape(batch=1, q_heads=2, q_len=400, head_dim=256, dtype="fp8"), "fwd"),
+], ids=["mha", "gqa-causal-uneven", "fp8-causal", "fp8-d256"])
+def test_work_and_every_byte_match_the_closed_form_when_all_fits_in_l2(shape, pass_):
+    tiles = flash3.default_tiles(H100, shape)
+    costs = flash3.kernels(H100, shape, tiles, pass_)
+    assert_matches_closed_form(costs, simulate(H100, CEILINGS, flash3.schedule(shape, tiles, pass_)))
+
+
+def test_fp8_runs_fp8_matmuls_writes_o_in_bf16_and_keeps_a_transposed_v():
+    shape = AttentionShape(batch=1, q_heads=2, q_len=384, head_dim=128, dtype="fp8")
+    (fwd,) = launches(shape, "fwd")
+    program = fwd.program(0)
+    assert {s.dtype for s in program.loop.compute(0) if isinstance(s, Mma)} == {"fp8"}
+    assert fwd.smem_buffers["V tiles transposed"] == fwd.smem_buffers["V tiles"]
+    o = simulate(H100, CEILINGS, [fwd])[0].counters.by_tensor()["O"]
+    print(f"\nO: {o['l2_write']:.0f} B written for {2 * 384 * 128} fp8 elements")
+    assert o["l2_write"] == 2 * 384 * 128 * 2  # bf16
+
+
+def test_softmax_overlaps_the_matmuls_in_the_forward_and_the_backward_and_saves_time():
+    shape = AttentionShape(batch=1, q_heads=16, q_len=2048, head_dim=128)
+    work = launches(shape, "fwd+bwd")
+    mains = [x for x in work if x.name in ("flash3_fwd", "flash3_bwd")]
+    assert len(mains) == 2 and all(x.program(0).loop.overlap_vector for x in mains)
+    # The same forward without the overlap: FA2's schedule on FA3's tiles, warps and registers.
+    fwd = mains[0]
+    serial = dataclasses.replace(flash2_schedule.forward(shape, flash3.default_tiles(H100, shape)), name=fwd.name,
+                                 warps_per_cta=fwd.warps_per_cta, registers_per_thread=fwd.registers_per_thread)
+    overlapped_s, serial_s = (simulate(H100, CEILINGS, [x])[0].latency_s for x in (fwd, serial))
+    print(f"\nforward: {overlapped_s * 1e6:.1f} us overlapped, {serial_s * 1e6:.1f} us in turn")
+    assert overlapped_s < serial_s
+
+
+def test_backward_uses_fa3s_backward_tiles_and_warps():
+    shape = AttentionShape(batch=1, q_heads=2, q_len=512, head_dim=128)
+    main = next(x for x in launches(shape, "bwd") if x.name == "flash3_bwd")
+    tiles = flash3.backward_tiles(shape)
+    assert main.warps_per_cta == flash3.BWD_CONSUMER_WARPS + flash3.PRODUCER_WARPS
+    assert main.grid == 2 * -(-512 // tiles.block_n)
+
+
+def test_fp8_backward_is_refused():
+    with pytest.raises(MemsimError, match="fp8"):
+        schedule.backward(AttentionShape(q_heads=2, q_len=256, dtype="fp8"))
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "bwd", "fwd+bwd"])
+def test_predict_with_the_engine_runs_every_pass(pass_):
+    shape = AttentionShape(batch=1, q_heads=4, kv_heads=2, q_len=1024, head_dim=128, causal=True)
+    des = predict("flash3", shape, pass_=pass_, engine="des")
+    analytic = predict("flash3", shape, pass_=pass_)
+    assert [k.name for k in des.kernels] == [k.name for k in analytic.kernels]
+    for d, a in zip(des.kernels, analytic.kernels):
+        assert d.tensor_flops == pytest.approx(a.tensor_flops, rel=1e-9)
+    q_bytes, kv_bytes = 4 * 1024 * 128 * 2, 2 * 1024 * 128 * 2
+    compulsory = q_bytes + 2 * kv_bytes + (2 * q_bytes if "bwd" in pass_ else 0)  # Q, K, V (+ O, dO)
+    floor_s = compulsory / CEILINGS.hbm_bandwidth_bytes_per_s
+    ratio = des.latency_s / analytic.latency_s
+    print(f"\n{pass_}: engine {des.latency_s * 1e6:.1f} us, roofline {analytic.latency_s * 1e6:.1f} us "
+          f"({ratio:.2f}x), compulsory bytes at HBM bandwidth {floor_s * 1e6:.2f} us")
+    assert 1 / LATENCY_FACTOR <= ratio <= LATENCY_FACTOR
+    assert des.latency_s >= floor_s

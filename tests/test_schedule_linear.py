@@ -1,0 +1,151 @@
+"""Linear attention's schedules against the closed form and against themselves (fast vs faithful)."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from memsim import AttentionShape, TileConfig, predict
+from memsim.algorithms import linear
+from memsim.engine import simulate
+from memsim.errors import MemsimError
+from memsim.hardware import load_gpu
+from memsim.schedules import linear as sched
+from memsim.schedules.steps import Load, Store
+
+H100 = load_gpu("H100-SXM5-80GB")
+FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
+
+
+def simulated(shape, tiles, fast=True):
+    return simulate(H100, H100.ceilings(), sched.forward(shape, tiles), fast=fast)
+
+
+def assert_work_and_l2_bytes_match(cost, result, skip=()):
+    """FLOPs, CUDA ops, exp ops and every tensor's L2<->SM bytes exactly; HBM reads per tensor and
+    writes (during the kernel or after it) as the closed form says where everything fits in L2."""
+    c = result.counters
+    assert c.tensor_flops == pytest.approx(cost.tensor_flops, rel=1e-9)
+    assert c.cuda_ops == pytest.approx(cost.cuda_ops, rel=1e-9)
+    assert c.exp_ops == pytest.approx(cost.exp_ops, rel=1e-9)
+    sim = c.by_tensor()
+    assert set(sim) == set(cost.traffic)
+    for tensor, t in cost.traffic.items():
+        got = sim[tensor]
+        for key in ("l2_read", "l2_write", "hbm_read"):
+            if (tensor, key) not in skip:
+                assert got[key] == pytest.approx(getattr(t, key), rel=1e-9, abs=1e-6), (tensor, key)
+        assert got["hbm_write"] + got["hbm_write_deferred"] == pytest.approx(t.hbm_write, rel=1e-9, abs=1e-6), tensor
+    assert result.launch.smem_bytes_per_cta == cost.smem_bytes_per_cta
+    assert result.launch.registers_per_thread == cost.registers_per_thread
+    assert result.launch.grid == cost.grid_ctas
+
+
+CASES = {
+    "causal, one split, GQA": (AttentionShape(batch=2, q_heads=4, kv_heads=2, q_len=1000, head_dim=64, causal=True),
+                               TileConfig(block_m=64, num_splits=1)),
+    "causal, 3 value splits of d=80": (AttentionShape(batch=1, q_heads=2, q_len=777, head_dim=80, causal=True),
+                                       TileConfig(block_m=32, num_splits=3)),
+    "causal, int8 KV cache": (AttentionShape(batch=1, q_heads=2, q_len=512, head_dim=64, kv_dtype="int8", causal=True),
+                              TileConfig(block_m=64, num_splits=2)),
+    "non-causal, one split (stored)": (AttentionShape(batch=2, q_heads=4, kv_heads=2, q_len=1000, head_dim=64),
+                                       TileConfig(block_m=128, block_n=64, num_warps=8, num_splits=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_schedule_matches_the_closed_form(case):
+    shape, tiles = CASES[case]
+    costs = linear.kernels(H100, shape, tiles, "fwd")
+    results = simulated(shape, tiles)
+    assert [r.launch.name for r in results] == [k.name for k in costs]
+    for cost, result in zip(costs, results):
+        print(f"{case}: {cost.name} {cost.tensor_flops:.4g} FLOPs, {cost.cuda_ops:.4g} CUDA ops, "
+              f"L2 read {cost.total.l2_read / 1e6:.3f} MB, HBM read {cost.total.hbm_read / 1e6:.3f} MB")
+        assert_work_and_l2_bytes_match(cost, result)
+
+
+NON_CAUSAL_SPLIT = (AttentionShape(batch=1, q_heads=4, kv_heads=2, q_len=1000, head_dim=64),
+                    TileConfig(block_m=128, block_n=64, num_warps=8, num_splits=4))
+
+
+def test_atomic_state_reduction_matches_the_closed_form_but_its_line_fetch():
+    """Split states are added in L2 with atomics: the state's lines come from HBM once per head."""
+    shape, tiles = NON_CAUSAL_SPLIT
+    (state, output), (sim_state, sim_output) = linear.kernels(H100, shape, tiles, "fwd"), simulated(shape, tiles)
+    assert_work_and_l2_bytes_match(state, sim_state, skip={("KV_state", "l2_read")})
+    assert_work_and_l2_bytes_match(output, sim_output)
+
+
+def test_atomic_state_reduction_reads_nothing_into_the_sm():
+    shape, tiles = NON_CAUSAL_SPLIT
+    sim = simulated(shape, tiles)[0].counters.by_tensor()["KV_state"]
+    assert sim["l2_read"] == linear.kernels(H100, shape, tiles, "fwd")[0].traffic["KV_state"].l2_read
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_q_k_v_read_once_and_o_written_once(causal):
+    b, hq, hkv, n, d = 2, 8, 2, 2048, 128
+    shape = AttentionShape(batch=b, q_heads=hq, kv_heads=hkv, q_len=n, head_dim=d, causal=causal)
+    results = simulated(shape, linear.default_tiles(H100, shape))
+    by_tensor = {}
+    for r in results:
+        for tensor, got in r.counters.by_tensor().items():
+            by_tensor.setdefault(tensor, []).append(got)
+
+    def total(tensor, *keys):
+        return sum(got[k] for got in by_tensor[tensor] for k in keys)
+
+    q = o = b * hq * n * d * 2
+    kv = b * hkv * n * d * 2
+    print(f"causal={causal}: HBM read Q {total('Q', 'hbm_read') / 1e6:.3f} MB (= {q / 1e6:.3f}), "
+          f"K {total('K', 'hbm_read') / 1e6:.3f} and V {total('V', 'hbm_read') / 1e6:.3f} MB (= {kv / 1e6:.3f}), "
+          f"O written {total('O', 'hbm_write', 'hbm_write_deferred') / 1e6:.3f} MB (= {o / 1e6:.3f})")
+    assert total("Q", "hbm_read") == q
+    assert total("K", "hbm_read") == total("V", "hbm_read") == kv
+    assert total("O", "hbm_write", "hbm_write_deferred") == o
+
+
+def test_causal_state_never_leaves_the_chip():
+    """Every CTA loads only Q, K, V chunks and stores only O chunks: S is neither loaded nor stored."""
+    shape = AttentionShape(batch=1, q_heads=2, q_len=300, head_dim=64, causal=True)
+    tiles = TileConfig(block_m=64, num_splits=2)
+    launch = sched.forward(shape, tiles)[0]
+    for pid in range(launch.grid):
+        program = launch.program(pid)
+        steps = list(program.prologue) + list(program.epilogue)
+        for i in range(program.loop.iterations):
+            steps += list(program.loop.loads(i)) + list(program.loop.compute(i))
+        assert {s.tensor for s in steps if isinstance(s, Load)} == {"Q", "K", "V"}
+        assert {s.tensor for s in steps if isinstance(s, Store)} == {"O"}
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from([1, 2]), st.sampled_from([1, 2]), st.integers(1, 700), st.booleans(),
+       st.sampled_from([32, 64]), st.sampled_from([32, 64]), st.integers(1, 3), st.integers(1, 3))
+def test_fast_mode_agrees_with_faithful_mode(batch, kv_heads, n, causal, d, block, stages, splits):
+    shape = AttentionShape(batch=batch, q_heads=2 * kv_heads, kv_heads=kv_heads, q_len=n, head_dim=d,
+                           dtype="fp16", causal=causal)
+    splits = min(splits, -(-n // block))  # the non-causal state kernel needs a chunk per split
+    tiles = TileConfig(block_m=block, block_n=block, num_stages=stages, num_splits=splits)
+    for fast, faithful in zip(simulated(shape, tiles, True), simulated(shape, tiles, False)):
+        assert fast.latency_s == pytest.approx(faithful.latency_s, rel=0.01)
+        for key in FIELDS:
+            assert fast.counters.totals()[key] == pytest.approx(faithful.counters.totals()[key], rel=0.01)
+        assert fast.counters.tensor_flops == pytest.approx(faithful.counters.tensor_flops, rel=1e-9)
+        assert fast.counters.cuda_ops == pytest.approx(faithful.counters.cuda_ops, rel=1e-9)
+
+
+def test_predict_runs_the_schedule():
+    shape = AttentionShape(batch=1, q_heads=8, q_len=4096, causal=True)
+    des, analytic = predict("linear", shape, engine="des"), predict("linear", shape)
+    print(f"linear causal N=4096: des {des.latency_s * 1e6:.1f} us, analytic {analytic.latency_s * 1e6:.1f} us")
+    assert des.kernels[0].tensor_flops == pytest.approx(analytic.kernels[0].tensor_flops, rel=1e-9)
+    assert des.latency_s > 0
+
+
+def test_more_splits_than_key_chunks_is_refused():
+    shape = AttentionShape(batch=1, q_heads=2, q_len=100, head_dim=64)
+    with pytest.raises(MemsimError, match="num_splits = 4") as err:
+        sched.forward(shape, TileConfig(block_n=64, num_splits=4))
+    assert "\n" not in str(err.value)
+    with pytest.raises(MemsimError, match="fwd"):
+        linear.schedule(shape, TileConfig(), "bwd")
