@@ -7,6 +7,7 @@ from memsim.errors import MemsimError
 from memsim.hardware import DEFAULT_GPU, GPUSpec, load_gpu
 from memsim.result import KernelPrediction, Prediction
 from memsim.roofline import kernel_time
+from memsim.schedules.orders import DEFAULT_GROUP, reorder
 from memsim.workload import AttentionShape, TileConfig
 
 ENGINES = ("analytic", "des")
@@ -27,10 +28,22 @@ def resolve_tiles(gpu: GPUSpec, algo: str, shape: AttentionShape, **overrides) -
 
 def predict(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec | str = DEFAULT_GPU,
             tiles: TileConfig | None = None, pass_: str = "fwd", engine: str = "analytic",
-            calibrated: bool = True, fast: bool = True) -> Prediction:
+            calibrated: bool = True, fast: bool = True, order: str = "pid", group: int = DEFAULT_GROUP,
+            ctas: int | None = None) -> Prediction:
     """Predict one attention call. `gpu` is a GPUSpec, a preset name or a YAML path; `tiles`
-    defaults to the algorithm's own choice; `calibrated` uses measured ceilings where the GPU has them;
-    `fast` (discrete-event engine only) merges identical CTAs and long loops, `fast=False` simulates every tile."""
+    defaults to the algorithm's own choice; `calibrated` uses measured ceilings where the GPU has them.
+    Discrete-event engine only: `fast` merges identical CTAs and batches long loops (`fast=False`
+    simulates every tile); `order` dispatches CTAs in program-id order ("pid"), grouped ("swizzle",
+    `group` rows of (batch, head) per group) or on a persistent grid ("persistent", `ctas` CTAs)."""
+    return run(algo, shape, gpu, tiles, pass_, engine, calibrated, fast, order, group, ctas)[0]
+
+
+def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec | str = DEFAULT_GPU,
+        tiles: TileConfig | None = None, pass_: str = "fwd", engine: str = "analytic", calibrated: bool = True,
+        fast: bool = True, order: str = "pid", group: int = DEFAULT_GROUP, ctas: int | None = None,
+        trace: bool = False) -> tuple[Prediction, list]:
+    """memsim.predict, with the simulated launches behind it (memsim.engine.LaunchResult; none for the
+    analytic model). `trace` keeps each unit's busy intervals for memsim.engine.trace."""
     spec = gpu if isinstance(gpu, GPUSpec) else load_gpu(gpu)
     shape = shape or AttentionShape()
     alg = algorithm(algo)
@@ -40,25 +53,32 @@ def predict(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUS
         raise MemsimError(f"{algo} models only the {', '.join(alg.passes)} pass, not {pass_!r}")
     if engine not in ENGINES:
         raise MemsimError(f"engine {engine!r} is not known; use one of {', '.join(ENGINES)}")
+    if engine != "des" and order != "pid":
+        raise MemsimError(f"order {order!r} needs engine 'des': the analytic model has no dispatch order")
     tiles = tiles or alg.default_tiles(spec, shape)
     ceilings = spec.ceilings(calibrated)
+    results, notes = [], ()
     if engine == "des":
-        kernels = _simulated(alg, spec, ceilings, shape, tiles, pass_, fast)
+        from memsim.engine.report import kernel_prediction
+
+        results, notes = _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace)
+        kernels = tuple(kernel_prediction(r) for r in results)
     else:
         kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, k))
                         for k in alg.kernels(spec, shape, tiles, pass_))
-    return Prediction(
+    prediction = Prediction(
         gpu=spec.name, algo=alg.name, pass_=pass_, engine=engine, ceilings=ceilings.origin,
         shape=shape.as_dict(), tiles=tiles.as_dict(), kernels=kernels,
-        sram_limit_bytes=spec.smem_per_block_optin_bytes, assumptions=alg.assumptions,
+        sram_limit_bytes=spec.smem_per_block_optin_bytes, assumptions=alg.assumptions + tuple(notes),
     )
+    return prediction, results
 
 
-def _simulated(alg, spec, ceilings, shape, tiles, pass_, fast) -> tuple[KernelPrediction, ...]:
+def _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace):
     from memsim.engine import simulate
-    from memsim.engine.report import kernel_prediction
 
     if alg.schedule is None:
         raise MemsimError(f"{alg.name} has no discrete-event schedule yet; use --engine analytic")
-    launches = alg.schedule(shape, tiles, pass_)
-    return tuple(kernel_prediction(r) for r in simulate(spec, ceilings, launches, fast=fast))
+    launches, notes = reorder(alg.schedule(shape, tiles, pass_), order, spec, shape, group, ctas)
+    return simulate(spec, ceilings, launches, fast=fast, trace=trace), notes
+

@@ -7,9 +7,11 @@ import click
 from rich.console import Console
 
 from memsim.errors import MemsimError
+from memsim.explain import explain
 from memsim.hardware import DEFAULT_GPU, load_gpu
-from memsim.predict import ENGINES, predict, resolve_tiles
+from memsim.predict import ENGINES, resolve_tiles, run
 from memsim.algorithms import ALGORITHMS, PASSES
+from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
 from memsim.cli import render
@@ -44,26 +46,62 @@ def cli():
 @click.option("--engine", default="analytic", show_default=True, type=click.Choice(ENGINES))
 @click.option("--peak", is_flag=True, help="Use datasheet peaks instead of the GPU's measured ceilings.")
 @click.option("--compare", help="Comma-separated algorithms to show side by side, e.g. standard,flash1,flash2.")
+@click.option("--order", default="pid", show_default=True, type=click.Choice(ORDERS),
+              help="Dispatch order (--engine des): program-id, grouped (Triton's swizzle), or a persistent grid.")
+@click.option("--swizzle-group", default=DEFAULT_GROUP, show_default=True, type=int,
+              help="Rows of (batch, head) per group for --order swizzle.")
+@click.option("--persistent-ctas", type=int, help="CTAs of the persistent grid; default: all that fit at once.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+              help="Write a Chrome/Perfetto trace of the simulation to this file (--engine des).")
+@click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, pass_, engine, peak, compare, as_json):
+                block_m, block_n, warps, stages, splits, page_size, pass_, engine, peak, compare, order,
+                swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
+    algos = [a.strip() for a in compare.split(",")] if compare else [algo]
+    _check_des_options(engine, order, trace_path, algos)
     spec = load_gpu(gpu)
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
-    algos = [a.strip() for a in compare.split(",")] if compare else [algo]
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                      num_splits=splits, page_size=page_size)
-    results = [predict(a, shape, spec, resolve_tiles(spec, a, shape, **overrides), pass_, engine, not peak)
-               for a in algos]
+    results, runs = [], []
+    for a in algos:
+        tiles = resolve_tiles(spec, a, shape, **overrides)
+        p, runs = run(a, shape, spec, tiles, pass_, engine, not peak, order=order, group=swizzle_group,
+                      ctas=persistent_ctas, trace=bool(trace_path))
+        results.append(p)
+    if trace_path:
+        from memsim.engine.trace import write_trace
+
+        write_trace(trace_path, runs, title=f"memsim {results[0].algo} on {results[0].gpu}")
+    _show(results, as_json, show_explain, trace_path)
+
+
+def _check_des_options(engine: str, order: str, trace_path: str | None, algos: list[str]) -> None:
+    if engine != "des" and trace_path:
+        raise MemsimError(f"--trace {trace_path} needs --engine des: the analytic model has no timeline")
+    if engine != "des" and order != "pid":
+        raise MemsimError(f"--order {order} needs --engine des: the analytic model has no dispatch order")
+    if trace_path and len(algos) > 1:
+        raise MemsimError(f"--trace takes one algorithm, not --compare {','.join(algos)}")
+
+
+def _show(results: list, as_json: bool, show_explain: bool, trace_path: str | None) -> None:
     if as_json:
-        out = results[0].as_dict() if len(results) == 1 else [r.as_dict() for r in results]
-        click.echo(json.dumps(out, indent=2))
+        dicts = [dict(r.as_dict(), explain=explain(r)) if show_explain else r.as_dict() for r in results]
+        click.echo(json.dumps(dicts[0] if len(dicts) == 1 else dicts, indent=2))
         return
     if len(results) > 1:
         Console().print(render.compare_table(results))
     else:
         render.print_prediction(results[0])
+    if show_explain:
+        for r in results:
+            render.print_explanation(r, explain(r), heading=len(results) > 1)
+    if trace_path:
+        click.echo(f"trace written to {trace_path} (open it in ui.perfetto.dev)")
 
 
 @cli.command("gpus")

@@ -20,6 +20,11 @@ def human_time(s: float) -> str:
     return f"{s * 1e9:,.1f} ns"
 
 
+def human_kib(n: float) -> str:
+    """Shared memory and register files are sized in KiB on every datasheet."""
+    return f"{n / 1024:,.0f} KiB" if n >= 1024 else f"{n:,.0f} B"
+
+
 def human_count(n: float, unit: str) -> str:
     for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= size:
@@ -50,14 +55,28 @@ def prediction_table(p: Prediction) -> Table:
     occ = d["occupancy"]
     table.add_row("CTAs per SM / waves", f"{occ['ctas_per_sm']} ({occ['limiter']}) / {occ['waves']}")
     if p.latency_s > 0:
-        table.add_row("achieved", f"{human_count(p.flops['tensor'] / p.latency_s, 'FLOP/s')}, "
-                                  f"{human_count(p.bytes['hbm_read'] / p.latency_s + p.bytes['hbm_write'] / p.latency_s, 'B/s')} HBM")
+        a = p.achieved
+        table.add_row("achieved", f"{human_count(a['tensor_flops_per_s'], 'FLOP/s')}, "
+                                  f"{human_count(a['hbm_bytes_per_s'], 'B/s')} HBM")
+    busy = sorted(p.utilisation.items(), key=lambda item: item[1], reverse=True)
+    if busy:
+        table.add_row("busiest units", ", ".join(f"{unit} {fraction:.0%}" for unit, fraction in busy[:3]))
     table.caption = f"engine: {p.engine}; rates: {p.ceilings}"
     return table
 
 
 def print_prediction(p: Prediction, console: Console | None = None) -> None:
     (console or Console()).print(prediction_table(p))
+
+
+def print_explanation(p: Prediction, lines: list[str], heading: bool = False,
+                      console: Console | None = None) -> None:
+    """The lines of memsim.explain.explain, after the table; `heading` names the algorithm (for --compare)."""
+    out = console or Console()
+    if heading:
+        out.print(f"{p.algo}:", highlight=False, markup=False)
+    for line in lines:
+        out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def print_gpus(as_json: bool = False, console: Console | None = None) -> None:

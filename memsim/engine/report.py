@@ -1,7 +1,7 @@
 """Turn simulated launches into the same KernelPrediction records the analytic model gives."""
 
 from memsim.engine.simulate import LaunchResult
-from memsim.result import KernelPrediction
+from memsim.result import KernelPrediction, achieved
 
 SATURATED = 0.6  # a unit busier than this sets the pace; below it for all, latency does
 
@@ -19,12 +19,17 @@ def critical_unit(utilisation: dict) -> tuple[str, str]:
 
 def kernel_prediction(r: LaunchResult) -> KernelPrediction:
     launch, c = r.launch, r.counters
-    bound, critical = critical_unit(r.utilisation())
+    utilisation = r.utilisation()
+    bound, critical = critical_unit(utilisation)
+    totals = c.totals()
     return KernelPrediction(
         name=launch.name, grid_ctas=launch.grid, latency_s=r.end_s - r.start_s, bound=bound, critical=critical,
         ctas_per_sm=r.occupancy.ctas_per_sm, occupancy_limiter=r.occupancy.limiter, waves=r.occupancy.waves,
         smem_bytes_per_cta=launch.smem_bytes_per_cta, smem_buffers=dict(launch.smem_buffers),
         registers_per_thread=launch.registers_per_thread, tensor_flops=c.tensor_flops, cuda_ops=c.cuda_ops,
-        exp_ops=c.exp_ops, bytes=c.totals(), bytes_by_tensor=c.by_tensor(),
-        resource_s=dict(r.busy_s),
+        exp_ops=c.exp_ops, bytes=totals, bytes_by_tensor=c.by_tensor(),
+        resource_s=dict(r.busy_s), utilisation=utilisation,
+        achieved=achieved(c.tensor_flops, totals["hbm_read"] + totals["hbm_write"],
+                          totals["l2_read"] + totals["l2_write"], r.latency_s),
+        slots=r.occupancy.slots, warps_per_cta=launch.warps_per_cta,
     )
