@@ -1,0 +1,84 @@
+"""Invariants of the discrete-event engine over every algorithm (Hypothesis, small shapes).
+
+- every byte loaded is accounted to a level, and HBM reads lie between the compulsory bytes and
+  the L2->SM reads plus what atomics fetch;
+- more HBM bandwidth never makes a kernel slower; a bigger GPU (more SMs, compute rates scaled
+  with them, memory unchanged) never makes it slower;
+- the same request gives the same answer.
+"""
+
+import dataclasses
+from types import MappingProxyType
+
+from hypothesis import given, settings, strategies as st
+
+from memsim import AttentionShape, predict
+from memsim.algorithms import ALGORITHMS
+from memsim.hardware import load_gpu
+
+H100 = dataclasses.replace(load_gpu("H100-SXM5-80GB"), calibration=None)
+SMALL = settings(max_examples=12, deadline=None)
+
+
+@st.composite
+def small_cases(draw):
+    name = draw(st.sampled_from(sorted(ALGORITHMS)))
+    algo = ALGORITHMS[name]
+    kv_heads = draw(st.sampled_from([1, 2]))
+    q_heads = kv_heads * draw(st.sampled_from([1, 2, 4]))
+    kv_len = draw(st.integers(16, 2048))
+    q_len = 1 if algo.decode_only else draw(st.integers(1, 1024))
+    causal = True if algo.causal_only else draw(st.booleans())
+    if causal:
+        kv_len = max(kv_len, q_len)
+        if algo.causal_needs_square:
+            q_len = kv_len = min(kv_len, 1024)
+    shape = AttentionShape(batch=draw(st.integers(1, 2)), q_heads=q_heads, kv_heads=kv_heads, q_len=q_len,
+                           kv_len=kv_len, head_dim=draw(st.sampled_from([64, 128])), dtype="fp16", causal=causal)
+    return name, shape
+
+
+def bigger(gpu, factor: float):
+    scale = {k: v * factor for k, v in gpu.tensor_flops_per_s.items()}
+    return dataclasses.replace(gpu, sm_count=int(gpu.sm_count * factor), tensor_flops_per_s=MappingProxyType(scale),
+                               cuda_core_fp32_flops_per_s=gpu.cuda_core_fp32_flops_per_s * factor,
+                               sfu_ops_per_s=gpu.sfu_ops_per_s * factor)
+
+
+@SMALL
+@given(small_cases(), st.floats(1.1, 4.0))
+def test_more_hbm_bandwidth_never_slower(case, factor):
+    name, shape = case
+    wider = dataclasses.replace(H100, hbm_bandwidth_bytes_per_s=H100.hbm_bandwidth_bytes_per_s * factor)
+    assert predict(name, shape, wider, engine="des").latency_s <= predict(name, shape, H100, engine="des").latency_s * (1 + 1e-9)
+
+
+@SMALL
+@given(small_cases(), st.sampled_from([1.5, 2.0]))
+def test_a_bigger_gpu_is_never_slower(case, factor):
+    name, shape = case
+    big = predict(name, shape, bigger(H100, factor), engine="des").latency_s
+    assert big <= predict(name, shape, H100, engine="des").latency_s * (1 + 1e-9), (name, shape)
+
+
+@SMALL
+@given(small_cases())
+def test_bytes_accounted_and_bounded(case):
+    name, shape = case
+    p = predict(name, shape, H100, engine="des")
+    b = p.bytes
+    by_tensor = p.bytes_by_tensor
+    for key in ("hbm_read", "l2_read", "l2_write", "hbm_write", "hbm_write_deferred"):
+        assert abs(sum(t[key] for t in by_tensor.values()) - b[key]) <= 1e-6 * max(b[key], 1.0)
+    # Written bytes reach HBM during the kernel or after it; never more than were written.
+    assert b["hbm_write"] + b["hbm_write_deferred"] <= b["l2_write"] * (1 + 1e-9)
+    for tensor in ("Q", "K", "V"):
+        if tensor in by_tensor:
+            assert by_tensor[tensor]["hbm_read"] <= by_tensor[tensor]["l2_read"] * (1 + 1e-9), (name, tensor)
+
+
+@SMALL
+@given(small_cases())
+def test_deterministic(case):
+    name, shape = case
+    assert predict(name, shape, H100, engine="des").as_dict() == predict(name, shape, H100, engine="des").as_dict()
