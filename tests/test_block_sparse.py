@@ -15,8 +15,9 @@ from memsim.errors import MemsimError
 from memsim.hardware import load_gpu
 from memsim.schedules import flash2 as flash2_schedule
 
+from checks import assert_fast_matches_faithful, assert_kernel_matches_closed_form, assert_same_kernels
+
 H100 = load_gpu("H100-SXM5-80GB")
-FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
 SMALL_NSA = dict(cmp_block=16, cmp_stride=8, slc_block=32, slc_count=4, window=64)  # every branch at N of a few hundred
 
 
@@ -32,23 +33,11 @@ def simulated(alg, shape, tiles, fast=True):
 def assert_schedule_matches(alg, shape, tiles):
     """Work and L2<->SM bytes exactly, per tensor; HBM too (these shapes fit in L2)."""
     costs, results = alg.kernels(H100, shape, tiles, "fwd"), simulated(alg, shape, tiles)
-    assert [r.launch.name for r in results] == [k.name for k in costs]
+    assert_same_kernels(costs, results)
     for cost, r in zip(costs, results):
-        c = r.counters
         print(f"  {cost.name:13s} {cost.tensor_flops:10.4g} FLOPs {cost.cuda_ops:10.4g} CUDA ops "
               f"L2 read {cost.total.l2_read / 1e3:9.1f} kB HBM read {cost.total.hbm_read / 1e3:8.1f} kB")
-        assert c.tensor_flops == pytest.approx(cost.tensor_flops, rel=1e-9), cost.name
-        assert c.cuda_ops == pytest.approx(cost.cuda_ops, rel=1e-9), cost.name
-        assert c.exp_ops == pytest.approx(cost.exp_ops, rel=1e-9), cost.name
-        sim = c.by_tensor()
-        assert set(sim) == set(cost.traffic), cost.name
-        for tensor, t in cost.traffic.items():
-            for key in ("l2_read", "l2_write", "hbm_read"):
-                assert sim[tensor][key] == pytest.approx(getattr(t, key), rel=1e-9, abs=1e-6), (cost.name, tensor, key)
-            written = sim[tensor]["hbm_write"] + sim[tensor]["hbm_write_deferred"]
-            assert written == pytest.approx(t.hbm_write, rel=1e-9, abs=1e-6), (cost.name, tensor)
-        assert (r.launch.grid, r.launch.smem_bytes_per_cta, r.launch.registers_per_thread) == \
-            (cost.grid_ctas, cost.smem_bytes_per_cta, cost.registers_per_thread), cost.name
+        assert_kernel_matches_closed_form(cost, r, abs_bytes=1e-6)
     return costs
 
 
@@ -210,11 +199,7 @@ def test_nsa_fast_mode_agrees_with_faithful_mode(n, kv_heads, group, blocks, sta
 
 def assert_fast_equals_faithful(alg, shape, tiles):
     for fast, faithful in zip(simulated(alg, shape, tiles, True), simulated(alg, shape, tiles, False)):
-        assert fast.latency_s == pytest.approx(faithful.latency_s, rel=0.01), fast.launch.name
-        for key in FIELDS:
-            assert fast.counters.totals()[key] == pytest.approx(faithful.counters.totals()[key], rel=0.01)
-        assert fast.counters.tensor_flops == pytest.approx(faithful.counters.tensor_flops, rel=1e-9)
-        assert fast.counters.cuda_ops == pytest.approx(faithful.counters.cuda_ops, rel=1e-9)
+        assert_fast_matches_faithful(fast, faithful)
 
 
 # ---- growth in N ------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import pytest
 
 from memsim.cli.main import main
 
+from checks import assert_usage_error_on_one_line
+
 
 def run(capsys, *args):
     code = main(list(args))
@@ -63,12 +65,7 @@ def test_gpus_lists_presets(capsys):
 ])
 def test_bad_input_gets_one_line_and_exit_2(capsys, args, words):
     code, out, err = run(capsys, *args)
-    assert code == 2, (code, err)
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("memsim: error: "), err
-    for w in words:
-        assert w in lines[0]
+    assert_usage_error_on_one_line(code, out, err, words)
 
 
 def test_bad_gpu_file_names_file_key_and_value(tmp_path, capsys):

@@ -9,6 +9,8 @@ from memsim.cli.main import main
 from memsim.predict import run as run_prediction
 from memsim.explain import explain
 
+from checks import assert_usage_error_on_one_line
+
 SMALL = ["--heads", "4", "--seq", "1024"]  # 32 CTAs: quick
 
 
@@ -47,12 +49,7 @@ def test_trace_and_order_prediction_equals_the_plain_one():
 ])
 def test_bad_des_options_get_one_line_and_exit_2(capsys, args, words):
     code, out, err = run(capsys, "predict", *SMALL, *args)
-    assert code == 2, (code, err)
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("memsim: error: "), err
-    for w in words:
-        assert w in lines[0]
+    assert_usage_error_on_one_line(code, out, err, words)
 
 
 @pytest.mark.parametrize("order, note", [("swizzle", "grouped dispatch, 2 (batch, head) rows"),

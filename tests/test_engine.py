@@ -9,8 +9,9 @@ from memsim.engine import simulate
 from memsim.hardware import load_gpu
 from memsim.schedules.flash2 import forward as schedule
 
+from checks import assert_fast_matches_faithful, assert_same_total_bytes, assert_same_work
+
 H100 = load_gpu("H100-SXM5-80GB")
-FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
 
 
 def run(shape, tiles, fast):
@@ -20,13 +21,10 @@ def run(shape, tiles, fast):
 def test_design_md_case_bytes_match_the_closed_form_exactly():
     shape = AttentionShape(batch=1, q_heads=16, q_len=4096)
     tiles = TileConfig()
-    sim = run(shape, tiles, fast=True).counters.totals()
-    cf = closed_form(H100, shape, tiles).total
-    print({k: f"{v / 1e6:.1f} MB" for k, v in sim.items()})
-    for key in ("hbm_read", "l2_read", "l2_write"):
-        assert sim[key] == pytest.approx(getattr(cf, key), rel=1e-9)
-    # Everything written reaches HBM, during the kernel or after it (O stays dirty in L2 here).
-    assert sim["hbm_write"] + sim["hbm_write_deferred"] == pytest.approx(cf.hbm_write, rel=1e-9)
+    sim = run(shape, tiles, fast=True).counters
+    print({k: f"{v / 1e6:.1f} MB" for k, v in sim.totals().items()})
+    # hbm_write: everything written reaches HBM, during the kernel or after it (O stays dirty in L2 here).
+    assert_same_total_bytes(closed_form(H100, shape, tiles), sim, ("hbm_read", "l2_read", "l2_write", "hbm_write"))
 
 
 @settings(max_examples=8, deadline=None)
@@ -37,21 +35,13 @@ def test_fast_mode_agrees_with_faithful_mode(batch, kv_heads, n, causal, d, bloc
                            dtype="fp16", causal=causal)
     tiles = TileConfig(block_m=blocks[0], block_n=blocks[1], num_stages=stages)
     fast, faithful = run(shape, tiles, True), run(shape, tiles, False)
-    assert fast.latency_s == pytest.approx(faithful.latency_s, rel=0.01)
-    for key in FIELDS:
-        assert fast.counters.totals()[key] == pytest.approx(faithful.counters.totals()[key], rel=0.01)
-    assert fast.counters.tensor_flops == pytest.approx(faithful.counters.tensor_flops, rel=1e-9)
-    assert fast.counters.cuda_ops == pytest.approx(faithful.counters.cuda_ops, rel=1e-9)
+    assert_fast_matches_faithful(fast, faithful)
 
 
 def test_work_matches_the_closed_form():
     shape = AttentionShape(batch=2, q_heads=4, q_len=1000, causal=True)
     tiles = TileConfig()
-    sim = run(shape, tiles, fast=True).counters
-    cf = closed_form(H100, shape, tiles)
-    assert sim.tensor_flops == pytest.approx(cf.tensor_flops, rel=1e-9)
-    assert sim.cuda_ops == pytest.approx(cf.cuda_ops, rel=1e-9)
-    assert sim.exp_ops == pytest.approx(cf.exp_ops, rel=1e-9)
+    assert_same_work(closed_form(H100, shape, tiles), run(shape, tiles, fast=True).counters)
 
 
 def test_hbm_reads_between_compulsory_and_l2_reads():
@@ -61,13 +51,19 @@ def test_hbm_reads_between_compulsory_and_l2_reads():
     assert compulsory <= sim["hbm_read"] <= sim["l2_read"]
 
 
-def test_more_bandwidth_or_more_sms_is_never_slower():
+def test_memory_bound_decode_gets_faster_with_hbm_bandwidth():
+    """Invariants over every algorithm are in test_engine_invariants.py; here the effect must be real:
+    Flash-Decoding spreads a decode step over 64K keys across the SMs (FA2's 8 CTAs alone are
+    latency-bound, which is why split-KV exists), so it is HBM-bound and twice the bandwidth must cut its time."""
     import dataclasses
-    shape = AttentionShape(batch=1, q_heads=8, q_len=1, kv_len=32768)  # decode: memory bound
-    base = predict("flash2", shape, H100, engine="des").latency_s
-    wider = dataclasses.replace(H100, hbm_bandwidth_bytes_per_s=2 * H100.hbm_bandwidth_bytes_per_s, calibration=None)
-    assert predict("flash2", shape, wider, engine="des").latency_s <= base
-    assert predict("flash2", shape, dataclasses.replace(H100, calibration=None), engine="des").latency_s <= base * 1.2
+    shape = AttentionShape(batch=4, q_heads=32, kv_heads=8, q_len=1, kv_len=65536)
+    base = dataclasses.replace(H100, calibration=None)
+    wider = dataclasses.replace(base, hbm_bandwidth_bytes_per_s=2 * base.hbm_bandwidth_bytes_per_s)
+    slow = predict("flash_decoding", shape, base, engine="des")
+    fast = predict("flash_decoding", shape, wider, engine="des")
+    assert slow.bound == "memory"
+    print(f"decode at 3.35 TB/s: {slow.latency_s * 1e6:.1f} us, at 6.7 TB/s: {fast.latency_s * 1e6:.1f} us")
+    assert fast.latency_s < 0.9 * slow.latency_s
 
 
 def test_deterministic():

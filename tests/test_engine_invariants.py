@@ -3,7 +3,7 @@
 - every byte loaded is accounted to a level, and HBM reads lie between the compulsory bytes and
   the L2->SM reads plus what atomics fetch;
 - more HBM bandwidth never makes a kernel slower; a bigger GPU (more SMs, compute rates scaled
-  with them, memory unchanged) never makes it slower;
+  with them, memory unchanged) never makes it slower (beyond SCHEDULING_ANOMALY, see there);
 - the same request gives the same answer.
 """
 
@@ -45,12 +45,21 @@ def bigger(gpu, factor: float):
                                sfu_ops_per_s=gpu.sfu_ops_per_s * factor)
 
 
+# Greedy dispatch is list scheduling, and more processors can lengthen a list schedule (Graham,
+# "Bounds on multiprocessing timing anomalies", 1969); a faster unit can likewise change the order in
+# which CTAs finish and what L2 evicts (timing anomalies: Lundqvist and Stenstrom, 1999). Seen here, on
+# NSA's many small kernels at tiny shapes only: 0.11% slower with 1.5x the SMs (q_len=423), 0.5% slower
+# with more HBM bandwidth (batch 2, q_len=664). More than SCHEDULING_ANOMALY slower fails.
+SCHEDULING_ANOMALY = 0.01
+
+
 @SMALL
 @given(small_cases(), st.floats(1.1, 4.0))
 def test_more_hbm_bandwidth_never_slower(case, factor):
     name, shape = case
     wider = dataclasses.replace(H100, hbm_bandwidth_bytes_per_s=H100.hbm_bandwidth_bytes_per_s * factor)
-    assert predict(name, shape, wider, engine="des").latency_s <= predict(name, shape, H100, engine="des").latency_s * (1 + 1e-9)
+    faster = predict(name, shape, wider, engine="des").latency_s
+    assert faster <= predict(name, shape, H100, engine="des").latency_s * (1 + SCHEDULING_ANOMALY), (name, shape)
 
 
 @SMALL
@@ -58,7 +67,7 @@ def test_more_hbm_bandwidth_never_slower(case, factor):
 def test_a_bigger_gpu_is_never_slower(case, factor):
     name, shape = case
     big = predict(name, shape, bigger(H100, factor), engine="des").latency_s
-    assert big <= predict(name, shape, H100, engine="des").latency_s * (1 + 1e-9), (name, shape)
+    assert big <= predict(name, shape, H100, engine="des").latency_s * (1 + SCHEDULING_ANOMALY), (name, shape)
 
 
 @SMALL

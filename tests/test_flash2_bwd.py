@@ -12,17 +12,11 @@ from memsim.errors import MemsimError
 from memsim.hardware import load_gpu
 from memsim.roofline import kernel_time
 
+from checks import by_name, summed
+
 H100 = load_gpu("H100-SXM5-80GB")
 # flash-attention's Flash_bwd_kernel_traits<128, 64, 128, 8, ...> for d = 128 on sm80: BLOCK_M 64, BLOCK_N 128, 8 warps
 BWD = TileConfig(block_m=64, block_n=128, num_warps=8, num_stages=2)
-
-
-def by_name(kernels) -> dict:
-    return {k.name: k for k in kernels}
-
-
-def total(kernels, tensor: str, field: str) -> float:
-    return sum(getattr(k.traffic[tensor], field) for k in kernels if tensor in k.traffic)
 
 
 def test_kernels_in_launch_order():
@@ -130,10 +124,10 @@ def test_every_shape_moves_at_least_the_compulsory_bytes(n, kv_extra, d, heads, 
     q = batch * heads[0] * n * d
     kv = batch * heads[1] * shape.kv_len * d
     for tensor, least in (("Q", q * e), ("dO", q * e), ("O", q * e)):
-        assert total(ks, tensor, "hbm_read") >= least, tensor
-    assert total(ks, "K", "hbm_read") >= batch * heads[1] * keys_touched(shape) * d * kv_e
+        assert summed(ks, tensor, "hbm_read") >= least, tensor
+    assert summed(ks, "K", "hbm_read") >= batch * heads[1] * keys_touched(shape) * d * kv_e
     for tensor, least in (("dQ", q * e), ("dK", kv * e), ("dV", kv * e)):
-        assert total(ks, tensor, "hbm_write") == least, tensor
+        assert summed(ks, tensor, "hbm_write") == least, tensor
     for k in ks:
         for t, traffic in k.traffic.items():
             assert traffic.l2_read >= traffic.hbm_read or t == "dQ accumulator", (k.name, t)

@@ -11,9 +11,10 @@ from memsim.engine import simulate
 from memsim.hardware import load_gpu
 from memsim.schedules.flash1 import split_k_exchange_bytes
 
+from checks import assert_engine_within_factor_of_roofline, assert_fast_matches_faithful, assert_matches_closed_form
+
 H100 = load_gpu("H100-SXM5-80GB")
 CEILINGS = H100.ceilings()
-FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
 # Engine / roofline: 1.3x - 3.1x on the shapes sampled. The engine times the split-K exchange (66 KB of
 # shared memory per inner step at d = 128) and a load latency per inner step of the single-buffered
 # loop; the roofline has neither, so the engine runs slower the more steps a CTA takes.
@@ -24,14 +25,9 @@ def run(shape, tiles, fast=True):
     return simulate(H100, CEILINGS, flash1.schedule(shape, tiles, "fwd"), fast=fast)
 
 
-def assert_fast_matches_faithful(shape, tiles, latency_rel):
+def assert_fast_runs_match_faithful(shape, tiles, latency_rel):
     for fast, faithful in zip(run(shape, tiles, True), run(shape, tiles, False)):
-        assert fast.latency_s == pytest.approx(faithful.latency_s, rel=latency_rel), fast.launch.name
-        for key in FIELDS:
-            assert fast.counters.totals()[key] == pytest.approx(faithful.counters.totals()[key], rel=0.01, abs=1.0)
-        assert fast.counters.tensor_flops == pytest.approx(faithful.counters.tensor_flops, rel=1e-9)
-        assert fast.counters.cuda_ops == pytest.approx(faithful.counters.cuda_ops, rel=1e-9)
-        assert fast.counters.smem_bytes == pytest.approx(faithful.counters.smem_bytes, rel=1e-9)
+        assert_fast_matches_faithful(fast, faithful, latency_rel, abs_bytes=1.0, also=("smem_bytes",))
 
 
 SHAPES = dict(batch=st.sampled_from([1, 2]), heads=st.sampled_from([(2, 2), (4, 2), (2, 1)]), n=st.integers(16, 900),
@@ -49,7 +45,7 @@ def fa1_shape(batch, heads, n, kv_extra, causal, window, d):
 def test_fast_mode_agrees_with_faithful_mode(stages, **shape):
     shape = fa1_shape(**shape)
     tiles = dataclasses.replace(flash1.default_tiles(H100, shape), num_stages=stages)
-    assert_fast_matches_faithful(shape, tiles, latency_rel=0.01)
+    assert_fast_runs_match_faithful(shape, tiles, latency_rel=0.01)
 
 
 @settings(max_examples=4, deadline=None)
@@ -59,7 +55,7 @@ def test_fast_mode_on_the_default_single_stage_loop_within_three_percent(**shape
     # one latency per iteration, HBM's if any of its loads missed; run apart, only the iterations that
     # missed pay HBM's (memsim.engine.cta.load_tiles). On the shapes sampled that costs up to 2.4%.
     shape = fa1_shape(**shape)
-    assert_fast_matches_faithful(shape, flash1.default_tiles(H100, shape), latency_rel=0.03)
+    assert_fast_runs_match_faithful(shape, flash1.default_tiles(H100, shape), latency_rel=0.03)
 
 
 @pytest.mark.parametrize("shape", [
@@ -70,23 +66,7 @@ def test_fast_mode_on_the_default_single_stage_loop_within_three_percent(**shape
 def test_work_and_every_byte_match_the_closed_form_when_all_fits_in_l2(shape):
     tiles = flash1.default_tiles(H100, shape)
     costs = flash1.kernels(H100, shape, tiles, "fwd")
-    results = run(shape, tiles)
-    assert [r.launch.name for r in results] == [c.name for c in costs]
-    for cost, r in zip(costs, results):
-        sim, by_tensor = r.counters, r.counters.by_tensor()
-        assert (r.launch.grid, r.launch.warps_per_cta, r.launch.registers_per_thread) == \
-            (cost.grid_ctas, cost.warps_per_cta, cost.registers_per_thread)
-        assert dict(r.launch.smem_buffers) == dict(cost.smem_buffers)
-        assert sim.tensor_flops == pytest.approx(cost.tensor_flops, rel=1e-9)
-        assert sim.cuda_ops == pytest.approx(cost.cuda_ops, rel=1e-9)
-        assert sim.exp_ops == pytest.approx(cost.exp_ops, rel=1e-9)
-        assert set(by_tensor) == set(cost.traffic)
-        for tensor, t in cost.traffic.items():
-            s = by_tensor[tensor]
-            assert s["l2_read"] == pytest.approx(t.l2_read, rel=1e-9), (cost.name, tensor)
-            assert s["l2_write"] == pytest.approx(t.l2_write, rel=1e-9), (cost.name, tensor)
-            assert s["hbm_read"] == pytest.approx(t.hbm_read, rel=1e-9), (cost.name, tensor)
-            assert s["hbm_write"] + s["hbm_write_deferred"] == pytest.approx(t.hbm_write, rel=1e-9), (cost.name, tensor)
+    assert_matches_closed_form(costs, run(shape, tiles))
 
 
 def test_every_inner_step_exchanges_the_split_k_partials_through_shared_memory():
@@ -140,11 +120,7 @@ def test_predict_with_the_engine_runs_the_forward(shape):
     kv_heads = shape.kv_heads
     inputs = shape.batch * (shape.q_heads + 2 * kv_heads) * shape.q_len * shape.head_dim * shape.element_bytes
     floor_s = inputs / CEILINGS.hbm_bandwidth_bytes_per_s  # Q, K, V once
-    ratio = des.latency_s / analytic.latency_s
-    print(f"\nengine {des.latency_s * 1e6:.1f} us, roofline {analytic.latency_s * 1e6:.1f} us ({ratio:.2f}x), "
-          f"compulsory bytes at HBM bandwidth {floor_s * 1e6:.1f} us")
-    assert 1 / LATENCY_FACTOR <= ratio <= LATENCY_FACTOR
-    assert des.latency_s >= floor_s
+    assert_engine_within_factor_of_roofline(des, analytic, floor_s, LATENCY_FACTOR)
 
 
 def test_backward_is_refused():

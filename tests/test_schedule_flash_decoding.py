@@ -14,9 +14,11 @@ from memsim.engine import simulate
 from memsim.hardware import load_gpu
 from memsim.schedules import flash_decoding as sched
 
+from checks import (assert_fast_matches_faithful, assert_same_bytes_per_tensor, assert_same_kernels,
+                    assert_same_tensors, assert_same_total_bytes, assert_same_work)
+
 H100 = load_gpu("H100-SXM5-80GB")
 CEILINGS = H100.ceilings()
-FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
 
 CASES = {
     "gqa, 4 splits": (AttentionShape(batch=2, q_heads=32, kv_heads=8, q_len=1, kv_len=8192),
@@ -46,21 +48,16 @@ def test_work_and_bytes_equal_the_closed_form(case):
     shape, tiles = CASES[case]
     costs = fd.kernels(H100, shape, tiles, "fwd")
     results = run(shape, tiles)
-    assert [r.launch.name for r in results] == [c.name for c in costs]
+    assert_same_kernels(costs, results)
     for cost, result in zip(costs, results):
-        c, cf = result.counters, cost.total
+        c = result.counters
         sim = c.totals()
         print(f"{cost.name}: {c.tensor_flops:.6g} FLOPs, {c.cuda_ops:.6g} CUDA ops, "
               f"{sim['l2_read']:.6g} B from L2, {sim['hbm_read']:.6g} B from HBM")
-        assert c.tensor_flops == pytest.approx(cost.tensor_flops, rel=1e-12)
-        assert c.cuda_ops == pytest.approx(cost.cuda_ops, rel=1e-12)
-        assert c.exp_ops == pytest.approx(cost.exp_ops, rel=1e-12)
-        assert set(c.by_tensor()) == set(cost.traffic)
-        for tensor, traffic in cost.traffic.items():
-            assert c.l2_read[tensor] == pytest.approx(traffic.l2_read, rel=1e-12), tensor
-            assert c.l2_write[tensor] == pytest.approx(traffic.l2_write, rel=1e-12), tensor
-            assert c.hbm_read[tensor] == pytest.approx(traffic.hbm_read, rel=1e-12), tensor
-        assert sim["hbm_write"] + sim["hbm_write_deferred"] == pytest.approx(cf.hbm_write, rel=1e-12)
+        assert_same_work(cost, c, rel=1e-12)
+        assert_same_tensors(cost, c)
+        assert_same_bytes_per_tensor(cost, c, ("l2_read", "l2_write", "hbm_read"), rel=1e-12)
+        assert_same_total_bytes(cost, c, ("hbm_write",), rel=1e-12)
 
 
 @settings(max_examples=10, deadline=None)
@@ -75,12 +72,7 @@ def test_fast_mode_agrees_with_faithful_mode(batch, kv_heads, group, q_len, kv_l
     tiles = TileConfig(block_m=fd.decode_block_m(shape), block_n=block_n, num_stages=stages,
                        num_splits=min(splits, fd.key_tiles(shape, block_n)))
     for fast, faithful in zip(run(shape, tiles, True), run(shape, tiles, False), strict=True):
-        assert fast.latency_s == pytest.approx(faithful.latency_s, rel=0.01)
-        for key in FIELDS:
-            assert fast.counters.totals()[key] == pytest.approx(faithful.counters.totals()[key], rel=0.01, abs=1.0)
-        assert fast.counters.tensor_flops == pytest.approx(faithful.counters.tensor_flops, rel=1e-9)
-        assert fast.counters.cuda_ops == pytest.approx(faithful.counters.cuda_ops, rel=1e-9)
-        assert fast.counters.exp_ops == pytest.approx(faithful.counters.exp_ops, rel=1e-9)
+        assert_fast_matches_faithful(fast, faithful, abs_bytes=1.0, also=("exp_ops",))
 
 
 @settings(max_examples=60, deadline=None)

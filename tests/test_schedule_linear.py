@@ -11,32 +11,13 @@ from memsim.hardware import load_gpu
 from memsim.schedules import linear as sched
 from memsim.schedules.steps import Load, Store
 
+from checks import assert_fast_matches_faithful, assert_kernel_matches_closed_form, assert_same_kernels
+
 H100 = load_gpu("H100-SXM5-80GB")
-FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
 
 
 def simulated(shape, tiles, fast=True):
     return simulate(H100, H100.ceilings(), sched.forward(shape, tiles), fast=fast)
-
-
-def assert_work_and_l2_bytes_match(cost, result, skip=()):
-    """FLOPs, CUDA ops, exp ops and every tensor's L2<->SM bytes exactly; HBM reads per tensor and
-    writes (during the kernel or after it) as the closed form says where everything fits in L2."""
-    c = result.counters
-    assert c.tensor_flops == pytest.approx(cost.tensor_flops, rel=1e-9)
-    assert c.cuda_ops == pytest.approx(cost.cuda_ops, rel=1e-9)
-    assert c.exp_ops == pytest.approx(cost.exp_ops, rel=1e-9)
-    sim = c.by_tensor()
-    assert set(sim) == set(cost.traffic)
-    for tensor, t in cost.traffic.items():
-        got = sim[tensor]
-        for key in ("l2_read", "l2_write", "hbm_read"):
-            if (tensor, key) not in skip:
-                assert got[key] == pytest.approx(getattr(t, key), rel=1e-9, abs=1e-6), (tensor, key)
-        assert got["hbm_write"] + got["hbm_write_deferred"] == pytest.approx(t.hbm_write, rel=1e-9, abs=1e-6), tensor
-    assert result.launch.smem_bytes_per_cta == cost.smem_bytes_per_cta
-    assert result.launch.registers_per_thread == cost.registers_per_thread
-    assert result.launch.grid == cost.grid_ctas
 
 
 CASES = {
@@ -56,11 +37,11 @@ def test_schedule_matches_the_closed_form(case):
     shape, tiles = CASES[case]
     costs = linear.kernels(H100, shape, tiles, "fwd")
     results = simulated(shape, tiles)
-    assert [r.launch.name for r in results] == [k.name for k in costs]
+    assert_same_kernels(costs, results)
     for cost, result in zip(costs, results):
         print(f"{case}: {cost.name} {cost.tensor_flops:.4g} FLOPs, {cost.cuda_ops:.4g} CUDA ops, "
               f"L2 read {cost.total.l2_read / 1e6:.3f} MB, HBM read {cost.total.hbm_read / 1e6:.3f} MB")
-        assert_work_and_l2_bytes_match(cost, result)
+        assert_kernel_matches_closed_form(cost, result, abs_bytes=1e-6)
 
 
 NON_CAUSAL_SPLIT = (AttentionShape(batch=1, q_heads=4, kv_heads=2, q_len=1000, head_dim=64),
@@ -71,8 +52,8 @@ def test_atomic_state_reduction_matches_the_closed_form_but_its_line_fetch():
     """Split states are added in L2 with atomics: the state's lines come from HBM once per head."""
     shape, tiles = NON_CAUSAL_SPLIT
     (state, output), (sim_state, sim_output) = linear.kernels(H100, shape, tiles, "fwd"), simulated(shape, tiles)
-    assert_work_and_l2_bytes_match(state, sim_state, skip={("KV_state", "l2_read")})
-    assert_work_and_l2_bytes_match(output, sim_output)
+    assert_kernel_matches_closed_form(state, sim_state, abs_bytes=1e-6, skip={("KV_state", "l2_read")})
+    assert_kernel_matches_closed_form(output, sim_output, abs_bytes=1e-6)
 
 
 def test_atomic_state_reduction_reads_nothing_into_the_sm():
@@ -127,11 +108,7 @@ def test_fast_mode_agrees_with_faithful_mode(batch, kv_heads, n, causal, d, bloc
     splits = min(splits, -(-n // block))  # the non-causal state kernel needs a chunk per split
     tiles = TileConfig(block_m=block, block_n=block, num_stages=stages, num_splits=splits)
     for fast, faithful in zip(simulated(shape, tiles, True), simulated(shape, tiles, False)):
-        assert fast.latency_s == pytest.approx(faithful.latency_s, rel=0.01)
-        for key in FIELDS:
-            assert fast.counters.totals()[key] == pytest.approx(faithful.counters.totals()[key], rel=0.01)
-        assert fast.counters.tensor_flops == pytest.approx(faithful.counters.tensor_flops, rel=1e-9)
-        assert fast.counters.cuda_ops == pytest.approx(faithful.counters.cuda_ops, rel=1e-9)
+        assert_fast_matches_faithful(fast, faithful)
 
 
 def test_predict_runs_the_schedule():

@@ -15,7 +15,7 @@ from memsim.occupancy import Occupancy
 from memsim.schedules.steps import Launch
 
 
-def _longest_loop(launch: Launch) -> int:
+def longest_loop(launch: Launch) -> int:
     """The launch's longest CTA loop, as the schedule declares it or as its first and last CTAs show."""
     if launch.loop_iterations is not None:
         return launch.loop_iterations
@@ -23,8 +23,11 @@ def _longest_loop(launch: Launch) -> int:
     return max((loop.iterations for loop in loops if loop is not None), default=0)
 
 
-def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_out: list):
-    """A SimPy process that runs every CTA of `launch` and ends when the last one does."""
+def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_out: list,
+               batch: int | None = None, on_finish=None):
+    """A SimPy process that runs every CTA of `launch` and ends when the last one does.
+    `batch`: loop iterations simulated as one (default: from the launch itself);
+    `on_finish(cohort)` is called as each cohort ends."""
     env = m.env
     free = simpy.Store(env)
     for _ in range(occ.ctas_per_sm):
@@ -33,10 +36,13 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
     order = launch.order or (lambda i: i)
     running: list[simpy.Process] = []
     position = 0
-    batch = batch_size(_longest_loop(launch), fast, occ.waves, launch.grid)
+    if batch is None:
+        batch = batch_size(longest_loop(launch), fast, occ.waves, launch.grid)
 
     def finish(cohort: Cohort, process: simpy.Process):
         yield process
+        if on_finish is not None:
+            on_finish(cohort)
         for sm in cohort.sms:
             free.put(sm)
 

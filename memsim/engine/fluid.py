@@ -44,6 +44,11 @@ class FluidResource:
         self._reschedule()
         return done
 
+    def busy_until_now(self) -> float:
+        """busy_s including the stretch since the last change."""
+        self._advance()
+        return self.busy_s
+
     def _unit_rate(self) -> float:
         return min(self.cap, self.rate / self._weight)
 

@@ -4,8 +4,10 @@ from dataclasses import dataclass
 
 import simpy
 
-from memsim.engine.dispatch import run_launch
-from memsim.engine.machine import UNITS, Machine
+from memsim.engine import extrapolate
+from memsim.engine.cta import batch_size
+from memsim.engine.dispatch import longest_loop, run_launch
+from memsim.engine.machine import BYTE_KEYS, UNITS, Machine
 from memsim.hardware.spec import Ceilings, GPUSpec
 from memsim.occupancy import Occupancy, occupancy
 from memsim.schedules.steps import Launch
@@ -21,6 +23,7 @@ class LaunchResult:
     busy_s: dict  # unit -> seconds of full utilisation during the launch
     cohorts: list
     unit_intervals: dict  # unit -> [(start, end)] when tracing
+    extrapolated_ctas: int = 0  # CTAs added at the steady rate instead of simulated (memsim.engine.extrapolate)
 
     @property
     def latency_s(self) -> float:
@@ -31,6 +34,9 @@ class LaunchResult:
         return {unit: busy / span for unit, busy in self.busy_s.items()}
 
 
+_SCALARS = ("tensor_flops", "cuda_ops", "exp_ops", "smem_bytes")
+
+
 def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: bool = True,
              trace: bool = False) -> list[LaunchResult]:
     """Each launch starts with a cold L2 (as under ncu) after one launch overhead."""
@@ -39,17 +45,63 @@ def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: boo
     for launch in launches:
         occ = occupancy(gpu, launch.smem_bytes_per_cta, launch.warps_per_cta, launch.registers_per_thread,
                         launch.grid, launch.name)
-        env = simpy.Environment(initial_time=clock_s + ceilings.launch_overhead_s)
-        m = Machine(env, gpu, ceilings, trace=trace)
-        cohorts: list = []
-        start = env.now
-        env.run(env.process(run_launch(m, launch, occ, fast, cohorts)))
-        end = env.now
-        m.counters.flush(m.l2.flush())  # the next kernel starts cold, as under ncu
-        results.append(LaunchResult(
-            launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
-            counters=m.counters, busy_s={u: m.units[u].busy_s for u in UNITS}, cohorts=cohorts,
-            unit_intervals={u: m.units[u].busy_intervals or [] for u in UNITS},
-        ))
-        clock_s = end
+        batch = batch_size(longest_loop(launch), fast, occ.waves, launch.grid)
+        result = _extrapolated(gpu, ceilings, launch, occ, batch, clock_s) if fast and not trace else None
+        if result is None:
+            result, _ = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s)
+        results.append(result)
+        clock_s = result.end_s
     return results
+
+
+def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, watch: bool = False):
+    """Simulate one launch; with `watch`, snapshot the machine each time CTAs finish."""
+    env = simpy.Environment(initial_time=clock_s + ceilings.launch_overhead_s)
+    m = Machine(env, gpu, ceilings, trace=trace)
+    cohorts: list = []
+    snapshots: list[extrapolate.Snapshot] = []
+    done = [0]
+
+    def on_finish(cohort):
+        done[0] += cohort.weight
+        snapshots.append(_snapshot(m, done[0]))
+
+    start = env.now
+    env.run(env.process(run_launch(m, launch, occ, fast, cohorts, batch, on_finish if watch else None)))
+    end = env.now
+    m.counters.flush(m.l2.flush())  # the next kernel starts cold, as under ncu
+    result = LaunchResult(
+        launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
+        counters=m.counters, busy_s={u: m.units[u].busy_until_now() for u in UNITS}, cohorts=cohorts,
+        unit_intervals={u: m.units[u].busy_intervals or [] for u in UNITS},
+    )
+    return result, snapshots
+
+
+def _snapshot(m: Machine, done_ctas: int) -> extrapolate.Snapshot:
+    c = m.counters
+    flat = {(group, tensor): value for group in BYTE_KEYS for tensor, value in getattr(c, group).items()}
+    flat.update({("scalar", name): getattr(c, name) for name in _SCALARS})
+    return extrapolate.Snapshot(done_ctas, m.env.now, flat, {u: m.units[u].busy_until_now() for u in UNITS})
+
+
+def _extrapolated(gpu, ceilings, launch, occ, batch, clock_s) -> LaunchResult | None:
+    grid = extrapolate.short_grid(launch, occ.slots)
+    if grid is None:
+        return None
+    result, snapshots = _run(gpu, ceilings, extrapolate.shortened(launch, grid), occ, True, batch, False,
+                             clock_s, watch=True)
+    rate = extrapolate.steady_rate(snapshots, occ.slots)
+    if rate is None:
+        return None
+    extra = launch.grid - grid
+    c = result.counters
+    for (group, key), per_cta in rate.counters.items():
+        if group == "scalar":
+            setattr(c, key, getattr(c, key) + extra * per_cta)
+        else:
+            getattr(c, group)[key] += extra * per_cta
+    busy = {u: result.busy_s[u] + extra * rate.busy_s[u] for u in result.busy_s}
+    return LaunchResult(launch=launch, occupancy=occ, start_s=result.start_s,
+                        end_s=result.end_s + extra * rate.time_s, counters=c, busy_s=busy, cohorts=result.cohorts,
+                        unit_intervals=result.unit_intervals, extrapolated_ctas=extra)

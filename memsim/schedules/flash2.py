@@ -62,4 +62,5 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
         smem_buffers=smem_buffers(shape, tiles), registers_per_thread=registers_estimate(bm * d + bm * bn, tiles.threads),
         num_stages=tiles.num_stages, program=program, work_class=work_class,
         loop_iterations=int(blocks.tiles.max()),
+        repeat_unit=t_r * shape.group_size,  # the CTAs of one (batch, kv head): the same work on their own K/V
     )

@@ -108,6 +108,10 @@ class Launch:
     # The longest CTA loop: fast mode batches every CTA's loop alike, so that CTAs reading the
     # same tiles in step stay in step (None: each CTA's own loop length).
     loop_iterations: int | None = None
+    # CTAs per repeating unit in program-id order (e.g. the q-blocks of one kv head): the launch is
+    # grid / repeat_unit copies of the same work on other data, which lets fast mode simulate a
+    # shorter launch and add the rest at its steady rate (memsim.engine.extrapolate).
+    repeat_unit: int | None = None
 
     @property
     def smem_bytes_per_cta(self) -> int:
