@@ -9,8 +9,10 @@ hold the bytes per tensor at each level and the work per unit. Test files import
 """
 
 import pytest
+from hypothesis import strategies as st
 
 from memsim import predict
+from memsim.workload import AttentionShape
 from memsim.errors import MemsimError
 
 # Byte counters the engine keeps per tensor (memsim.engine.machine.BYTE_KEYS); hbm_write_deferred is
@@ -184,3 +186,23 @@ def assert_usage_error_on_one_line(code: int, out: str, err: str, words) -> None
     assert len(lines) == 1 and lines[0].startswith("memsim: error: "), err
     for w in words:
         assert w in lines[0]
+
+
+@st.composite
+def attention_shapes(draw, algo, kv_heads=(1, 2, 4, 8), groups=(1, 2, 4, 8), kv_len=(1, 16384), q_len=(1, 8192),
+                     batch=(1, 4), head_dims=(32, 64, 80, 96, 128, 256), dtypes=("fp16", "bf16")):
+    """Shapes `algo` models (memsim.algorithms.base.Algorithm's constraints): q_len 1 for decode
+    kernels, causal where it is causal only, q_len == kv_len where its causal form needs it.
+    Ranges are (least, most) pairs; the others are the values to draw from."""
+    heads = draw(st.sampled_from(kv_heads))
+    group = draw(st.sampled_from(groups))
+    keys = draw(st.integers(*kv_len))
+    queries = 1 if algo.decode_only else draw(st.integers(*q_len))
+    causal = True if algo.causal_only else draw(st.booleans())
+    if causal:
+        keys = max(keys, queries)
+        if algo.causal_needs_square:
+            queries = keys = min(keys, q_len[1])
+    return AttentionShape(batch=draw(st.integers(*batch)), q_heads=heads * group, kv_heads=heads, q_len=queries,
+                          kv_len=keys, head_dim=draw(st.sampled_from(head_dims)), dtype=draw(st.sampled_from(dtypes)),
+                          causal=causal)

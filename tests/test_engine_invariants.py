@@ -12,30 +12,20 @@ from types import MappingProxyType
 
 from hypothesis import given, settings, strategies as st
 
-from memsim import AttentionShape, predict
+from memsim import predict
 from memsim.algorithms import ALGORITHMS
 from memsim.hardware import load_gpu
+
+from checks import attention_shapes
 
 H100 = dataclasses.replace(load_gpu("H100-SXM5-80GB"), calibration=None)
 SMALL = settings(max_examples=12, deadline=None)
 
 
-@st.composite
-def small_cases(draw):
-    name = draw(st.sampled_from(sorted(ALGORITHMS)))
-    algo = ALGORITHMS[name]
-    kv_heads = draw(st.sampled_from([1, 2]))
-    q_heads = kv_heads * draw(st.sampled_from([1, 2, 4]))
-    kv_len = draw(st.integers(16, 2048))
-    q_len = 1 if algo.decode_only else draw(st.integers(1, 1024))
-    causal = True if algo.causal_only else draw(st.booleans())
-    if causal:
-        kv_len = max(kv_len, q_len)
-        if algo.causal_needs_square:
-            q_len = kv_len = min(kv_len, 1024)
-    shape = AttentionShape(batch=draw(st.integers(1, 2)), q_heads=q_heads, kv_heads=kv_heads, q_len=q_len,
-                           kv_len=kv_len, head_dim=draw(st.sampled_from([64, 128])), dtype="fp16", causal=causal)
-    return name, shape
+def small_cases():
+    return st.sampled_from(sorted(ALGORITHMS)).flatmap(lambda name: st.tuples(st.just(name), attention_shapes(
+        ALGORITHMS[name], kv_heads=(1, 2), groups=(1, 2, 4), kv_len=(16, 2048), q_len=(1, 1024), batch=(1, 2),
+        head_dims=(64, 128), dtypes=("fp16",))))
 
 
 def bigger(gpu, factor: float):

@@ -16,31 +16,15 @@ from memsim.algorithms import ALGORITHMS
 from memsim.algorithms.tiling import keys_touched
 from memsim.hardware import load_gpu
 
+from checks import attention_shapes
+
 H100 = load_gpu("H100-SXM5-80GB")
 READ_ONLY = ("Q", "K", "V")
 
 
-@st.composite
-def shapes(draw, algo):
-    """Shapes the algorithm models: decode for decode kernels, causal and square where it needs them."""
-    kv_heads = draw(st.sampled_from([1, 2, 4, 8]))
-    group = draw(st.sampled_from([1, 2, 4, 8]))
-    kv_len = draw(st.integers(1, 16384))
-    q_len = 1 if algo.decode_only else draw(st.integers(1, 8192))
-    causal = True if algo.causal_only else draw(st.booleans())
-    if causal:
-        kv_len = max(kv_len, q_len)
-        if algo.causal_needs_square:
-            q_len = kv_len = min(kv_len, 8192)
-    return AttentionShape(
-        batch=draw(st.integers(1, 4)), q_heads=kv_heads * group, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len,
-        head_dim=draw(st.sampled_from([32, 64, 80, 96, 128, 256])), dtype=draw(st.sampled_from(["fp16", "bf16"])),
-        causal=causal)
-
-
 def algorithm_and_shape():
     return st.sampled_from(sorted(ALGORITHMS)).flatmap(
-        lambda name: st.tuples(st.just(name), shapes(ALGORITHMS[name])))
+        lambda name: st.tuples(st.just(name), attention_shapes(ALGORITHMS[name])))
 
 
 def compulsory(shape: AttentionShape) -> tuple[float, float]:

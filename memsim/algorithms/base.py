@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Callable
 
+from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
 from memsim.kernel import KernelCost
 from memsim.workload.shape import AttentionShape
@@ -31,3 +32,9 @@ class Algorithm:
 def registers_estimate(fp32_elements_per_cta: float, threads: int, overhead: int = 32) -> int:
     """Registers per thread: the CTA's fp32 accumulators spread over its threads, plus addressing."""
     return int(fp32_elements_per_cta / threads) + overhead
+
+
+def require_forward(pass_: str, algo: str) -> None:
+    """For algorithms that model the forward pass only (called by their kernels() and schedule())."""
+    if pass_ != "fwd":
+        raise MemsimError(f"pass {pass_!r} is not modelled for {algo}, which models the forward pass only; use 'fwd'")

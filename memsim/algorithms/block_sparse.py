@@ -47,8 +47,7 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 
 from memsim.algorithms import flash2
-from memsim.algorithms.base import Algorithm, registers_estimate
-from memsim.algorithms.flash_decoding import check_pass
+from memsim.algorithms.base import Algorithm, registers_estimate, require_forward
 from memsim.algorithms.pointwise import elementwise_grid, pointwise_kernel
 from memsim.algorithms.softmax import VectorOps, online_softmax
 from memsim.algorithms.tiling import QBlockTiles, keys_touched, q_block_tiles
@@ -352,7 +351,7 @@ def moba_default_tiles(gpu: GPUSpec, shape: AttentionShape, p: MobaParams) -> Ti
 
 def moba_kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str,
                  params: MobaParams = MobaParams()) -> list[KernelCost]:
-    check_pass(pass_, "moba")
+    require_forward(pass_, "moba")
     attend = attention_cost(gpu, shape, tiles, moba_attention_plan(shape, tiles, params))
     if not moba_layout(shape, tiles, params).gated.any():
         return [attend]  # every tile takes every earlier block: FlashAttention-2
@@ -568,7 +567,7 @@ def nsa_combine(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, p: NsaPa
 
 def nsa_kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str,
                 params: NsaParams = NsaParams()) -> list[KernelCost]:
-    check_pass(pass_, "nsa")
+    require_forward(pass_, "nsa")
     check_causal_square(shape, "nsa")
     out = []
     if compressed_tokens(shape.kv_len, params):
@@ -605,13 +604,13 @@ NSA_ASSUMPTIONS = (
 
 def _moba_schedule(shape: AttentionShape, tiles: TileConfig, pass_: str, params: MobaParams) -> list:
     from memsim.schedules import block_sparse as sched
-    check_pass(pass_, "moba")
+    require_forward(pass_, "moba")
     return sched.moba(shape, tiles, params)
 
 
 def _nsa_schedule(shape: AttentionShape, tiles: TileConfig, pass_: str, params: NsaParams) -> list:
     from memsim.schedules import block_sparse as sched
-    check_pass(pass_, "nsa")
+    require_forward(pass_, "nsa")
     return sched.nsa(shape, tiles, params)
 
 

@@ -6,10 +6,8 @@ FA2. Where data lives: the Q tile and the fp32 accumulator stay on chip for the 
 loop; K and V tiles stream through `num_stages` shared-memory buffers.
 """
 
-from math import ceil
 
 from memsim.algorithms.base import Algorithm, registers_estimate
-from memsim.errors import MemsimError
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import keys_touched, q_block_tiles
 from memsim.hardware.spec import GPUSpec

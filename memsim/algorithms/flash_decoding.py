@@ -19,7 +19,7 @@ from math import ceil
 
 import numpy as np
 
-from memsim.algorithms.base import Algorithm, registers_estimate
+from memsim.algorithms.base import Algorithm, registers_estimate, require_forward
 from memsim.algorithms.flash2 import smem_buffers
 from memsim.algorithms.kv_quant import kv_load_ops
 from memsim.algorithms.softmax import online_softmax
@@ -261,19 +261,14 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> list[Kern
     return out
 
 
-def check_pass(pass_: str, algo: str) -> None:
-    if pass_ != "fwd":
-        raise MemsimError(f"pass {pass_!r} is not modelled for {algo}, which models the forward pass only; use 'fwd'")
-
-
 def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) -> list[KernelCost]:
-    check_pass(pass_, "flash_decoding")
+    require_forward(pass_, "flash_decoding")
     return forward(gpu, shape, tiles)
 
 
 def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
     from memsim.schedules import flash_decoding as sched
-    check_pass(pass_, "flash_decoding")
+    require_forward(pass_, "flash_decoding")
     return sched.forward(shape, tiles)
 
 

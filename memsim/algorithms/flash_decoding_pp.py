@@ -21,7 +21,7 @@ import dataclasses
 from math import ceil, floor
 
 from memsim.algorithms import flash_decoding as fd
-from memsim.algorithms.base import Algorithm
+from memsim.algorithms.base import Algorithm, require_forward
 from memsim.algorithms.kv_quant import kv_load_ops
 from memsim.algorithms.softmax import PER_SCORE_OPS, VectorOps
 from memsim.errors import MemsimError
@@ -129,7 +129,7 @@ def recompute_shape(shape: AttentionShape, groups: int) -> AttentionShape:
 
 def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str,
             overflow_probability: float = DEFAULT_OVERFLOW_PROBABILITY) -> list[KernelCost]:
-    fd.check_pass(pass_, NAME)
+    require_forward(pass_, NAME)
     check_probability(overflow_probability)
     out = [split_kernel(gpu, shape, tiles)]
     if tiles.num_splits > 1:
@@ -162,7 +162,7 @@ def algorithm(overflow_probability: float = DEFAULT_OVERFLOW_PROBABILITY) -> Alg
 
     def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
         from memsim.schedules import flash_decoding_pp as sched
-        fd.check_pass(pass_, NAME)
+        require_forward(pass_, NAME)
         return sched.forward(shape, tiles, overflow_probability)
 
     return Algorithm(

@@ -17,8 +17,7 @@ on the SFU) and applies them to every block with multiplies on CUDA cores.
 import dataclasses
 
 from memsim.algorithms import linear
-from memsim.algorithms.base import Algorithm
-from memsim.algorithms.flash_decoding import check_pass
+from memsim.algorithms.base import Algorithm, require_forward
 from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
@@ -91,24 +90,24 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, decay: bool 
 
 
 def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) -> list[KernelCost]:
-    check_pass(pass_, "lightning")
+    require_forward(pass_, "lightning")
     return [forward(gpu, shape, tiles)]
 
 
 def kernels_without_decay(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) -> list[KernelCost]:
-    check_pass(pass_, "lightning")
+    require_forward(pass_, "lightning")
     return [forward(gpu, shape, tiles, decay=False)]
 
 
 def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
     from memsim.schedules import lightning as sched
-    check_pass(pass_, "lightning")
+    require_forward(pass_, "lightning")
     return [sched.forward(shape, tiles)]
 
 
 def schedule_without_decay(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
     from memsim.schedules import lightning as sched
-    check_pass(pass_, "lightning")
+    require_forward(pass_, "lightning")
     return [sched.forward(shape, tiles, decay=False)]
 
 

@@ -27,8 +27,7 @@ CTAs of its q heads. phi = elu + 1 and the normaliser are CUDA-core work.
 
 from math import ceil
 
-from memsim.algorithms.base import Algorithm, registers_estimate
-from memsim.algorithms.flash_decoding import check_pass
+from memsim.algorithms.base import Algorithm, registers_estimate, require_forward
 from memsim.algorithms.kv_quant import kv_load_ops
 from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
@@ -279,13 +278,13 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> list[Kern
 
 
 def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) -> list[KernelCost]:
-    check_pass(pass_, "linear")
+    require_forward(pass_, "linear")
     return forward(gpu, shape, tiles)
 
 
 def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
     from memsim.schedules import linear as sched
-    check_pass(pass_, "linear")
+    require_forward(pass_, "linear")
     return sched.forward(shape, tiles)
 
 

@@ -20,7 +20,7 @@ from math import ceil
 import numpy as np
 
 from memsim.algorithms import flash_decoding as fd
-from memsim.algorithms.base import Algorithm
+from memsim.algorithms.base import Algorithm, require_forward
 from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
 from memsim.kernel import KernelCost, Traffic
@@ -109,7 +109,7 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Kern
 
 
 def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) -> list[KernelCost]:
-    fd.check_pass(pass_, "paged")
+    require_forward(pass_, "paged")
     out = [split_kernel(gpu, shape, tiles)]
     if tiles.num_splits > 1:
         out.append(fd.combine_kernel(gpu, shape, tiles, name="paged_combine"))
@@ -118,7 +118,7 @@ def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) 
 
 def schedule(shape: AttentionShape, tiles: TileConfig, pass_: str) -> list:
     from memsim.schedules import paged as sched
-    fd.check_pass(pass_, "paged")
+    require_forward(pass_, "paged")
     return sched.forward(shape, tiles)
 
 
