@@ -1,5 +1,15 @@
 import os
 
+# Kernels run under the Triton interpreter wherever there is no GPU (shared/DESIGN.md); the variable
+# must be set before any kernel module is imported, which happens at collection.
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # memsim alone runs without torch
+    pass
+
 from hypothesis import HealthCheck, settings
 
 # "ci": the CPU suite on every commit, the same examples every run (derandomized) so that a result
