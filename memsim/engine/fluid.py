@@ -5,8 +5,14 @@ min(cap, rate / total weight). A request of weight w stands for w identical requ
 made at the same instant (w CTAs of one cohort), and finishes exactly when each of
 them would: that is what makes merging identical CTAs exact. `cap` is the most one
 unit of weight may take (one CTA cannot use more than its own SM's tensor cores).
+
+All requests progress at the same rate, so the unit keeps one clock of service per unit
+of weight, `served_per_weight` (virtual time, as in fair-queueing schedulers: Demers,
+Keshav and Shenker, SIGCOMM 1989): a request of amount a arriving when it reads V is done
+when it reads V + a. Arrivals and departures cost O(log n), not O(n).
 """
 
+import heapq
 import math
 
 import simpy
@@ -20,9 +26,10 @@ class FluidResource:
         if rate <= 0:
             raise ValueError(f"{name}: rate must be > 0, got {rate}")
         self.env, self.name, self.rate, self.cap = env, name, rate, cap
-        self._jobs: dict[int, list] = {}  # id -> [remaining per unit, weight, event, amount]
+        self._queue: list = []  # heap of (finish on the service clock, id, weight, event, amount)
         self._next_id = 0
         self._weight = 0.0
+        self._served_per_weight = 0.0  # the service clock
         self._last_s = env.now
         self._version = 0
         self.busy_s = 0.0  # integral of utilisation (0..1) over time
@@ -35,9 +42,9 @@ class FluidResource:
         if amount <= 0 or weight <= 0:
             return done.succeed()
         self._advance()
-        if not self._jobs and self.busy_intervals is not None:
+        if not self._queue and self.busy_intervals is not None:
             self.busy_intervals.append((self.env.now, math.nan))
-        self._jobs[self._next_id] = [amount, weight, done, amount]
+        heapq.heappush(self._queue, (self._served_per_weight + amount, self._next_id, weight, done, amount))
         self._next_id += 1
         self._weight += weight
         self.served += amount * weight
@@ -54,18 +61,17 @@ class FluidResource:
 
     def _advance(self) -> None:
         dt = self.env.now - self._last_s
-        if dt > 0 and self._jobs:
+        if dt > 0 and self._queue:
             r = self._unit_rate()
-            for job in self._jobs.values():
-                job[0] -= r * dt
+            self._served_per_weight += r * dt
             self.busy_s += dt * min(1.0, r * self._weight / self.rate)
         self._last_s = self.env.now
 
     def _reschedule(self) -> None:
         self._version += 1
-        if not self._jobs:
+        if not self._queue:
             return
-        remaining = min(job[0] for job in self._jobs.values())
+        remaining = self._queue[0][0] - self._served_per_weight
         version = self._version
         timer = self.env.timeout(max(remaining, 0.0) / self._unit_rate())
         timer.callbacks.append(lambda _event: self._on_timer(version))
@@ -76,12 +82,15 @@ class FluidResource:
         self._advance()
         tiny_s = _CLOCK_RESOLUTION * max(self.env.now, 1e-9)
         r = self._unit_rate()
-        finished = [k for k, job in self._jobs.items() if job[0] <= _DONE * job[3] or job[0] / r <= tiny_s]
-        for k in finished:
-            _, weight, done, _ = self._jobs.pop(k)
+        queue = self._queue
+        while queue:
+            remaining = queue[0][0] - self._served_per_weight
+            if remaining > _DONE * queue[0][4] and remaining / r > tiny_s:
+                break
+            _, _, weight, done, _ = heapq.heappop(queue)
             self._weight -= weight
             done.succeed()
-        if not self._jobs:
+        if not queue:
             self._weight = 0.0
             if self.busy_intervals is not None:
                 start, _ = self.busy_intervals[-1]
