@@ -1,0 +1,103 @@
+"""The validation suite: which kernel, on which shape, measured on the GPU and predicted by memsim.
+
+Runs on the GPU machine (standard library only). A case's id is stable across runs and names
+everything that defines it, e.g. "sdpa_flash.b1h16k16n4096m4096d128c0.bf16"; the id is also the
+NVTX range around its launch, so Nsight Compute's rows can be traced back to it (no "/": ncu
+joins range and kernel name with one).
+
+Kernels:
+- ours (kernels/): "flash2", "flash_decoding", "paged", "standard", "flash1", ... run the schedules
+  memsim models, with the launch configs they report;
+- theirs: PyTorch SDPA's "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math" and
+  "flex_attention", whose code memsim has never seen: launch configs are read from ncu.
+"""
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Case:
+    kernel: str
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    causal: bool = False
+    dtype: str = "bf16"
+
+    @property
+    def id(self) -> str:
+        return (f"{self.kernel}.b{self.batch}h{self.q_heads}k{self.kv_heads}n{self.q_len}m{self.kv_len}"
+                f"d{self.head_dim}c{int(self.causal)}.{self.dtype}")
+
+    @property
+    def is_decode(self) -> bool:
+        return self.q_len == 1
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, **asdict(self)}
+
+
+THIRD_PARTY = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "flex_attention")
+
+# (batch, q heads, kv heads, q length, kv length, head dim, causal): prefill from 512 to 32K, MHA and GQA,
+# head dims 64 and 128, causal and not; the first rows are the shapes shared/DESIGN.md quotes.
+PREFILL = [
+    (1, 16, 16, 4096, 4096, 128, False),
+    (1, 16, 16, 4096, 4096, 128, True),
+    (4, 32, 32, 4096, 4096, 128, False),
+    (4, 32, 32, 4096, 4096, 128, True),
+    (1, 16, 16, 512, 512, 64, False),
+    (4, 16, 16, 1024, 1024, 128, False),
+    (4, 16, 16, 1024, 1024, 128, True),
+    (2, 32, 32, 2048, 2048, 64, True),
+    (1, 32, 32, 8192, 8192, 64, False),
+    (1, 32, 8, 4096, 4096, 128, False),
+    (1, 32, 8, 4096, 4096, 128, True),
+    (2, 16, 16, 16384, 16384, 128, True),
+    (1, 8, 8, 32768, 32768, 128, False),
+    (1, 16, 16, 4096, 4096, 64, False),
+]
+# Decode (one query per sequence) over growing contexts, GQA and MHA.
+DECODE = [
+    (64, 32, 8, 1, 8192, 128, False),
+    (8, 32, 8, 1, 32768, 128, False),
+    (16, 32, 8, 1, 16384, 64, False),
+    (1, 32, 32, 1, 4096, 128, False),
+    (32, 32, 32, 1, 2048, 128, False),
+]
+# flex_attention compiles per shape (tens of seconds each): a few shapes.
+FLEX = [PREFILL[0], PREFILL[1], PREFILL[3], PREFILL[9]]
+# The math path writes S and P (B x H x N^2 each): small shapes only.
+MATH = [
+    (1, 16, 16, 1024, 1024, 128, False),
+    (1, 16, 16, 2048, 2048, 64, False),
+    (2, 8, 8, 1024, 1024, 64, True),
+]
+
+
+def _cases(kernel: str, shapes: list[tuple]) -> list[Case]:
+    return [Case(kernel, *shape) for shape in shapes]
+
+
+def suite(name: str, ours: tuple[str, ...] = ()) -> list[Case]:
+    """"third-party": PyTorch's kernels only; "full": those and ours; "smoke": a handful, for a quick check."""
+    theirs = [c for k in THIRD_PARTY if k != "flex_attention" for c in _cases(k, PREFILL + DECODE)]
+    theirs += _cases("flex_attention", FLEX)
+    theirs += _cases("sdpa_math", MATH)
+    mine = []
+    for kernel in ours:
+        mine += _cases(kernel, DECODE if kernel in DECODE_KERNELS else PREFILL)
+    if name == "third-party":
+        return theirs
+    if name == "full":
+        return theirs + mine
+    if name == "smoke":
+        return [Case("sdpa_flash", *PREFILL[0]), Case("sdpa_cudnn", *PREFILL[0]), Case("sdpa_flash", *DECODE[0])]
+    raise ValueError(f"unknown suite {name!r}; use third-party, full or smoke")
+
+
+# Our kernels that run decode shapes (the rest run prefill shapes).
+DECODE_KERNELS = ("flash_decoding", "flash_decoding_pp", "paged", "kv_quant_int8", "kv_quant_int4")

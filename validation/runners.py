@@ -1,0 +1,100 @@
+"""How each case's kernel is called on the GPU: inputs made once, a call that runs the kernel once.
+
+Inputs are drawn on the CPU and copied in (no GPU kernel runs outside a case's NVTX range but the
+case's own), in several sets when one set is smaller than twice the L2, so that back-to-back timed
+runs read inputs the previous run did not leave in L2 ("rotated").
+"""
+
+import math
+from typing import Callable
+
+import torch
+
+from validation.cases import Case
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MAX_SETS = 8
+
+
+def input_sets(case: Case, device: str = "cuda") -> list[tuple[torch.Tensor, ...]]:
+    """(q, k, v) sets, [B, H, N, D] each, enough of them to cover twice the L2 (at most MAX_SETS)."""
+    dtype = DTYPES[case.dtype]
+    q_shape = (case.batch, case.q_heads, case.q_len, case.head_dim)
+    kv_shape = (case.batch, case.kv_heads, case.kv_len, case.head_dim)
+    set_bytes = (math.prod(q_shape) + 2 * math.prod(kv_shape)) * torch.empty((), dtype=dtype).element_size()
+    l2_bytes = torch.cuda.get_device_properties(device).L2_cache_size if device == "cuda" else 0
+    count = max(1, min(MAX_SETS, math.ceil(2 * l2_bytes / set_bytes)))
+    generator = torch.Generator().manual_seed(0)
+    sets = []
+    for _ in range(count):
+        q, k, v = (torch.randn(s, generator=generator, dtype=torch.float32).to(dtype) for s in (q_shape, kv_shape,
+                                                                                               kv_shape))
+        sets.append(tuple(t.to(device) for t in (q, k, v)))
+    return sets
+
+
+def rotating(sets: list, call: Callable) -> Callable[[], object]:
+    """A no-argument function that calls `call(*set)` on the next set each time."""
+    turn = [0]
+
+    def run():
+        inputs = sets[turn[0] % len(sets)]
+        turn[0] += 1
+        return call(*inputs)
+
+    return run
+
+
+def _sdpa(backend_name: str, case: Case) -> Callable:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+    gqa = case.q_heads != case.kv_heads
+
+    def call(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal, enable_gqa=gqa)
+
+    return call
+
+
+def _flex(case: Case) -> Callable:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=False)
+    mask = None
+    if case.causal:
+        offset = case.kv_len - case.q_len
+
+        def causal(b, h, q_idx, kv_idx):
+            return kv_idx <= q_idx + offset
+
+        mask = create_block_mask(causal, B=None, H=None, Q_LEN=case.q_len, KV_LEN=case.kv_len)
+
+    def call(q, k, v):
+        return compiled(q, k, v, block_mask=mask, enable_gqa=case.q_heads != case.kv_heads)
+
+    return call
+
+
+def _ours(case: Case) -> Callable:
+    """The matched set (kernels/): the public op of each kernel module."""
+    import kernels
+
+    return kernels.validation_call(case.kernel, causal=case.causal)
+
+
+THEIRS = {
+    "sdpa_flash": lambda case: _sdpa("FLASH_ATTENTION", case),
+    "sdpa_cudnn": lambda case: _sdpa("CUDNN_ATTENTION", case),
+    "sdpa_efficient": lambda case: _sdpa("EFFICIENT_ATTENTION", case),
+    "sdpa_math": lambda case: _sdpa("MATH", case),
+    "flex_attention": _flex,
+}
+
+
+def kernel_call(case: Case) -> Callable:
+    """call(q, k, v) running the case's kernel once."""
+    make = THEIRS.get(case.kernel, _ours)
+    return make(case)
