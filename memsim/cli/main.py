@@ -14,7 +14,7 @@ from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
-from memsim.cli import render
+from memsim.cli import render, validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,6 +109,9 @@ def _show(results: list, as_json: bool, show_explain: bool, trace_path: str | No
 def gpus_cmd(as_json):
     """List the GPU presets."""
     render.print_gpus(as_json)
+
+
+validate.register(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,135 @@
+"""Re-predict every recorded case with the current model and measure how far off it is.
+
+    memsim validate --results validation/results/h100 [--engine des] [--plots DIR] [--report FILE] [--json]
+
+Relative error = predicted / measured - 1 per field: HBM bytes read and written (dram__bytes_*),
+L2 -> SM bytes read (lts__t_sectors_srcunit_tex_op_read x 32 B) and time (do_bench median).
+Summaries use |error|: median, 90th percentile, worst.
+
+Calibration: memsim's fitted parameters (achievable HBM and L2 bandwidth, tensor-core and CUDA-core
+rates, latencies, launch overhead) come from the microbenchmarks (validation/microbench.py,
+calibration-*.json), never from attention cases, so every attention case reported here is held out.
+"""
+
+import json
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from memsim.errors import MemsimError
+from memsim.predict import predict
+from validation.mapping import Mapped, Unmapped, map_case
+
+FIELDS = ("hbm_read", "hbm_write", "l2_read", "time")
+SECTOR_BYTES = 32
+GPU_BY_DEVICE = {"NVIDIA H100 80GB HBM3": "H100-SXM5-80GB"}
+
+
+@dataclass
+class Row:
+    id: str
+    kernel: str
+    algo: str = ""
+    how: str = ""
+    measured: dict = field(default_factory=dict)
+    predicted: dict = field(default_factory=dict)
+    error: dict = field(default_factory=dict)  # field -> predicted / measured - 1
+    skipped: str = ""  # why there is no comparison
+
+
+def load_rows(results: Path) -> list[dict]:
+    """Every row of every measurements*.jsonl under `results` (a folder or one file)."""
+    files = [results] if results.is_file() else sorted(results.glob("measurements*.jsonl"))
+    if not files:
+        raise MemsimError(f"no measurements*.jsonl under {results}; run validation/measure.py on a GPU first")
+    rows = []
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
+    return rows
+
+
+def measured(row: dict) -> dict:
+    launches = row["launches"]
+    out = {"time": row.get("time_s")}
+    if row.get("counters") and launches:
+        out["hbm_read"] = sum(k.get("dram__bytes_read.sum") or 0.0 for k in launches)
+        out["hbm_write"] = sum(k.get("dram__bytes_write.sum") or 0.0 for k in launches)
+        out["l2_read"] = SECTOR_BYTES * sum(k.get("lts__t_sectors_srcunit_tex_op_read.sum") or 0.0 for k in launches)
+    return {k: v for k, v in out.items() if v}
+
+
+def predicted(mapped: Mapped, gpu: str, engine: str) -> dict:
+    p = predict(mapped.algo, mapped.shape, gpu, mapped.tiles, engine=engine, order=mapped.order, ctas=mapped.ctas)
+    return {"hbm_read": p.bytes["hbm_read"], "hbm_write": p.bytes["hbm_write"], "l2_read": p.bytes["l2_read"],
+            "time": p.latency_s}
+
+
+def compare_row(args: tuple[dict, str]) -> Row:
+    raw, engine = args
+    row = Row(id=raw["id"], kernel=raw["kernel"])
+    try:
+        mapped = map_case(raw)
+    except Unmapped as why:
+        row.skipped = str(why)
+        return row
+    row.algo, row.how = mapped.algo, mapped.how
+    gpu = GPU_BY_DEVICE.get(raw.get("device", ""), raw.get("device", ""))
+    try:
+        row.predicted = predicted(mapped, gpu, engine)
+    except MemsimError as why:
+        row.skipped = f"memsim refused it: {why}"
+        return row
+    row.measured = measured(raw)
+    row.error = {f: row.predicted[f] / row.measured[f] - 1 for f in FIELDS if row.measured.get(f)}
+    return row
+
+
+def compare(results: Path, engine: str = "des", workers: int = 2, progress=None) -> list[Row]:
+    """Every recorded case re-predicted; `progress(done, total)` is called as rows finish."""
+    raws = load_rows(results)
+    out = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for row in pool.map(compare_row, [(raw, engine) for raw in raws]):
+            out.append(row)
+            if progress:
+                progress(len(out), len(raws))
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(rows: list[Row], group=None) -> dict:
+    """field -> {"n", "median", "p90", "worst", "worst_case"} of |error|, optionally per group(row)."""
+    groups: dict = {}
+    for row in rows:
+        if row.skipped:
+            continue
+        key = group(row) if group else "all"
+        for f, err in row.error.items():
+            groups.setdefault(key, {}).setdefault(f, []).append((abs(err), row.id))
+    return {key: {f: _stats(pairs) for f, pairs in fields.items()} for key, fields in groups.items()}
+
+
+def _stats(pairs: list[tuple[float, str]]) -> dict:
+    errors = [e for e, _ in pairs]
+    worst, worst_case = max(pairs)
+    return {"n": len(errors), "median": statistics.median(errors), "p90": percentile(errors, 0.9),
+            "worst": worst, "worst_case": worst_case}
+
+
+def as_json(rows: list[Row]) -> dict:
+    return {"summary": summary(rows)["all"] if summary(rows) else {},
+            "by_algorithm": summary(rows, lambda r: f"{r.kernel} -> {r.algo}"),
+            "rows": [asdict(r) for r in rows],
+            "held_out": "all attention cases (memsim's parameters come from microbenchmarks only)"}

@@ -1,0 +1,162 @@
+"""From a measured case to the memsim prediction of the same launches.
+
+For kernels nobody here wrote, the tiles come from what Nsight Compute reports of the launch
+(README, "third-party kernels"): BLOCK_M from the grid, warps from the block size, BLOCK_N x
+stages from the dynamic shared memory. The kernel family (which memsim algorithm runs the same
+schedule) is named per backend below, with the reason.
+"""
+
+from dataclasses import dataclass
+from math import ceil
+
+from memsim.workload import AttentionShape, TileConfig
+from memsim.workload.dtypes import bytes_per_element
+
+
+@dataclass(frozen=True)
+class Mapped:
+    algo: str
+    shape: AttentionShape
+    tiles: TileConfig | None  # None: the algorithm's own default
+    order: str = "pid"
+    ctas: int | None = None
+    how: str = ""  # how the tiles were found, for the report
+
+
+class Unmapped(Exception):
+    """A case memsim does not model (the reason is the message)."""
+
+
+def shape_of(row: dict) -> AttentionShape:
+    return AttentionShape(batch=row["batch"], q_heads=row["q_heads"], kv_heads=row["kv_heads"], q_len=row["q_len"],
+                          kv_len=row["kv_len"], head_dim=row["head_dim"], causal=row["causal"], dtype=row["dtype"])
+
+
+def main_launches(row: dict) -> list[dict]:
+    """The case's attention kernels: helper launches of one CTA (flex_attention's fills) left out."""
+    return [k for k in row["launches"] if (k.get("launch__grid_size") or 0) > 1]
+
+
+def _warps(launch: dict) -> int:
+    return max(1, int(launch["launch__block_size"]) // 32)
+
+
+def _pow2_at_most(n: float) -> int:
+    p = 1
+    while p * 2 <= n:
+        p *= 2
+    return p
+
+
+def q_block_rows(shape: AttentionShape, grid: int, splits: int = 1) -> int:
+    """FA2-style grid (q blocks x batch x heads [x splits]): rows per q block."""
+    blocks = grid / (shape.batch * shape.q_heads * splits)
+    if blocks < 1 or blocks != int(blocks):
+        raise Unmapped(f"grid {grid} is not q-blocks x {shape.batch} x {shape.q_heads} x {splits}")
+    return _pow2_at_most(ceil(shape.q_len / blocks) * 2 - 1) if blocks > 1 else max(16, _pow2_at_most(shape.q_len))
+
+
+def kv_stage_keys(shape: AttentionShape, launch: dict, block_m: int) -> int:
+    """Keys buffered per CTA (BLOCK_N x stages): dynamic shared memory less the Q tile, over a K and a V row."""
+    element = bytes_per_element(shape.dtype)
+    smem = launch.get("launch__shared_mem_per_block_dynamic") or 0
+    keys = (smem - block_m * shape.head_dim * element) / (2 * shape.head_dim * element)
+    return max(16, _pow2_at_most(keys)) if keys >= 16 else 64
+
+
+def _fa2_prefill(row: dict, shape: AttentionShape, launch: dict, how: str) -> Mapped:
+    block_m = q_block_rows(shape, int(launch["launch__grid_size"]))
+    block_n = kv_stage_keys(shape, launch, block_m)
+    tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch), num_stages=1)
+    return Mapped("flash2", shape, tiles, how=how)
+
+
+def _decode(row: dict, shape: AttentionShape, launches: list[dict], how: str) -> Mapped:
+    """Split-KV decode (FA2's splitkv kernel, cuDNN's sm80 decode path): GQA packed into the Q tile,
+    grid = batch x kv heads x splits (one M block)."""
+    split = launches[0]
+    grid = int(split["launch__grid_size"])
+    splits = grid // (shape.batch * shape.kv_heads)
+    if splits < 1 or grid % (shape.batch * shape.kv_heads):
+        raise Unmapped(f"decode grid {grid} is not batch {shape.batch} x kv heads {shape.kv_heads} x splits")
+    tiles = TileConfig(block_m=64, block_n=128 if shape.head_dim <= 128 else 64, num_warps=_warps(split),
+                       num_stages=2, num_splits=splits)
+    return Mapped("flash_decoding", shape, tiles, how=f"{how}; {splits} splits from the grid")
+
+
+def map_sdpa_flash(row: dict) -> Mapped:
+    """PyTorch's FlashAttention-2 (flash_fwd_kernel / flash_fwd_splitkv_kernel): memsim's flash2 and
+    flash_decoding model the same schedules."""
+    shape = shape_of(row)
+    launches = main_launches(row)
+    if any("splitkv" in k["kernel"] for k in launches) or shape.q_len == 1:
+        if shape.q_len > 16:
+            raise Unmapped("FA2's split-KV path on a prefill shape: memsim's flash_decoding models decode only")
+        return _decode(row, shape, launches, "FA2 decode")
+    return _fa2_prefill(row, shape, launches[0], "FA2: BLOCK_M from the grid, BLOCK_N from shared memory")
+
+
+def map_sdpa_cudnn(row: dict) -> Mapped:
+    """cuDNN's sm90 kernel: warp-specialised (384 threads = producer + 2 consumer warpgroups) on a
+    persistent grid of one CTA per SM: memsim's flash3 on a persistent grid. Its decode path is an
+    sm80 split kernel like FA2's."""
+    shape = shape_of(row)
+    launches = main_launches(row)
+    if shape.q_len == 1:
+        return _decode(row, shape, launches, "cuDNN sm80 decode")
+    grid = int(launches[0]["launch__grid_size"])
+    return Mapped("flash3", shape, None, order="persistent", ctas=grid,
+                  how=f"FA3 tiles (memsim default), persistent grid of {grid} CTAs")
+
+
+def map_sdpa_efficient(row: dict) -> Mapped:
+    """CUTLASS memory-efficient attention (xFormers): one CTA per 64 queries looping over key blocks,
+    O in registers ("rf"): the FA2 schedule with the tile from its name (64 x 128 or 64 x 64)."""
+    shape = shape_of(row)
+    launch = main_launches(row)[0]
+    block_m = q_block_rows(shape, int(launch["launch__grid_size"]))
+    block_n = 128 if "64x128" in launch["kernel"] else 64
+    tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch), num_stages=1)
+    return Mapped("flash2", shape, tiles, how="FA2 schedule, tile from the kernel name")
+
+
+def map_flex(row: dict) -> Mapped:
+    """flex_attention's Triton template: the FA2 schedule (Triton tutorial 06), BLOCK_M from the grid."""
+    shape = shape_of(row)
+    launch = main_launches(row)[-1]
+    block_m = q_block_rows(shape, int(launch["launch__grid_size"]))
+    keys = kv_stage_keys(shape, launch, block_m)
+    block_n = min(64, keys)
+    tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch),
+                       num_stages=max(1, keys // block_n))
+    return Mapped("flash2", shape, tiles, how="Triton FA2 template: BLOCK_M from the grid, stages from shared memory")
+
+
+def map_sdpa_math(row: dict) -> Mapped:
+    """The math path: Q K^T, softmax and P V as separate kernels (plus casts): memsim's standard attention."""
+    return Mapped("standard", shape_of(row), None, how="three-kernel standard attention (casts not modelled)")
+
+
+MAPPERS = {"sdpa_flash": map_sdpa_flash, "sdpa_cudnn": map_sdpa_cudnn, "sdpa_efficient": map_sdpa_efficient,
+           "flex_attention": map_flex, "sdpa_math": map_sdpa_math}
+
+
+def map_case(row: dict) -> Mapped:
+    if row.get("error") or not row.get("launches"):
+        raise Unmapped(row.get("error") or "no kernel launches recorded")
+    mapper = MAPPERS.get(row["kernel"])
+    if mapper is None:
+        return map_ours(row)
+    return mapper(row)
+
+
+def map_ours(row: dict) -> Mapped:
+    """Our kernels record the launch config they ran from (kernels.launch.LaunchConfig) in the row."""
+    configs = row.get("launch_configs")
+    if not configs:
+        raise Unmapped(f"{row['kernel']}: no launch config recorded")
+    first = configs[0]
+    algo = row.get("memsim_algo", row["kernel"])
+    tiles = TileConfig(block_m=first["block_m"], block_n=first["block_n"], num_warps=first["num_warps"],
+                       num_stages=first["num_stages"], num_splits=row.get("num_splits", 1))
+    return Mapped(algo, shape_of(row), tiles, how="the kernel's own launch config")
