@@ -89,7 +89,7 @@ def suite(name: str, ours: tuple[str, ...] = ()) -> list[Case]:
     theirs += _cases("sdpa_math", MATH)
     mine = []
     for kernel in ours:
-        mine += _cases(kernel, DECODE if kernel in DECODE_KERNELS else PREFILL)
+        mine += _cases(kernel, OURS_SHAPES.get(kernel, PREFILL))
     if name == "third-party":
         return theirs
     if name == "full":
@@ -99,5 +99,6 @@ def suite(name: str, ours: tuple[str, ...] = ()) -> list[Case]:
     raise ValueError(f"unknown suite {name!r}; use third-party, full or smoke")
 
 
-# Our kernels that run decode shapes (the rest run prefill shapes).
-DECODE_KERNELS = ("flash_decoding", "flash_decoding_pp", "paged", "kv_quant_int8", "kv_quant_int4")
+# Our kernels: the decode ones on decode shapes; those that write N^2 intermediates (standard) or walk
+# every key block per (batch, head) in one CTA (flash1) on the small shapes.
+OURS_SHAPES = {"flash_decoding": DECODE, "paged": DECODE, "standard": MATH, "flash1": MATH}

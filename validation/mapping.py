@@ -6,9 +6,11 @@ stages from the dynamic shared memory. The kernel family (which memsim algorithm
 schedule) is named per backend below, with the reason.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil
 
+from memsim.algorithms import ALGORITHMS
+from memsim.hardware import load_gpu
 from memsim.workload import AttentionShape, TileConfig
 from memsim.workload.dtypes import bytes_per_element
 
@@ -150,13 +152,18 @@ def map_case(row: dict) -> Mapped:
     return mapper(row)
 
 
-def map_ours(row: dict) -> Mapped:
-    """Our kernels record the launch config they ran from (kernels.launch.LaunchConfig) in the row."""
+def map_ours(row: dict, gpu: str = "H100-SXM5-80GB") -> Mapped:
+    """Our kernels record the launch configs they ran from (kernels.launch.LaunchConfig) in the row: the
+    main kernel's tiles (the first with a BLOCK_M tile: not an init or combine pass) replace the memsim
+    algorithm's defaults, which keep the rest (loop order)."""
     configs = row.get("launch_configs")
     if not configs:
         raise Unmapped(f"{row['kernel']}: no launch config recorded")
-    first = configs[0]
-    algo = row.get("memsim_algo", row["kernel"])
-    tiles = TileConfig(block_m=first["block_m"], block_n=first["block_n"], num_warps=first["num_warps"],
-                       num_stages=first["num_stages"], num_splits=row.get("num_splits", 1))
-    return Mapped(algo, shape_of(row), tiles, how="the kernel's own launch config")
+    main = next((c for c in configs if c["block_m"] > 1), configs[0])
+    algo = row.get("memsim_algo") or row["kernel"]
+    shape = shape_of(row)
+    base = ALGORITHMS[algo].default_tiles(load_gpu(gpu), shape)
+    tiles = replace(base, block_m=main["block_m"], block_n=main["block_n"], num_warps=main["num_warps"],
+                    num_stages=main["num_stages"], num_splits=row.get("num_splits") or 1,
+                    page_size=row.get("page_size") or base.page_size)
+    return Mapped(algo, shape, tiles, how=f"the kernel's own launch config ({main['kernel']})")

@@ -21,7 +21,7 @@ import torch
 
 from validation import ncu
 from validation.cases import Case, suite
-from validation.runners import input_sets, kernel_call, rotating
+from validation.runners import input_sets, kernel_call, launch_description, rotating
 
 
 def environment() -> dict:
@@ -126,7 +126,7 @@ def run_suite(cases: list[Case], args, argv: list[str]) -> int:
         task = bar.add_task(f"timing {len(cases)} cases", total=len(cases))
         for case in cases:
             try:
-                rows[case.id] = {**case.as_dict(), **time_case(case)}
+                rows[case.id] = {**case.as_dict(), **launch_description(case), **time_case(case)}
             except Exception as err:
                 rows[case.id] = {**case.as_dict(), "error": str(err).splitlines()[0] if str(err) else repr(err)}
             torch.cuda.empty_cache()

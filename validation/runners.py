@@ -78,11 +78,86 @@ def _flex(case: Case) -> Callable:
     return call
 
 
-def _ours(case: Case) -> Callable:
-    """The matched set (kernels/): the public op of each kernel module."""
-    import kernels
+def paged_inputs(k: torch.Tensor, v: torch.Tensor, page: int) -> tuple:
+    """K/V [B, Hkv, N, D] laid out as a paged cache with pages scattered by a random block table:
+    (k_cache, v_cache [B * N / page, Hkv, page, D], block_table [B, N / page] int32, seq_lens [B] int32)."""
+    batch, heads, n, d = k.shape
+    pages = -(-n // page)
+    pad = pages * page - n
+    caches = []
+    for x in (k, v):
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        caches.append(x.view(batch, heads, pages, page, d).permute(0, 2, 1, 3, 4).reshape(batch * pages, heads, page, d))
+    perm = torch.randperm(batch * pages, generator=torch.Generator().manual_seed(1)).to(k.device)
+    scattered = [torch.empty_like(c) for c in caches]
+    for dst, src in zip(scattered, caches):
+        dst[perm] = src
+    table = perm.to(torch.int32).view(batch, pages)
+    return scattered[0], scattered[1], table, torch.full((batch,), n, dtype=torch.int32, device=k.device)
 
-    return kernels.validation_call(case.kernel, causal=case.causal)
+
+PAGE_SIZE = 16  # tokens per page in the paged cases (vLLM's default block size)
+
+
+def _ours(case: Case) -> Callable:
+    """The matched set (kernels/): the public op of each kernel module, called as call(q, k, v)."""
+    if case.kernel == "flash2":
+        from kernels.flash2 import flash_attention
+
+        return lambda q, k, v: flash_attention(q, k, v, causal=case.causal)
+    if case.kernel == "flash_decoding":
+        from kernels.flash_decoding import flash_decode
+
+        return lambda q, k, v: flash_decode(q, k, v)
+    if case.kernel == "paged":
+        from kernels.paged import paged_decode
+
+        caches: dict = {}
+
+        def call(q, k, v):  # the paged layout is built once per input set, outside the timed calls
+            if k.data_ptr() not in caches:
+                caches[k.data_ptr()] = paged_inputs(k, v, PAGE_SIZE)
+            return paged_decode(q[:, :, 0], *caches[k.data_ptr()], num_splits=None)
+
+        return call
+    if case.kernel == "standard":
+        from kernels.standard import standard_attention
+
+        return lambda q, k, v: standard_attention(q, k, v, causal=case.causal)
+    if case.kernel == "flash1":
+        from kernels.flash1 import flash1_attention
+
+        return lambda q, k, v: flash1_attention(q, k, v, causal=case.causal)
+    raise ValueError(f"no runner for kernel {case.kernel!r}")
+
+
+def launch_description(case: Case) -> dict:
+    """For our kernels: the launch configs they report for the case's inputs (meta tensors), the memsim
+    algorithm that models the same schedule, and the split count, recorded with the measurement."""
+    if case.kernel in THEIRS:
+        return {}
+    dtype = DTYPES[case.dtype]
+    q = torch.empty(case.batch, case.q_heads, case.q_len, case.head_dim, dtype=dtype, device="cuda")
+    k = torch.empty(case.batch, case.kv_heads, case.kv_len, case.head_dim, dtype=dtype, device="cuda")
+    if case.kernel == "flash2":
+        from kernels.flash2 import launch_configs
+
+        configs = launch_configs(tuple(q.shape), tuple(k.shape), dtype, causal=case.causal)
+    elif case.kernel == "flash_decoding":
+        from kernels.flash_decoding import launch_configs
+
+        configs = launch_configs(q, k, k)
+    elif case.kernel == "paged":
+        from kernels.paged import launch_configs
+
+        k_cache, v_cache, table, lens = paged_inputs(k, k, PAGE_SIZE)
+        configs = launch_configs(q[:, :, 0], k_cache, v_cache, table, lens, num_splits=None)
+    else:
+        module = __import__(f"kernels.{case.kernel}", fromlist=["launch_configs"])
+        configs = module.launch_configs(q, k, k)
+    splits = configs[0].grid[2] if case.kernel in ("flash_decoding", "paged") else 1
+    return {"launch_configs": [c.as_dict() for c in configs], "memsim_algo": case.kernel, "num_splits": splits,
+            "page_size": PAGE_SIZE if case.kernel == "paged" else None}
 
 
 THEIRS = {
