@@ -14,7 +14,7 @@ from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
-from memsim.cli import render, validate
+from memsim.cli import capacity as capacity_cli, render, sweep as sweep_cli, validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,6 +111,8 @@ def gpus_cmd(as_json):
     render.print_gpus(as_json)
 
 
+capacity_cli.register(cli)  # capacity, models
+sweep_cli.register(cli)  # sram-fit, sweep
 validate.register(cli)
 
 
