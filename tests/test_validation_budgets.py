@@ -1,0 +1,33 @@
+"""Every recorded H100 case re-predicted with the current model, against the error budgets in
+validation/budgets.json: a change that makes memsim's predictions worse cannot land."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from validation.compare import FIELDS, compare_row, load_rows, summary
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGETS = json.loads((ROOT / "validation" / "budgets.json").read_text())
+ROWS = load_rows(ROOT / "validation" / "results" / "h100")
+
+
+def _selected(engine: str) -> list[dict]:
+    which = BUDGETS[engine]["cases"]
+    return ROWS if which == "all" else [r for r in ROWS if not r["causal"]]
+
+
+@pytest.mark.parametrize("engine", ["analytic", "des"])
+def test_errors_within_budget(engine):
+    rows = [compare_row((raw, engine)) for raw in _selected(engine)]
+    compared = [r for r in rows if not r.skipped]
+    assert len(compared) >= 30, f"only {len(compared)} cases compared"
+    stats = summary(compared)["all"]
+    report = []
+    for name in FIELDS:
+        for stat in ("median", "p90"):
+            value, budget = stats[name][stat], BUDGETS[engine][name][stat]
+            report.append(f"{name} {stat} {value:.1%} (budget {budget:.0%})")
+            assert value <= budget, f"{engine}: {name} {stat} |error| {value:.1%} > budget {budget:.0%}"
+    print(f"\n{engine} over {len(compared)} cases: " + "; ".join(report))
