@@ -1,0 +1,211 @@
+"""FlashDecoding++'s asynchronised softmax with a unified maximum value (Hong et al. 2023, section 3).
+
+Flash-Decoding's splits each keep a running maximum and rescale their partial sums whenever it grows;
+the combine then rescales the partials again by their LSE. FlashDecoding++ drops both: every split of
+every row subtracts the same fixed scalar phi, accumulating l = sum exp(s - phi) and
+acc = sum exp(s - phi) v directly, so partials add without rescaling (O = sum acc / sum l,
+LSE = phi + ln sum l). This is exact as long as exp(s - phi) neither overflows nor underflows:
+
+- any score above phi + threshold (overflow risk), or a row whose largest score is below phi - threshold
+  (its terms underflow), or a non-finite result, flags the row;
+- flagged rows are recomputed exactly by flash_decode (section 3, "recomputation") and reported.
+
+phi defaults to 0: the paper's Figure 5 shows the softmax inputs of typical LLMs concentrated within a
+few tens of zero, and with fp32 exponents (the accumulator, and P in the P V product: see below) the
+default window of +-40 around phi loses nothing: exp(40) x 2^31 keys x fp16's largest value stays below
+fp32's range, and exp(-40) is far above its smallest normal. Pass phi and threshold from a model's
+statistics where its logits sit elsewhere.
+
+P is unnormalised here, so it can exceed fp16's range (exp(11.1) = 65504): the P V product runs with P
+in fp32 (TF32 tensor cores on the GPU, whose 8-bit exponent is fp32's; exact fp32 for fp32 inputs).
+
+Kernels: unified_max_split (one program per (batch, kv head, row block, split), GQA rows as in
+decode_split) writes acc, l and the split's largest score; unified_max_combine sums them, normalises and
+flags. Where data lives: as decode_split; the partials (fp32) go to HBM and are read once.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels import flash_decoding as fd
+from kernels.flash_decoding import LN2, _query_rows, _split_range
+from kernels.launch import LaunchConfig, element_bytes
+
+DEFAULT_PHI = 0.0
+DEFAULT_THRESHOLD = 40.0
+MAX_THRESHOLD = 80.0  # exp(-80) = 1.8e-35 is still a normal fp32 number (smallest 1.2e-38)
+
+
+class UnifiedMaxResult(NamedTuple):
+    """out [B, Hq, Nq, D]; lse [B, Hq, Nq] fp32 (natural log); recomputed [B, Hq, Nq] bool: the rows that
+    left the window around phi and were recomputed by flash_decode."""
+
+    out: Tensor
+    lse: Tensor
+    recomputed: Tensor
+
+
+@triton.jit
+def unified_max_split(q_ptr, k_ptr, v_ptr, acc_ptr, sum_ptr, top_ptr,
+                      stride_qb, stride_qh, stride_qn, stride_qd,
+                      stride_kb, stride_kh, stride_kn, stride_kd,
+                      stride_vb, stride_vh, stride_vn, stride_vd,
+                      stride_ab, stride_ah, stride_an, stride_as, stride_ad,
+                      stride_xb, stride_xh, stride_xn, stride_xs,
+                      kv_heads, q_len, kv_len, keys_per_split, qk_scale_log2, phi_log2,
+                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """acc = sum exp(s - phi) v, l = sum exp(s - phi) and the largest score of one split: no rescaling."""
+    b = tl.program_id(0) // kv_heads
+    kv_head = tl.program_id(0) % kv_heads
+    split = tl.program_id(2)
+    q, head, query, row_ok = _query_rows(q_ptr, b, kv_head, tl.program_id(1), q_len,
+                                         stride_qb, stride_qh, stride_qn, stride_qd,
+                                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
+    last_key = query + kv_len - q_len
+    k_head = k_ptr + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh
+    v_head = v_ptr + b.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < HEAD_DIM
+    top = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    start, end = _split_range(split, kv_len, keys_per_split)
+    for n0 in range(start, end, BLOCK_N):
+        keys = n0 + tl.arange(0, BLOCK_N)
+        key_ok = keys < end
+        keys64 = keys.to(tl.int64)
+        k = tl.load(k_head + keys64[:, None] * stride_kn + dims[None, :] * stride_kd,
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        v = tl.load(v_head + keys64[:, None] * stride_vn + dims[None, :] * stride_vd,
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale_log2
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale_log2
+        seen = key_ok[None, :]
+        if CAUSAL:
+            seen = seen & (keys[None, :] <= last_key[:, None])
+        s = tl.where(seen, s, float("-inf"))
+        top = tl.maximum(top, tl.max(s, 1))
+        p = tl.exp2(s - phi_log2)  # the unified max: the same shift for every split, never updated
+        l += tl.sum(p, 1)
+        if IEEE:
+            acc += tl.dot(p, v.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(p, v.to(tl.float32), input_precision="tf32")
+    b64, q64, s64 = b.to(tl.int64), query.to(tl.int64), split.to(tl.int64)
+    acc_ptrs = (acc_ptr + b64 * stride_ab + head[:, None] * stride_ah + q64[:, None] * stride_an + s64 * stride_as
+                + dims[None, :] * stride_ad)
+    tl.store(acc_ptrs, acc, mask=row_ok[:, None] & dim_ok[None, :])
+    row_ptrs = b64 * stride_xb + head * stride_xh + q64 * stride_xn + s64 * stride_xs
+    tl.store(sum_ptr + row_ptrs, l, mask=row_ok)
+    tl.store(top_ptr + row_ptrs, top * LN2, mask=row_ok)
+
+
+@triton.jit
+def unified_max_combine(acc_ptr, sum_ptr, top_ptr, o_ptr, lse_ptr, flag_ptr,
+                        stride_ab, stride_ah, stride_an, stride_as, stride_ad,
+                        stride_xb, stride_xh, stride_xn, stride_xs,
+                        stride_ob, stride_oh, stride_on, stride_od,
+                        stride_lb, stride_lh, stride_ln,
+                        q_heads, q_len, num_splits, phi, threshold,
+                        HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One row: O = sum_s acc_s / sum_s l_s, LSE = phi + ln sum_s l_s; flag (1) a row whose largest score
+    leaves [phi - threshold, phi + threshold] or whose result is not finite. Empty rows: O 0, LSE -inf."""
+    row = tl.program_id(0)
+    b = (row // (q_heads * q_len)).to(tl.int64)
+    head = (row // q_len % q_heads).to(tl.int64)
+    query = (row % q_len).to(tl.int64)
+    splits = tl.arange(0, BLOCK_S)
+    split_ok = splits < num_splits
+    dims = tl.arange(0, BLOCK_D)
+    parts = b * stride_xb + head * stride_xh + query * stride_xn + splits * stride_xs
+    total = tl.sum(tl.load(sum_ptr + parts, mask=split_ok, other=0.0), 0)
+    top = tl.max(tl.load(top_ptr + parts, mask=split_ok, other=float("-inf")), 0)
+    accs = tl.load(acc_ptr + b * stride_ab + head * stride_ah + query * stride_an + splits[:, None] * stride_as
+                   + dims[None, :] * stride_ad, mask=split_ok[:, None] & (dims[None, :] < HEAD_DIM), other=0.0)
+    empty = top == float("-inf")
+    o = tl.sum(accs, 0) / tl.where(total > 0.0, total, 1.0)
+    finite = (tl.abs(total) < float("inf")) & (tl.max(tl.abs(o), 0) < float("inf"))  # NaN compares false
+    flag = (~empty) & ((top > phi + threshold) | (top < phi - threshold) | ~finite | (total <= 0.0))
+    o = tl.where(empty, 0.0, o)
+    tl.store(o_ptr + b * stride_ob + head * stride_oh + query * stride_on + dims * stride_od,
+             o.to(o_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
+    lse = tl.where(empty, float("-inf"), phi + tl.log(tl.where(total > 0.0, total, 1.0)))
+    tl.store(lse_ptr + b * stride_lb + head * stride_lh + query * stride_ln, lse)
+    tl.store(flag_ptr + row, flag.to(tl.int8))
+
+
+def check_window(phi: float, threshold: float) -> None:
+    if not abs(phi) < float("inf"):
+        raise ValueError(f"phi = {phi}; expected a finite number")
+    if not 0.0 < threshold <= MAX_THRESHOLD:
+        raise ValueError(f"threshold = {threshold}; expected 0 < threshold <= {MAX_THRESHOLD} (fp32's exponent range)")
+
+
+def launch_configs(q: Tensor, k: Tensor, v: Tensor, *, num_splits: int | None = None,
+                   sm_count: int | None = None) -> list[LaunchConfig]:
+    """The fast path's launches, in order: unified_max_split, unified_max_combine (always: the combine
+    normalises). Rows that leave the window add flash_decode's launches (kernels.flash_decoding) for their
+    batch entries, which depend on the data and are recorded in `launched` when they run."""
+    split, *_ = fd.launch_configs(q, k, v, num_splits=num_splits, sm_count=sm_count)
+    e = element_bytes(q.dtype)
+    config = fd.split_config("unified_max_split", split.grid, split.block_m, split.block_n, q.shape[3], e, e,
+                             split.num_warps)
+    merge = fd.combine_config(q.shape[0], q.shape[1], q.shape[2], q.shape[3], split.grid[2])
+    return [config, dataclasses.replace(merge, kernel="unified_max_combine")]
+
+
+def recompute_rows(q: Tensor, k: Tensor, v: Tensor, flagged: Tensor, out: Tensor, lse: Tensor, *, scale: float,
+                   causal: bool, launched: list | None) -> None:
+    """Overwrite the flagged rows [B, Hq, Nq] of out and lse with flash_decode's exact result; it runs on the
+    batch entries that hold a flagged row."""
+    entries = flagged.flatten(1).any(dim=1).nonzero().flatten()
+    o, l = fd.flash_decode(q[entries], k[entries], v[entries], scale=scale, causal=causal, return_lse=True,
+                           launched=launched)
+    rows = flagged[entries]
+    out[entries] = torch.where(rows.unsqueeze(-1), o, out[entries])
+    lse[entries] = torch.where(rows, l, lse[entries])
+
+
+def flash_decode_pp(q: Tensor, k: Tensor, v: Tensor, *, phi: float = DEFAULT_PHI,
+                    threshold: float = DEFAULT_THRESHOLD, num_splits: int | None = None, scale: float | None = None,
+                    causal: bool = False, out: Tensor | None = None, lse_out: Tensor | None = None,
+                    launched: list | None = None) -> UnifiedMaxResult:
+    """Decode attention with FlashDecoding++'s unified maximum phi (module docstring).
+
+    q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D] as flash_decode. phi and threshold in units of the scaled
+    scores (scale * q . k): rows with a score above phi + threshold, or whose largest score is below
+    phi - threshold, are recomputed exactly. out [B, Hq, Nq, D] and lse_out [B, Hq, Nq] fp32 may be
+    preallocated. Returns UnifiedMaxResult(out, lse, recomputed [B, Hq, Nq] bool)."""
+    check_window(phi, threshold)
+    configs = launch_configs(q, k, v, num_splits=num_splits)
+    out, lse = fd.decode_outputs(q, out, lse_out)
+    flags = torch.zeros(q.shape[:3], dtype=torch.int8, device=q.device)
+    if q.numel() == 0:
+        return UnifiedMaxResult(out, lse, flags.bool())
+    split, merge = configs
+    num_splits = split.grid[2]
+    scale = q.shape[3] ** -0.5 if scale is None else scale
+    batch, q_heads, q_len, head_dim = q.shape
+    acc = torch.empty((batch, q_heads, q_len, num_splits, head_dim), dtype=torch.float32, device=q.device)
+    sums = torch.empty((batch, q_heads, q_len, num_splits), dtype=torch.float32, device=q.device)
+    tops = torch.empty_like(sums)
+    fd.launch(unified_max_split, split, launched, q, k, v, acc, sums, tops, *q.stride(), *k.stride(), *v.stride(),
+              *acc.stride(), *sums.stride(), k.shape[1], q_len, k.shape[2],
+              fd.keys_per_split(k.shape[2], num_splits, split.block_n), scale * fd.LOG2E, phi * fd.LOG2E,
+              GROUP=q_heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=split.block_m, BLOCK_N=split.block_n,
+              BLOCK_D=fd.head_block(head_dim), CAUSAL=causal, IEEE=q.dtype == torch.float32)
+    fd.launch(unified_max_combine, merge, launched, acc, sums, tops, out, lse, flags, *acc.stride(), *sums.stride(),
+              *out.stride(), *lse.stride(), q_heads, q_len, num_splits, float(phi), float(threshold),
+              HEAD_DIM=head_dim, BLOCK_S=merge.block_n, BLOCK_D=fd.head_block(head_dim))
+    recomputed = flags.bool()
+    if recomputed.any():
+        recompute_rows(q, k, v, recomputed, out, lse, scale=scale, causal=causal, launched=launched)
+    return UnifiedMaxResult(out, lse, recomputed)
