@@ -11,7 +11,9 @@ import torch
 from hypothesis import settings
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-GPU_EXAMPLES_FACTOR = 25  # the gpu profile runs this many times the CI examples
+# The gpu profile runs this many times the CI examples (MEMSIM_GPU_EXAMPLES_FACTOR overrides: each new
+# shape class compiles new kernels, a second or more each, so a lease-limited run may want fewer).
+GPU_EXAMPLES_FACTOR = int(os.environ.get("MEMSIM_GPU_EXAMPLES_FACTOR", "25"))
 
 # The floor, relative to the reference's largest magnitude: a few units in the last place of the dtype
 # (fp16 eps 9.8e-4, bf16 7.8e-3, fp32 1.2e-7; fp8 e4m3 0.125).
