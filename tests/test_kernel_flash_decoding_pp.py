@@ -97,8 +97,10 @@ def test_large_logits_recompute_exactly_the_rows_that_overflow():
     top = largest_scores(q, k, False)
     print(f"largest scores per row: {top.flatten().tolist()}, recomputed {result.recomputed.flatten().tolist()}")
     assert result.recomputed[1].all() and not result.recomputed[0].any()
-    assert [c.kernel for c in launched] == ["unified_max_split", "unified_max_combine", "decode_split",
-                                            "decode_combine"]
+    # The recompute is flash_decode: its split count (and so whether a combine follows) is the device's choice.
+    kernels = [c.kernel for c in launched]
+    assert kernels[:3] == ["unified_max_split", "unified_max_combine", "decode_split"]
+    assert kernels[3:] in ([], ["decode_combine"])
     o64, lse64 = reference.attention(q, k, v)
     peer = reference.attention(q, k, v, dtype=torch.float32)
     check_close("recomputed O", result.out, o64, peer[0], torch.float32)
