@@ -101,4 +101,6 @@ def suite(name: str, ours: tuple[str, ...] = ()) -> list[Case]:
 
 # Our kernels: the decode ones on decode shapes; those that write N^2 intermediates (standard) or walk
 # every key block per (batch, head) in one CTA (flash1) on the small shapes.
-OURS_SHAPES = {"flash_decoding": DECODE, "paged": DECODE, "standard": MATH, "flash1": MATH}
+OURS_SHAPES = {"flash_decoding": DECODE, "paged": DECODE, "flash_decoding_pp": DECODE, "kv_int8": DECODE,
+               "standard": MATH, "flash1": MATH,
+               "linear": [s for s in PREFILL if not s[6]], "lightning": [s for s in PREFILL if s[6]]}

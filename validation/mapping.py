@@ -30,8 +30,10 @@ class Unmapped(Exception):
 
 
 def shape_of(row: dict) -> AttentionShape:
+    extra = {k: row[k] for k in ("kv_dtype", "kv_group_size") if row.get(k)}
     return AttentionShape(batch=row["batch"], q_heads=row["q_heads"], kv_heads=row["kv_heads"], q_len=row["q_len"],
-                          kv_len=row["kv_len"], head_dim=row["head_dim"], causal=row["causal"], dtype=row["dtype"])
+                          kv_len=row["kv_len"], head_dim=row["head_dim"], causal=row["causal"], dtype=row["dtype"],
+                          **extra)
 
 
 def main_launches(row: dict) -> list[dict]:
@@ -163,7 +165,8 @@ def map_ours(row: dict, gpu: str = "H100-SXM5-80GB") -> Mapped:
     algo = row.get("memsim_algo") or row["kernel"]
     shape = shape_of(row)
     base = ALGORITHMS[algo].default_tiles(load_gpu(gpu), shape)
-    tiles = replace(base, block_m=main["block_m"], block_n=main["block_n"], num_warps=main["num_warps"],
-                    num_stages=main["num_stages"], num_splits=row.get("num_splits") or 1,
+    tiles = replace(base, block_m=main["block_m"], block_n=main["block_n"] if main["block_n"] > 1 else base.block_n,
+                    num_warps=main["num_warps"],
+                    num_stages=main["num_stages"], num_splits=row.get("num_splits") or base.num_splits,
                     page_size=row.get("page_size") or base.page_size)
     return Mapped(algo, shape, tiles, how=f"the kernel's own launch config ({main['kernel']})")

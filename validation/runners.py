@@ -97,6 +97,9 @@ def paged_inputs(k: torch.Tensor, v: torch.Tensor, page: int) -> tuple:
 
 
 PAGE_SIZE = 16  # tokens per page in the paged cases (vLLM's default block size)
+KV_GROUP = 32  # elements per scale in the int8 KV cases
+# Our kernel -> the memsim algorithm that models its schedule (and the KV storage it reads).
+MEMSIM_ALGO = {"kv_int8": "flash_decoding", "lightning": "lightning_nodecay"}
 
 
 def _ours(case: Case) -> Callable:
@@ -120,6 +123,29 @@ def _ours(case: Case) -> Callable:
             return paged_decode(q[:, :, 0], *caches[k.data_ptr()], num_splits=None)
 
         return call
+    if case.kernel == "flash_decoding_pp":
+        from kernels.flash_decoding_pp import flash_decode_pp
+
+        return lambda q, k, v: flash_decode_pp(q, k, v)
+    if case.kernel == "kv_int8":
+        from kernels.kv_quant import quantize_kv, quantized_decode
+
+        quantized: dict = {}
+
+        def call(q, k, v):  # quantised once per input set, outside the timed calls
+            if k.data_ptr() not in quantized:
+                quantized[k.data_ptr()] = tuple(quantize_kv(x, bits=8, group_size=KV_GROUP) for x in (k, v))
+            return quantized_decode(q, *quantized[k.data_ptr()])
+
+        return call
+    if case.kernel == "linear":
+        from kernels.linear import linear_attention
+
+        return lambda q, k, v: linear_attention(q, k, v)
+    if case.kernel == "lightning":
+        from kernels.lightning import lightning_attention
+
+        return lambda q, k, v: lightning_attention(q, k, v)
     if case.kernel == "standard":
         from kernels.standard import standard_attention
 
@@ -152,12 +178,18 @@ def launch_description(case: Case) -> dict:
 
         k_cache, v_cache, table, lens = paged_inputs(k, k, PAGE_SIZE)
         configs = launch_configs(q[:, :, 0], k_cache, v_cache, table, lens, num_splits=None)
+    elif case.kernel == "kv_int8":
+        from kernels.kv_quant import launch_configs, quantize_kv
+
+        kq = quantize_kv(torch.zeros_like(k), bits=8, group_size=KV_GROUP)
+        configs = launch_configs(q, kq, kq)
     else:
         module = __import__(f"kernels.{case.kernel}", fromlist=["launch_configs"])
         configs = module.launch_configs(q, k, k)
-    splits = configs[0].grid[2] if case.kernel in ("flash_decoding", "paged") else 1
-    return {"launch_configs": [c.as_dict() for c in configs], "memsim_algo": case.kernel, "num_splits": splits,
-            "page_size": PAGE_SIZE if case.kernel == "paged" else None}
+    splits = configs[0].grid[2] if case.kernel in ("flash_decoding", "paged", "kv_int8", "flash_decoding_pp") else None
+    extra = {"kv_dtype": "int8", "kv_group_size": KV_GROUP} if case.kernel == "kv_int8" else {}
+    return {"launch_configs": [c.as_dict() for c in configs], "memsim_algo": MEMSIM_ALGO.get(case.kernel, case.kernel),
+            "num_splits": splits, "page_size": PAGE_SIZE if case.kernel == "paged" else None, **extra}
 
 
 THEIRS = {
