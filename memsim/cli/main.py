@@ -14,7 +14,7 @@ from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
-from memsim.cli import capacity as capacity_cli, render, sweep as sweep_cli, validate
+from memsim.cli import capacity as capacity_cli, render, run as run_cli, sweep as sweep_cli, validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,6 +114,7 @@ def gpus_cmd(as_json):
 capacity_cli.register(cli)  # capacity, models
 sweep_cli.register(cli)  # sram-fit, sweep
 validate.register(cli)
+run_cli.register(cli)  # run
 
 
 def main(argv: list[str] | None = None) -> int:
