@@ -21,12 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
-from kernels.lightning import DTYPES, MIN_DOT, check_out, dot_precision, head_block, launch
-
-LOG2E = 1.4426950408889634  # scores are scaled by log2(e) so that the kernel uses exp2
-LN2 = tl.constexpr(0.6931471805599453)  # and the log2-sum-exp is scaled back to natural log at the boundary
-MAX_HEAD_DIM = 256
+from kernels.checks import (LN2, LOG2E, MIN_DOT, check_head_offsets, check_qkv, dot_precision, head_block,
+                            output_like)
+from kernels.launch import INTERPRETING, LaunchConfig, element_bytes, launch
 
 
 @triton.jit
@@ -135,25 +132,9 @@ def moba_select(q: torch.Tensor, k: torch.Tensor, *, block_size: int, top_k: int
 # ---- the attention ------------------------------------------------------------------------------------------------
 
 def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D], Hq a multiple of Hkv, one float dtype on one device."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected 4 dims [B, H, N, D]")
-        if t.dtype not in DTYPES:
-            raise ValueError(f"{name} dtype = {t.dtype}; expected one of {DTYPES}")
-    if k.shape != v.shape:
-        raise ValueError(f"v shape {tuple(v.shape)} != k shape {tuple(k.shape)}; expected equal")
-    (b, hq, n_q, d), (bk, hkv, n_k, dk) = q.shape, k.shape
-    if (bk, dk) != (b, d) or hkv == 0 or hq % hkv:
-        raise ValueError(f"k shape {tuple(k.shape)} does not fit q shape {tuple(q.shape)}; expected "
-                         f"[{b}, Hkv, Nk, {d}] with {hq} q heads a multiple of Hkv")
-    if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v dtypes {q.dtype}, {k.dtype}, {v.dtype} on {q.device}, {k.device}, {v.device}; "
-                         f"expected one dtype on one device")
-    if n_q < 1 or n_k < 1 or d < 1 or d > MAX_HEAD_DIM:
-        raise ValueError(f"Nq = {n_q}, Nk = {n_k}, D = {d}; expected Nq, Nk >= 1 and 1 <= D <= {MAX_HEAD_DIM}")
-    if max(n_q, n_k) * d >= 2 ** 31:
-        raise ValueError(f"N * D = {max(n_q, n_k) * d} per head; expected < 2^31 (offsets inside a head are int32)")
+    """q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D] as kernels.checks.check_qkv; int32 offsets inside a head."""
+    check_qkv(q, k, v)
+    check_head_offsets(q, k)
 
 
 def check_block_mask(block_mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, block_size: int) -> None:
@@ -250,9 +231,8 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_s
     if block_mask is None:
         block_mask = moba_select(q, k, block_size=block_size, top_k=top_k)
     check_block_mask(block_mask, q, k, block_size)
-    out = check_out(out, q)
-    lse_like = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    lse_out = lse_like if lse_out is None else check_out(lse_out, lse_like, "lse_out")
+    out = output_like(out, q)
+    lse_out = output_like(lse_out, torch.empty(q.shape[:3], dtype=torch.float32, device=q.device), "lse_out")
     launch_attention(q, k, v, block_mask, out, lse_out, block_size, scale, config)
     return (out, lse_out) if return_lse else out
 
@@ -268,11 +248,10 @@ def launch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_ma
     o_target = out if out.is_contiguous() else torch.empty_like(q)
     lse_target = lse_out if lse_out.is_contiguous() else torch.empty_like(lse_out)
     scale = d ** -0.5 if scale is None else scale
-    args = (q, k, v, o_target, lse_target, mask, blocks, steps, scale * LOG2E, n_q, n_k, d, heads,
-            heads // k.shape[1], block_size, mask.shape[-1], steps.shape[-1], triton.cdiv(block_size, config.block_n))
-    constexprs = {"BLOCK_M": config.block_m, "BLOCK_N": config.block_n, "BLOCK_D": head_block(d),
-                  "PRECISION": dot_precision(q.dtype)}
-    _recent[:] = [launch(moba_attention_kernel, config, args, constexprs)]
+    _recent[:] = [launch(moba_attention_kernel, config, q, k, v, o_target, lse_target, mask, blocks, steps,
+                         scale * LOG2E, n_q, n_k, d, heads, heads // k.shape[1], block_size, mask.shape[-1],
+                         steps.shape[-1], triton.cdiv(block_size, config.block_n), BLOCK_M=config.block_m,
+                         BLOCK_N=config.block_n, BLOCK_D=head_block(d), PRECISION=dot_precision(q.dtype))]
     if o_target is not out:
         out.copy_(o_target)
     if lse_target is not lse_out:

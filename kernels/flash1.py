@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
-from kernels.standard import LOG2E, LN2, check_output, check_qkv, dot_precision, head_block
+from kernels.checks import LN2, LOG2E, check_output, check_qkv, check_tile, dot_precision, head_block
+from kernels.launch import INTERPRETING, LaunchConfig, element_bytes, launch
 
 # flash-attention v1 on sm80 (memsim.algorithms.flash1.default_tiles): FMHA_kernel_traits with 16 query rows
 # per inner step, 256 keys per block for d <= 64 and 128 for larger d, 4 warps, no pipelining
@@ -176,9 +176,8 @@ def launch_configs(q: Tensor, k: Tensor, v: Tensor, *, block_m: int | None = Non
     batch, q_heads, q_len, head_dim = q.shape
     default_m, default_n = flash1_tiles(head_dim, q.dtype)
     bm, bn = block_m or default_m, block_n or default_n
-    for name, value in (("block_m", bm), ("block_n", bn)):
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"{name} = {value}; expected a power of two >= 16")
+    check_tile(bm, "block_m")
+    check_tile(bn, "block_n")
     rows = batch * q_heads * q_len
     d_block = head_block(head_dim)
     e = element_bytes(q.dtype)
@@ -213,17 +212,11 @@ def flash1_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, s
     acc = torch.empty((batch * q_heads, q_len, head_dim), dtype=torch.float32, device=q.device)
     row_sum = torch.empty((batch * q_heads, q_len), dtype=torch.float32, device=q.device)
     row_max = torch.empty_like(row_sum)
-    handle = flash1_init[init.grid](acc, row_sum, row_max, acc.numel(), row_sum.numel(), BLOCK=init.block_n,
-                                    num_warps=init.num_warps, num_stages=init.num_stages)
-    if launched is not None:
-        launched.append(init.with_compiled(handle))
+    launch(flash1_init, init, acc, row_sum, row_max, acc.numel(), row_sum.numel(), launched=launched,
+           BLOCK=init.block_n)
     scale = head_dim ** -0.5 if scale is None else scale
-    handle = flash1_fwd[fwd.grid](q, k, v, out, acc, row_sum, row_max, lse_out, *q.stride(), *k.stride(),
-                                  *v.stride(), *out.stride(), *lse_out.stride(), q_heads, q_heads // k.shape[1],
-                                  q_len, kv_len, head_dim, scale * LOG2E, BLOCK_M=fwd.block_m, BLOCK_N=fwd.block_n,
-                                  BLOCK_D=head_block(head_dim), CAUSAL=causal, WRITE_LSE=write_lse,
-                                  DOT_PRECISION=dot_precision(q.dtype), num_warps=fwd.num_warps,
-                                  num_stages=fwd.num_stages)
-    if launched is not None:
-        launched.append(fwd.with_compiled(handle))
+    launch(flash1_fwd, fwd, q, k, v, out, acc, row_sum, row_max, lse_out, *q.stride(), *k.stride(), *v.stride(),
+           *out.stride(), *lse_out.stride(), q_heads, q_heads // k.shape[1], q_len, kv_len, head_dim, scale * LOG2E,
+           launched=launched, BLOCK_M=fwd.block_m, BLOCK_N=fwd.block_n, BLOCK_D=head_block(head_dim), CAUSAL=causal,
+           WRITE_LSE=write_lse, DOT_PRECISION=dot_precision(q.dtype))
     return (out, lse_out) if return_lse else out

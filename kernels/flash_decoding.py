@@ -14,8 +14,9 @@ registers for its whole key range and streams BLOCK_N x d tiles of K and V throu
 (num_stages - 1 tiles in flight). The partials, [B, Hq, Nq, S, d] fp32 and [B, Hq, Nq, S] LSE, go to HBM and are read
 once by the combine. With one split the split kernel writes O and LSE directly and nothing is combined.
 
-The jitted pieces here (query rows, online-softmax step, row store) and the combine kernel are shared
-with the paged and quantised decode kernels (kernels/paged.py, kernels/kv_quant.py).
+The jitted pieces here (the program's identity and query rows, key tiles, masked scores, online-softmax
+step, row store; Triton inlines them) and the combine kernel are shared with the FlashDecoding++, paged and
+quantised decode kernels (kernels/flash_decoding_pp.py, kernels/paged.py, kernels/kv_quant.py).
 """
 
 import math
@@ -25,12 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
-
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): the kernels work in log2
-LN2 = tl.constexpr(0.6931471805599453)  # log2 -> natural log for the LSE at the public boundary
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
+from kernels.checks import DTYPES, LN2, LOG2E, MAX_HEAD_DIM, MIN_DOT, check_output, head_block
+from kernels.launch import INTERPRETING, LaunchConfig, ceil_div, element_bytes, launch
 
 H100_SM_COUNT = 132  # shared/DESIGN.md, measured H100 SXM; the SM count assumed where no GPU is present
 # FlashAttention-2's split heuristic counts two CTAs of 128 threads per SM (flash-attention
@@ -47,10 +44,9 @@ MAX_SPLITS = 128  # FlashAttention-2's cap on num_splits (same place)
 # need 8 warps (50 registers); 64-row blocks take 168 registers at 4 warps, 127 at 8.
 KV_STAGE_BYTES = 32 * 1024
 SPLIT_STAGES = 3
-# Rows per program: the smallest tl.dot M is 16; a group with more rows than ROW_BLOCK_MAX is cut into
-# row blocks. The interpreter uses 16-key tiles and 16-row blocks so that short test shapes span several
+# Rows per program: the smallest tl.dot M is 16 (MIN_DOT); a group with more rows than ROW_BLOCK_MAX is cut
+# into row blocks. The interpreter uses 16-key tiles and 16-row blocks so that short test shapes span several
 # tiles, several row blocks and several splits.
-MIN_DOT = 16
 ROW_BLOCK_MAX = 16 if INTERPRETING else 64
 INTERPRETER_BLOCK_N = 16
 
@@ -126,6 +122,58 @@ def _split_range(split, kv_len, keys_per_split):
     return start, end
 
 
+@triton.jit
+def _split_program(q_ptr, kv_heads, q_len, stride_qb, stride_qh, stride_qn, stride_qd,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Who a split program is, from its ids (batch x kv head, row block, split): its batch b, kv head and split,
+    and its query rows as _query_rows gives them (q, head, query, row_ok)."""
+    b = tl.program_id(0) // kv_heads
+    kv_head = tl.program_id(0) % kv_heads
+    q, head, query, row_ok = _query_rows(q_ptr, b, kv_head, tl.program_id(1), q_len,
+                                         stride_qb, stride_qh, stride_qn, stride_qd,
+                                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
+    return b, kv_head, tl.program_id(2), q, head, query, row_ok
+
+
+@triton.jit
+def _empty_rows(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Online-softmax state of rows that have seen no key: max -inf [BLOCK_M], sum 0 [BLOCK_M], fp32
+    accumulator 0 [BLOCK_M, BLOCK_D]."""
+    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    return m, tl.zeros((BLOCK_M,), tl.float32), tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+
+
+@triton.jit
+def _kv_heads(k_ptr, v_ptr, b, kv_head, stride_kb, stride_kh, stride_vb, stride_vh):
+    """Where K and V of (batch b, kv head) start, int64 offsets."""
+    b64, h64 = b.to(tl.int64), kv_head.to(tl.int64)
+    return k_ptr + b64 * stride_kb + h64 * stride_kh, v_ptr + b64 * stride_vb + h64 * stride_vh
+
+
+@triton.jit
+def _kv_tiles(k_head, v_head, keys, end, stride_kn, stride_kd, stride_vn, stride_vd,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The K and V tiles [BLOCK_N, BLOCK_D] of rows `keys` of one head; 0 for keys at or past `end` and for
+    padding dims."""
+    dims = tl.arange(0, BLOCK_D)
+    keys64 = keys.to(tl.int64)
+    tile_ok = (keys < end)[:, None] & (dims < HEAD_DIM)[None, :]
+    k = tl.load(k_head + keys64[:, None] * stride_kn + dims[None, :] * stride_kd, mask=tile_ok, other=0.0)
+    v = tl.load(v_head + keys64[:, None] * stride_vn + dims[None, :] * stride_vd, mask=tile_ok, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _visible_scores(q, k, keys, end, last_key, qk_scale_log2, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """log2-domain scores q k^T [BLOCK_M, BLOCK_N] of one key tile; -inf for keys at or past `end` and, when
+    CAUSAL, for keys past each row's last_key [BLOCK_M]."""
+    s = _dot(q, tl.trans(k), IEEE) * qk_scale_log2
+    seen = keys[None, :] < end
+    if CAUSAL:
+        seen = seen & (keys[None, :] <= last_key[:, None])
+    return tl.where(seen, s, float("-inf"))
+
+
 # ---- kernels ----------------------------------------------------------------------------------------
 
 @triton.jit
@@ -139,34 +187,17 @@ def decode_split(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
     """Partial attention of one (batch, kv head, row block) over one split of the keys."""
-    b = tl.program_id(0) // kv_heads
-    kv_head = tl.program_id(0) % kv_heads
-    split = tl.program_id(2)
-    q, head, query, row_ok = _query_rows(q_ptr, b, kv_head, tl.program_id(1), q_len,
-                                         stride_qb, stride_qh, stride_qn, stride_qd,
-                                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
+    b, kv_head, split, q, head, query, row_ok = _split_program(q_ptr, kv_heads, q_len, stride_qb, stride_qh,
+                                                               stride_qn, stride_qd, GROUP, HEAD_DIM, BLOCK_M,
+                                                               BLOCK_D)
     last_key = query + kv_len - q_len  # causal limit of each row
-    k_head = k_ptr + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh
-    v_head = v_ptr + b.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh
-    dims = tl.arange(0, BLOCK_D)
-    dim_ok = dims < HEAD_DIM
-    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    k_head, v_head = _kv_heads(k_ptr, v_ptr, b, kv_head, stride_kb, stride_kh, stride_vb, stride_vh)
+    m, l, acc = _empty_rows(BLOCK_M, BLOCK_D)
     start, end = _split_range(split, kv_len, keys_per_split)
     for n0 in range(start, end, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
-        key_ok = keys < end
-        keys64 = keys.to(tl.int64)
-        k = tl.load(k_head + keys64[:, None] * stride_kn + dims[None, :] * stride_kd,
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        v = tl.load(v_head + keys64[:, None] * stride_vn + dims[None, :] * stride_vd,
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale_log2
-        seen = key_ok[None, :]
-        if CAUSAL:
-            seen = seen & (keys[None, :] <= last_key[:, None])
-        s = tl.where(seen, s, float("-inf"))
+        k, v = _kv_tiles(k_head, v_head, keys, end, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_D)
+        s = _visible_scores(q, k, keys, end, last_key, qk_scale_log2, CAUSAL, IEEE)
         m, l, acc = _online_softmax_step(s, v, m, l, acc, IEEE)
     _store_rows(o_ptr, lse_ptr, acc, m, l, b, head, query, split, row_ok,
                 stride_ob, stride_oh, stride_on, stride_os, stride_od,
@@ -208,11 +239,6 @@ def decode_combine(o_part_ptr, lse_part_ptr, o_ptr, lse_ptr,
 
 # ---- tiles, splits and launch configs ---------------------------------------------------------------
 
-def head_block(head_dim: int) -> int:
-    """The padded head dim a tile holds: a power of two, at least 16 (tl.dot's smallest K)."""
-    return max(MIN_DOT, triton.next_power_of_2(head_dim))
-
-
 def key_block(head_dim: int, tile_element_bytes: float) -> int:
     """BLOCK_N: keys per tile such that one K tile and one V tile take KV_STAGE_BYTES, in [16, 128]."""
     if INTERPRETING:
@@ -240,11 +266,11 @@ def choose_num_splits(batch: int, kv_heads: int, kv_len: int, sm_count: int, *, 
     if kv_len < 0:
         raise ValueError(f"kv_len = {kv_len}; expected >= 0")
     programs, slots = batch * kv_heads * row_blocks, sm_count * ctas_per_sm
-    key_blocks = triton.cdiv(kv_len, block_n)
+    key_blocks = ceil_div(kv_len, block_n)
     if programs >= 0.8 * slots or key_blocks <= 1:
         return 1
     candidates = [s for s in range(1, min(max_splits, slots, key_blocks) + 1)
-                  if s == 1 or triton.cdiv(key_blocks, s) != triton.cdiv(key_blocks, s - 1)]
+                  if s == 1 or ceil_div(key_blocks, s) != ceil_div(key_blocks, s - 1)]
     efficiency = {s: (programs * s / slots) / math.ceil(programs * s / slots) for s in candidates}
     best = max(efficiency.values())
     return next(s for s in candidates if efficiency[s] >= 0.85 * best)
@@ -252,7 +278,7 @@ def choose_num_splits(batch: int, kv_heads: int, kv_len: int, sm_count: int, *, 
 
 def keys_per_split(kv_len: int, num_splits: int, block_n: int) -> int:
     """Keys of one split: whole key blocks, the blocks shared out as evenly as ceil allows."""
-    return max(1, triton.cdiv(triton.cdiv(kv_len, block_n), num_splits)) * block_n
+    return max(1, ceil_div(ceil_div(kv_len, block_n), num_splits)) * block_n
 
 
 def device_sm_count(device: torch.device) -> int:
@@ -288,7 +314,7 @@ def check_decode_inputs(q: Tensor, k_shape: tuple, kv_dtype: torch.dtype | None,
     """q [B, Hq, Nq, D] against K/V of shape [B, Hkv, Nk, D]; kv_dtype None where K/V are not plain tensors."""
     if q.dim() != 4:
         raise ValueError(f"q has shape {tuple(q.shape)}; expected 4 dims [B, Hq, Nq, D]")
-    if q.dtype not in SUPPORTED_DTYPES:
+    if q.dtype not in DTYPES:
         raise ValueError(f"q.dtype = {q.dtype}; expected one of float16, bfloat16, float32")
     if kv_dtype is not None and kv_dtype != q.dtype:
         raise ValueError(f"k/v dtype {kv_dtype} differs from q dtype {q.dtype}; pass one dtype")
@@ -303,13 +329,6 @@ def check_decode_inputs(q: Tensor, k_shape: tuple, kv_dtype: torch.dtype | None,
         raise ValueError(f"head dim = {q.shape[3]}; expected 1..{MAX_HEAD_DIM}")
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits = {num_splits!r}; expected None or an int >= 1")
-
-
-def check_output(name: str, t: Tensor | None, shape: tuple, dtype: torch.dtype, device: torch.device) -> None:
-    """A preallocated output must have the shape, dtype and device the op writes."""
-    if t is not None and (tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device):
-        raise ValueError(f"{name} is {tuple(t.shape)} {t.dtype} on {t.device}; expected {tuple(shape)} {dtype} "
-                         f"on {device}")
 
 
 def launch_configs(q: Tensor, k: Tensor, v: Tensor, *, num_splits: int | None = None,
@@ -337,14 +356,6 @@ def launch_configs(q: Tensor, k: Tensor, v: Tensor, *, num_splits: int | None = 
 
 # ---- launching --------------------------------------------------------------------------------------
 
-def launch(kernel, config: LaunchConfig, launched: list | None, *args, **constexprs) -> None:
-    """Run `kernel` on `config`'s grid with its warps and stages (the caller passes its tiles among the
-    constexprs); record it in `launched` with the compiled shared memory where the GPU reports it."""
-    handle = kernel[config.grid](*args, **constexprs, num_warps=config.num_warps, num_stages=config.num_stages)
-    if launched is not None:
-        launched.append(config.with_compiled(handle))
-
-
 def partial_buffers(batch: int, q_heads: int, q_len: int, num_splits: int, head_dim: int,
                     device: torch.device) -> tuple[Tensor, Tensor]:
     """Per-split partial O [B, Hq, Nq, S, D] and LSE [B, Hq, Nq, S], fp32, written by the splits."""
@@ -367,8 +378,8 @@ def combine(config: LaunchConfig, o_part: Tensor, lse_part: Tensor, out: Tensor,
             launched: list | None) -> None:
     """Run decode_combine: partials [B, Hq, Nq, S, D] and [B, Hq, Nq, S] -> out [B, Hq, Nq, D], lse [B, Hq, Nq]."""
     batch, q_heads, q_len, num_splits, head_dim = o_part.shape
-    launch(decode_combine, config, launched, o_part, lse_part, out, lse, *o_part.stride(), *lse_part.stride(),
-           *out.stride(), *lse.stride(), q_heads, q_len, num_splits, HEAD_DIM=head_dim, BLOCK_S=config.block_n,
+    launch(decode_combine, config, o_part, lse_part, out, lse, *o_part.stride(), *lse_part.stride(), *out.stride(),
+           *lse.stride(), q_heads, q_len, num_splits, launched=launched, HEAD_DIM=head_dim, BLOCK_S=config.block_n,
            BLOCK_D=head_block(head_dim))
 
 
@@ -400,11 +411,11 @@ def flash_decode(q: Tensor, k: Tensor, v: Tensor, *, num_splits: int | None = No
     split = configs[0]
     num_splits = split.grid[2]
     o_target, lse_target, o_strides, lse_strides = split_targets(out, lse, num_splits)
-    launch(decode_split, split, launched, q, k, v, o_target, lse_target, *q.stride(), *k.stride(), *v.stride(),
-           *o_strides, *lse_strides, k.shape[1], q.shape[2], k.shape[2],
-           keys_per_split(k.shape[2], num_splits, split.block_n), scale * LOG2E,
-           GROUP=q.shape[1] // k.shape[1], HEAD_DIM=q.shape[3], BLOCK_M=split.block_m, BLOCK_N=split.block_n,
-           BLOCK_D=head_block(q.shape[3]), CAUSAL=causal, IEEE=q.dtype == torch.float32)
+    launch(decode_split, split, q, k, v, o_target, lse_target, *q.stride(), *k.stride(), *v.stride(), *o_strides,
+           *lse_strides, k.shape[1], q.shape[2], k.shape[2], keys_per_split(k.shape[2], num_splits, split.block_n),
+           scale * LOG2E, launched=launched, GROUP=q.shape[1] // k.shape[1], HEAD_DIM=q.shape[3],
+           BLOCK_M=split.block_m, BLOCK_N=split.block_n, BLOCK_D=head_block(q.shape[3]), CAUSAL=causal,
+           IEEE=q.dtype == torch.float32)
     if num_splits > 1:
         combine(configs[1], o_target, lse_target, out, lse, launched)
     return (out, lse) if return_lse else out

@@ -33,8 +33,10 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels import flash_decoding as fd
-from kernels.flash_decoding import LN2, _query_rows, _split_range
-from kernels.launch import LaunchConfig, element_bytes
+from kernels.checks import LN2, LOG2E, head_block
+from kernels.flash_decoding import (_empty_rows, _kv_heads, _kv_tiles, _split_program, _split_range,
+                                    _visible_scores)
+from kernels.launch import LaunchConfig, element_bytes, launch
 
 DEFAULT_PHI = 0.0
 DEFAULT_THRESHOLD = 40.0
@@ -61,37 +63,17 @@ def unified_max_split(q_ptr, k_ptr, v_ptr, acc_ptr, sum_ptr, top_ptr,
                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
     """acc = sum exp(s - phi) v, l = sum exp(s - phi) and the largest score of one split: no rescaling."""
-    b = tl.program_id(0) // kv_heads
-    kv_head = tl.program_id(0) % kv_heads
-    split = tl.program_id(2)
-    q, head, query, row_ok = _query_rows(q_ptr, b, kv_head, tl.program_id(1), q_len,
-                                         stride_qb, stride_qh, stride_qn, stride_qd,
-                                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
+    b, kv_head, split, q, head, query, row_ok = _split_program(q_ptr, kv_heads, q_len, stride_qb, stride_qh,
+                                                               stride_qn, stride_qd, GROUP, HEAD_DIM, BLOCK_M,
+                                                               BLOCK_D)
     last_key = query + kv_len - q_len
-    k_head = k_ptr + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh
-    v_head = v_ptr + b.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh
-    dims = tl.arange(0, BLOCK_D)
-    dim_ok = dims < HEAD_DIM
-    top = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    k_head, v_head = _kv_heads(k_ptr, v_ptr, b, kv_head, stride_kb, stride_kh, stride_vb, stride_vh)
+    top, l, acc = _empty_rows(BLOCK_M, BLOCK_D)
     start, end = _split_range(split, kv_len, keys_per_split)
     for n0 in range(start, end, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
-        key_ok = keys < end
-        keys64 = keys.to(tl.int64)
-        k = tl.load(k_head + keys64[:, None] * stride_kn + dims[None, :] * stride_kd,
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        v = tl.load(v_head + keys64[:, None] * stride_vn + dims[None, :] * stride_vd,
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale_log2
-        else:
-            s = tl.dot(q, tl.trans(k)) * qk_scale_log2
-        seen = key_ok[None, :]
-        if CAUSAL:
-            seen = seen & (keys[None, :] <= last_key[:, None])
-        s = tl.where(seen, s, float("-inf"))
+        k, v = _kv_tiles(k_head, v_head, keys, end, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_D)
+        s = _visible_scores(q, k, keys, end, last_key, qk_scale_log2, CAUSAL, IEEE)
         top = tl.maximum(top, tl.max(s, 1))
         p = tl.exp2(s - phi_log2)  # the unified max: the same shift for every split, never updated
         l += tl.sum(p, 1)
@@ -100,6 +82,8 @@ def unified_max_split(q_ptr, k_ptr, v_ptr, acc_ptr, sum_ptr, top_ptr,
         else:
             acc += tl.dot(p, v.to(tl.float32), input_precision="tf32")
     b64, q64, s64 = b.to(tl.int64), query.to(tl.int64), split.to(tl.int64)
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < HEAD_DIM
     acc_ptrs = (acc_ptr + b64 * stride_ab + head[:, None] * stride_ah + q64[:, None] * stride_an + s64 * stride_as
                 + dims[None, :] * stride_ad)
     tl.store(acc_ptrs, acc, mask=row_ok[:, None] & dim_ok[None, :])
@@ -197,14 +181,14 @@ def flash_decode_pp(q: Tensor, k: Tensor, v: Tensor, *, phi: float = DEFAULT_PHI
     acc = torch.empty((batch, q_heads, q_len, num_splits, head_dim), dtype=torch.float32, device=q.device)
     sums = torch.empty((batch, q_heads, q_len, num_splits), dtype=torch.float32, device=q.device)
     tops = torch.empty_like(sums)
-    fd.launch(unified_max_split, split, launched, q, k, v, acc, sums, tops, *q.stride(), *k.stride(), *v.stride(),
-              *acc.stride(), *sums.stride(), k.shape[1], q_len, k.shape[2],
-              fd.keys_per_split(k.shape[2], num_splits, split.block_n), scale * fd.LOG2E, phi * fd.LOG2E,
-              GROUP=q_heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_M=split.block_m, BLOCK_N=split.block_n,
-              BLOCK_D=fd.head_block(head_dim), CAUSAL=causal, IEEE=q.dtype == torch.float32)
-    fd.launch(unified_max_combine, merge, launched, acc, sums, tops, out, lse, flags, *acc.stride(), *sums.stride(),
-              *out.stride(), *lse.stride(), q_heads, q_len, num_splits, float(phi), float(threshold),
-              HEAD_DIM=head_dim, BLOCK_S=merge.block_n, BLOCK_D=fd.head_block(head_dim))
+    launch(unified_max_split, split, q, k, v, acc, sums, tops, *q.stride(), *k.stride(), *v.stride(), *acc.stride(),
+           *sums.stride(), k.shape[1], q_len, k.shape[2], fd.keys_per_split(k.shape[2], num_splits, split.block_n),
+           scale * LOG2E, phi * LOG2E, launched=launched, GROUP=q_heads // k.shape[1], HEAD_DIM=head_dim,
+           BLOCK_M=split.block_m, BLOCK_N=split.block_n, BLOCK_D=head_block(head_dim), CAUSAL=causal,
+           IEEE=q.dtype == torch.float32)
+    launch(unified_max_combine, merge, acc, sums, tops, out, lse, flags, *acc.stride(), *sums.stride(), *out.stride(),
+           *lse.stride(), q_heads, q_len, num_splits, float(phi), float(threshold), launched=launched,
+           HEAD_DIM=head_dim, BLOCK_S=merge.block_n, BLOCK_D=head_block(head_dim))
     recomputed = flags.bool()
     if recomputed.any():
         recompute_rows(q, k, v, recomputed, out, lse, scale=scale, causal=causal, launched=launched)

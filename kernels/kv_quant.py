@@ -22,12 +22,13 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels import flash_decoding as fd
-from kernels.flash_decoding import _dot, _online_softmax_step, _query_rows, _split_range, _store_rows
-from kernels.launch import LaunchConfig, element_bytes
+from kernels.checks import DTYPES, LOG2E, head_block
+from kernels.flash_decoding import (_empty_rows, _online_softmax_step, _split_program, _split_range, _store_rows,
+                                    _visible_scores)
+from kernels.launch import LaunchConfig, element_bytes, launch
 
 CODE_MAX = {8: 127, 4: 7}  # symmetric ranges: -q_max..q_max, so that -x quantises to -code
 CODE_BYTES = {8: 1.0, 4: 0.5}
-INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class QuantizedKV:
 
 
 def check_quantization(x: Tensor, bits: int, group_size: int) -> None:
-    if x.dim() < 2 or x.dtype not in INPUT_DTYPES:
+    if x.dim() < 2 or x.dtype not in DTYPES:
         raise ValueError(f"x is {tuple(x.shape)} {x.dtype}; expected [..., N, D] in float16, bfloat16 or float32")
     if bits not in CODE_MAX:
         raise ValueError(f"bits = {bits}; expected 8 or 4")
@@ -152,12 +153,9 @@ def quant_decode_split(q_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, o_ptr, lse_ptr,
                        V_BITS: tl.constexpr, V_GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
     """decode_split (kernels/flash_decoding.py) with K and V dequantised from codes and scales in the loop."""
-    b = tl.program_id(0) // kv_heads
-    kv_head = tl.program_id(0) % kv_heads
-    split = tl.program_id(2)
-    q, head, query, row_ok = _query_rows(q_ptr, b, kv_head, tl.program_id(1), q_len,
-                                         stride_qb, stride_qh, stride_qn, stride_qd,
-                                         GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
+    b, kv_head, split, q, head, query, row_ok = _split_program(q_ptr, kv_heads, q_len, stride_qb, stride_qh,
+                                                               stride_qn, stride_qd, GROUP, HEAD_DIM, BLOCK_M,
+                                                               BLOCK_D)
     last_key = query + kv_len - q_len
     b64, h64 = b.to(tl.int64), kv_head.to(tl.int64)
     kc_head = kc_ptr + b64 * stride_kcb + h64 * stride_kch
@@ -165,24 +163,17 @@ def quant_decode_split(q_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, o_ptr, lse_ptr,
     vc_head = vc_ptr + b64 * stride_vcb + h64 * stride_vch
     vs_head = vs_ptr + b64 * stride_vsb + h64 * stride_vsh
     dims = tl.arange(0, BLOCK_D)
-    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    m, l, acc = _empty_rows(BLOCK_M, BLOCK_D)
     start, end = _split_range(split, kv_len, keys_per_split)
     for n0 in range(start, end, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
-        key_ok = keys < end
-        tile_ok = key_ok[:, None] & (dims[None, :] < HEAD_DIM)
+        tile_ok = (keys < end)[:, None] & (dims[None, :] < HEAD_DIM)
         keys64 = keys.to(tl.int64)
         k = _dequantized_tile(kc_head, ks_head, keys64, tile_ok, dims, stride_kcn, stride_kcd, stride_ksn,
                               stride_ksg, K_BITS, K_GROUP).to(q.dtype)
         v = _dequantized_tile(vc_head, vs_head, keys64, tile_ok, dims, stride_vcn, stride_vcd, stride_vsn,
                               stride_vsg, V_BITS, V_GROUP).to(q.dtype)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale_log2
-        seen = key_ok[None, :]
-        if CAUSAL:
-            seen = seen & (keys[None, :] <= last_key[:, None])
-        s = tl.where(seen, s, float("-inf"))
+        s = _visible_scores(q, k, keys, end, last_key, qk_scale_log2, CAUSAL, IEEE)
         m, l, acc = _online_softmax_step(s, v, m, l, acc, IEEE)
     _store_rows(o_ptr, lse_ptr, acc, m, l, b, head, query, split, row_ok,
                 stride_ob, stride_oh, stride_on, stride_os, stride_od,
@@ -244,13 +235,12 @@ def quantized_decode(q: Tensor, k: QuantizedKV, v: QuantizedKV, *, num_splits: i
     kv_len = k.shape[2]
     scale = q.shape[3] ** -0.5 if scale is None else scale
     o_target, lse_target, o_strides, lse_strides = fd.split_targets(out, lse, num_splits)
-    fd.launch(quant_decode_split, split, launched, q, k.codes, k.scales, v.codes, v.scales, o_target, lse_target,
-              *q.stride(), *k.codes.stride(), *k.scales.stride(), *v.codes.stride(), *v.scales.stride(),
-              *o_strides, *lse_strides, k.shape[1], q.shape[2], kv_len,
-              fd.keys_per_split(kv_len, num_splits, split.block_n), scale * fd.LOG2E,
-              GROUP=q.shape[1] // k.shape[1], HEAD_DIM=q.shape[3], K_BITS=k.bits, K_GROUP=k.group_size,
-              V_BITS=v.bits, V_GROUP=v.group_size, BLOCK_M=split.block_m, BLOCK_N=split.block_n,
-              BLOCK_D=fd.head_block(q.shape[3]), CAUSAL=causal, IEEE=q.dtype == torch.float32)
+    launch(quant_decode_split, split, q, k.codes, k.scales, v.codes, v.scales, o_target, lse_target, *q.stride(),
+           *k.codes.stride(), *k.scales.stride(), *v.codes.stride(), *v.scales.stride(), *o_strides, *lse_strides,
+           k.shape[1], q.shape[2], kv_len, fd.keys_per_split(kv_len, num_splits, split.block_n), scale * LOG2E,
+           launched=launched, GROUP=q.shape[1] // k.shape[1], HEAD_DIM=q.shape[3], K_BITS=k.bits,
+           K_GROUP=k.group_size, V_BITS=v.bits, V_GROUP=v.group_size, BLOCK_M=split.block_m, BLOCK_N=split.block_n,
+           BLOCK_D=head_block(q.shape[3]), CAUSAL=causal, IEEE=q.dtype == torch.float32)
     if num_splits > 1:
         fd.combine(configs[1], o_target, lse_target, out, lse, launched)
     return (out, lse) if return_lse else out

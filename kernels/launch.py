@@ -35,5 +35,22 @@ class LaunchConfig:
                 "shared_mem_bytes": self.shared_mem_bytes, "shared_mem_source": self.shared_mem_source}
 
 
+def ceil_div(a: int, b: int) -> int:
+    """Host-side ceil(a / b) for launch arithmetic: plain integers (triton.cdiv is a JIT-callable
+    wrapper costing microseconds per call, which adds up in a launch heuristic's loop)."""
+    return -(-a // b)
+
+
 def element_bytes(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def launch(kernel, config: LaunchConfig, *args, launched: list | None = None, **constexprs) -> LaunchConfig:
+    """Run `kernel` on `config`'s grid with its warps and stages (the caller passes the tiles among the
+    constexprs, from the same config). Returns the config with shared memory as compiled where the launch
+    returned a compiled kernel (on a GPU; the interpreter returns none), appended to `launched` if a list."""
+    compiled = kernel[config.grid](*args, **constexprs, num_warps=config.num_warps, num_stages=config.num_stages)
+    ran = config.with_compiled(compiled)
+    if launched is not None:
+        launched.append(ran)
+    return ran

@@ -16,18 +16,24 @@ of block t, KV_t = sum_{j < tB} exp(-s (tB - j)) k_j^T v_j, block t computes
 (the paper decays KV to the previous block's last row, so its Lambda runs lambda^1 .. lambda^B: the
 same products shifted by one row). M, Lambda and the key weights depend only on positions inside a
 block, so each program computes them once before the loop.
+
+Precision of the right product: KV_t sums every earlier row, so it is kept in fp32; with 16-bit inputs it
+enters the tensor cores as two 16-bit parts, hi = KV_t rounded and lo = KV_t - hi rounded, and
+Q KV_t = Q hi + Q lo keeps about 16 bits of its mantissa instead of bf16's 8 (the bf16x2 split of Henry,
+Tang, Heinecke 2019, "Leveraging the bfloat16 Artificial Intelligence Datatype For Higher-Precision
+Computations"). fp32 inputs take the state as it is, in exact fp32 dots.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
+from kernels.checks import check_head_offsets, check_qkv, check_tile, dot_precision, head_block, output_like
+from kernels.launch import INTERPRETING, LaunchConfig, element_bytes, launch
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256  # Q and K tiles of 64 x 256 fp16 (32 KiB each) still fit an H100's shared memory
+# Head dims up to kernels.checks.MAX_HEAD_DIM = 256: Q and K tiles of 64 x 256 fp16 (32 KiB each) still fit an
+# H100's shared memory.
 VALUE_COLUMNS = 32  # value columns per program: the paper kernel's BLOCK_MODEL = min(next_pow2(d), 32)
-MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
 # Rows per block: 64 in the paper's Triton kernel (lightning_attn2, BLOCK = 64); 16 under the interpreter, and
 # for fp32 on a GPU, whose exact (FMA) dots need far more registers per tile than tensor cores.
 BLOCK_ROWS = 16 if INTERPRETING else 64
@@ -35,9 +41,23 @@ BLOCK_ROWS_FP32 = 16
 
 
 @triton.jit
+def _times_state(x, state, SPLIT_STATE: tl.constexpr, PRECISION: tl.constexpr):
+    """x [M, D] in the input dtype times the fp32 state [D, DV] -> [M, DV] fp32. SPLIT_STATE (16-bit x): the
+    state as hi + lo 16-bit parts, two tensor-core dots (module docstring); else one dot on the fp32 state."""
+    if SPLIT_STATE:
+        hi = state.to(x.dtype)
+        lo = (state - hi.to(tl.float32)).to(x.dtype)
+        out = tl.dot(x, hi, input_precision=PRECISION)
+        out = tl.dot(x, lo, acc=out, input_precision=PRECISION)
+    else:
+        out = tl.dot(x, state, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
 def lightning_scan_kernel(Q, K, V, O, RATES, n_rows, head_dim, q_heads, group, splits,
                           BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                          DECAY: tl.constexpr, PRECISION: tl.constexpr):
+                          DECAY: tl.constexpr, SPLIT_STATE: tl.constexpr, PRECISION: tl.constexpr):
     """Q, O [B, Hq, N, D], K, V [B, Hkv, N, D], contiguous; RATES [Hq] fp32 (read only with DECAY)."""
     pid = tl.program_id(0)
     split = pid % splits
@@ -77,7 +97,7 @@ def lightning_scan_kernel(Q, K, V, O, RATES, n_rows, head_dim, q_heads, group, s
         v = tl.load(V + kv_base + v_at, mask=v_ok, other=0.0)
 
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * intra_w
-        out = tl.dot(q, state.to(q.dtype), input_precision=PRECISION)
+        out = _times_state(q, state, SPLIT_STATE, PRECISION)
         if DECAY:
             out = out * inter_w[:, None]
         out = tl.dot(scores.to(v.dtype), v, acc=out, input_precision=PRECISION)
@@ -90,56 +110,10 @@ def lightning_scan_kernel(Q, K, V, O, RATES, n_rows, head_dim, q_heads, group, s
             state = tl.dot(tl.trans(k), v, acc=state, input_precision=PRECISION)
 
 
-# ---- checks shared with kernels.linear ----------------------------------------------------------------------------
-
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """q [B, Hq, N, D], k and v [B, Hkv, N, D] with Hq a multiple of Hkv, one float dtype, one device."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected 4 dims [B, H, N, D]")
-        if t.dtype not in DTYPES:
-            raise ValueError(f"{name} dtype = {t.dtype}; expected one of {DTYPES}")
-    if k.shape != v.shape:
-        raise ValueError(f"v shape {tuple(v.shape)} != k shape {tuple(k.shape)}; value dim must equal head dim")
-    (b, hq, n, d), (bk, hkv, nk, dk) = q.shape, k.shape
-    if (bk, nk, dk) != (b, n, d) or hkv == 0 or hq % hkv:
-        raise ValueError(f"k shape {tuple(k.shape)} does not fit q shape {tuple(q.shape)}; expected "
-                         f"[{b}, Hkv, {n}, {d}] with {hq} q heads a multiple of Hkv")
-    if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v dtypes {q.dtype}, {k.dtype}, {v.dtype} on {q.device}, {k.device}, {v.device}; "
-                         f"expected one dtype on one device")
-    if n < 1 or d < 1 or d > MAX_HEAD_DIM:
-        raise ValueError(f"N = {n}, D = {d}; expected N >= 1 and 1 <= D <= {MAX_HEAD_DIM}")
-    if n * d >= 2 ** 31:
-        raise ValueError(f"N * D = {n * d} per head; expected < 2^31 (offsets inside a head are int32)")
-
-
-def check_out(out: torch.Tensor | None, like: torch.Tensor, name: str = "out") -> torch.Tensor:
-    """A preallocated output must match `like` in shape, dtype and device; None allocates one."""
-    if out is None:
-        return torch.empty_like(like, memory_format=torch.contiguous_format)
-    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
-        raise ValueError(f"{name} is {tuple(out.shape)} {out.dtype} on {out.device}; expected "
-                         f"{tuple(like.shape)} {like.dtype} on {like.device}")
-    return out
-
-
-def check_block(block: int, name: str) -> None:
-    if block < MIN_DOT or block & (block - 1):
-        raise ValueError(f"{name} = {block}; expected a power of two >= {MIN_DOT} (tl.arange and tl.dot tiles)")
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get exact fp32 dots; fp16/bf16 run on tensor cores with fp32 accumulation."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
+# ---- launch -------------------------------------------------------------------------------------------------------
 
 def default_block(dtype: torch.dtype) -> int:
     return BLOCK_ROWS_FP32 if dtype == torch.float32 and not INTERPRETING else BLOCK_ROWS
-
-
-def head_block(head_dim: int) -> int:
-    return max(MIN_DOT, triton.next_power_of_2(head_dim))
 
 
 def scan_value_block(head_dim: int) -> int:
@@ -160,15 +134,6 @@ def check_decay(decay: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor | N
     return rates
 
 
-# ---- launch -------------------------------------------------------------------------------------------------------
-
-def launch(kernel, config: LaunchConfig, args: tuple, constexprs: dict) -> LaunchConfig:
-    """Launch `kernel` exactly as `config` says; returns the config with shared memory as compiled where the
-    launch returned a compiled kernel (on a GPU; the interpreter returns none)."""
-    compiled = kernel[config.grid](*args, num_warps=config.num_warps, num_stages=config.num_stages, **constexprs)
-    return config.with_compiled(compiled)
-
-
 _recent: list[LaunchConfig] = []
 
 
@@ -184,7 +149,9 @@ def scan_config(q: torch.Tensor, block: int) -> LaunchConfig:
     splits = triton.cdiv(d, block_dv)
     e = element_bytes(q.dtype)
     stages = 2
-    smem = stages * block * (2 * block_d + block_dv) * e  # Q, K, V tiles per stage (sm_90 build: exactly this)
+    # Q, K, V tiles per stage. An sm_90 build (triton 3.6, 16-bit, d = 128) allocates exactly this with decay, and
+    # 16 KiB more without: the state's hi and lo parts as tensor-core operands.
+    smem = stages * block * (2 * block_d + block_dv) * e
     # d = 256 and fp32: tiles spread over more threads (fewer registers each; sm_90 builds spilled with 4 warps)
     warps = 8 if block_d > 128 or q.dtype == torch.float32 else 4
     return LaunchConfig("lightning_scan_kernel", block, block, num_warps=warps, num_stages=stages,
@@ -194,9 +161,10 @@ def scan_config(q: torch.Tensor, block: int) -> LaunchConfig:
 def launch_configs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, decay: torch.Tensor | None = None,
                    block_size: int | None = None) -> list[LaunchConfig]:
     """Every kernel lightning_attention launches for these tensors (one)."""
-    check_qkv(q, k, v)
+    check_qkv(q, k, v, same_length=True)
+    check_head_offsets(q, k)
     block = default_block(q.dtype) if block_size is None else block_size
-    check_block(block, "block_size")
+    check_tile(block, "block_size")
     return [scan_config(q, block)]
 
 
@@ -208,10 +176,10 @@ def launch_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Te
     _, heads, n, d = q.shape
     block_dv = scan_value_block(d)
     dummy = q if rates is None else rates  # RATES is not read without DECAY
-    args = (q, k, v, target, dummy, n, d, heads, heads // k.shape[1], triton.cdiv(d, block_dv))
-    constexprs = {"BLOCK": config.block_m, "BLOCK_D": head_block(d), "BLOCK_DV": block_dv,
-                  "DECAY": rates is not None, "PRECISION": dot_precision(q.dtype)}
-    _recent[:] = [launch(lightning_scan_kernel, config, args, constexprs)]
+    _recent[:] = [launch(lightning_scan_kernel, config, q, k, v, target, dummy, n, d, heads, heads // k.shape[1],
+                         triton.cdiv(d, block_dv), BLOCK=config.block_m, BLOCK_D=head_block(d), BLOCK_DV=block_dv,
+                         DECAY=rates is not None, SPLIT_STATE=q.dtype != torch.float32,
+                         PRECISION=dot_precision(q.dtype))]
     if target is not out:
         out.copy_(target)
     return out
@@ -225,5 +193,5 @@ def lightning_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, de
     or None (no decay), block_size: rows per block, a power of two >= 16. Returns o [B, Hq, N, D] in q's dtype
     (written into `out` when given)."""
     config = launch_configs(q, k, v, decay=decay, block_size=block_size)[0]
-    out = check_out(out, q)
+    out = output_like(out, q)
     return launch_scan(q, k, v, out, check_decay(decay, q), config)

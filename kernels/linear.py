@@ -20,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
-from kernels.lightning import (check_block, check_out, check_qkv, default_block, dot_precision, head_block, launch,
-                               launch_scan, scan_config)
+from kernels.checks import check_head_offsets, check_qkv, check_tile, dot_precision, head_block, output_like
+from kernels.launch import INTERPRETING, LaunchConfig, element_bytes, launch
+from kernels.lightning import default_block, launch_scan, scan_config
 from kernels.lightning import recent_launches as recent_scan_launches
 
 # Keys per state step: 64 (flash-linear-attention's BT = 64); query rows per output tile: 128, with 8 warps
@@ -164,10 +164,11 @@ def output_config(q: torch.Tensor) -> LaunchConfig:
 def launch_configs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                    chunk_size: int | None = None) -> list[LaunchConfig]:
     """Every kernel linear_attention launches for these tensors, in order."""
-    check_qkv(q, k, v)
+    check_qkv(q, k, v, same_length=True)
+    check_head_offsets(q, k)
     if causal:
         chunk = default_block(q.dtype) if chunk_size is None else chunk_size
-        check_block(chunk, "chunk_size")
+        check_tile(chunk, "chunk_size")
         return [scan_config(q, chunk)]
     if chunk_size is not None:
         raise ValueError(f"chunk_size = {chunk_size} applies to causal=True only; pass chunk_size=None")
@@ -180,10 +181,9 @@ def launch_state(k: torch.Tensor, v: torch.Tensor, config: LaunchConfig) -> torc
     splits, per_split = key_splits(k)
     allocate = torch.zeros if splits > 1 else torch.empty  # atomics add into zeros
     kv = allocate(b, kv_heads, d, d, dtype=torch.float32, device=k.device)
-    args = (k, v, kv, n, d, triton.cdiv(d, value_block(d)), splits, per_split)
-    constexprs = {"BLOCK_N": config.block_n, "BLOCK_D": head_block(d), "BLOCK_DV": value_block(d),
-                  "ATOMIC": splits > 1, "PRECISION": dot_precision(k.dtype)}
-    _recent.append(launch(linear_state_kernel, config, args, constexprs))
+    launch(linear_state_kernel, config, k, v, kv, n, d, triton.cdiv(d, value_block(d)), splits, per_split,
+           launched=_recent, BLOCK_N=config.block_n, BLOCK_D=head_block(d), BLOCK_DV=value_block(d),
+           ATOMIC=splits > 1, PRECISION=dot_precision(k.dtype))
     return kv
 
 
@@ -192,10 +192,9 @@ def launch_output(q: torch.Tensor, kv: torch.Tensor, out: torch.Tensor, config: 
     _, heads, n, d = q.shape
     block_dv = output_tile(d, q.dtype)[1]
     target = out if out.is_contiguous() else torch.empty_like(q)
-    args = (q, kv, target, n, d, heads, heads // kv.shape[1], triton.cdiv(d, block_dv), triton.cdiv(n, config.block_m))
-    constexprs = {"BLOCK_M": config.block_m, "BLOCK_D": head_block(d), "BLOCK_DV": block_dv,
-                  "PRECISION": dot_precision(q.dtype)}
-    _recent.append(launch(linear_output_kernel, config, args, constexprs))
+    launch(linear_output_kernel, config, q, kv, target, n, d, heads, heads // kv.shape[1], triton.cdiv(d, block_dv),
+           triton.cdiv(n, config.block_m), launched=_recent, BLOCK_M=config.block_m, BLOCK_D=head_block(d),
+           BLOCK_DV=block_dv, PRECISION=dot_precision(q.dtype))
     if target is not out:
         out.copy_(target)
     return out
@@ -209,7 +208,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     of the causal scan, a power of two >= 16 (causal only). Returns o [B, Hq, N, D] in q's dtype (written into
     `out` when given)."""
     configs = launch_configs(q, k, v, causal=causal, chunk_size=chunk_size)
-    out = check_out(out, q)
+    out = output_like(out, q)
     _recent.clear()
     if causal:
         launch_scan(q, k, v, out, None, configs[0])

@@ -18,8 +18,10 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels import flash_decoding as fd
-from kernels.flash_decoding import _dot, _online_softmax_step, _query_rows, _split_range, _store_rows
-from kernels.launch import LaunchConfig, element_bytes
+from kernels.checks import DTYPES, LOG2E, MAX_HEAD_DIM, check_output, head_block
+from kernels.flash_decoding import (_empty_rows, _online_softmax_step, _split_program, _split_range, _store_rows,
+                                    _visible_scores)
+from kernels.launch import LaunchConfig, element_bytes, launch
 
 TABLE_DTYPES = (torch.int32, torch.int64)
 
@@ -36,11 +38,8 @@ def paged_split(q_ptr, k_ptr, v_ptr, table_ptr, seq_lens_ptr, o_ptr, lse_ptr,
                 GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
     """Partial attention of one (sequence, kv head, row block) over one split of the sequence's keys."""
-    b = tl.program_id(0) // kv_heads
-    kv_head = tl.program_id(0) % kv_heads
-    split = tl.program_id(2)
-    q, head, query, row_ok = _query_rows(q_ptr, b, kv_head, tl.program_id(1), 1,
-                                         stride_qb, stride_qh, 0, stride_qd, GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
+    b, kv_head, split, q, head, query, row_ok = _split_program(q_ptr, kv_heads, 1, stride_qb, stride_qh, 0, stride_qd,
+                                                               GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
     seq_len = tl.load(seq_lens_ptr + b.to(tl.int64))
     per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits) * BLOCK_N
     table_row = table_ptr + b.to(tl.int64) * stride_tb
@@ -48,9 +47,7 @@ def paged_split(q_ptr, k_ptr, v_ptr, table_ptr, seq_lens_ptr, o_ptr, lse_ptr,
     v_head = v_ptr + kv_head.to(tl.int64) * stride_vh
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
-    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    m, l, acc = _empty_rows(BLOCK_M, BLOCK_D)
     start, end = _split_range(split, seq_len, per_split)
     for n0 in range(start, end, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
@@ -63,7 +60,7 @@ def paged_split(q_ptr, k_ptr, v_ptr, table_ptr, seq_lens_ptr, o_ptr, lse_ptr,
                     mask=tile_ok, other=0.0)
         v = tl.load(v_head + row * stride_vblock + slot[:, None] * stride_vslot + dims[None, :] * stride_vd,
                     mask=tile_ok, other=0.0)
-        s = tl.where(key_ok[None, :], _dot(q, tl.trans(k), IEEE) * qk_scale_log2, float("-inf"))
+        s = _visible_scores(q, k, keys, end, end, qk_scale_log2, False, IEEE)  # no causal limit: last_key unread
         m, l, acc = _online_softmax_step(s, v, m, l, acc, IEEE)
     _store_rows(o_ptr, lse_ptr, acc, m, l, b, head, query, split, row_ok,
                 stride_ob, stride_oh, 0, stride_os, stride_od, stride_lb, stride_lh, 0, stride_ls,
@@ -87,12 +84,12 @@ def check_paged_inputs(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table:
     for name, t in (("block_table", block_table), ("seq_lens", seq_lens), ("k_cache", k_cache)):
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device}; expected q's device {q.device}")
-    if q.dtype not in fd.SUPPORTED_DTYPES or k_cache.dtype != q.dtype:
+    if q.dtype not in DTYPES or k_cache.dtype != q.dtype:
         raise ValueError(f"q.dtype = {q.dtype}, k_cache.dtype = {k_cache.dtype}; expected one dtype among float16, "
                          f"bfloat16, float32")
-    if k_cache.shape[3] != q.shape[2] or not 1 <= q.shape[2] <= fd.MAX_HEAD_DIM:
+    if k_cache.shape[3] != q.shape[2] or not 1 <= q.shape[2] <= MAX_HEAD_DIM:
         raise ValueError(f"head dims q {q.shape[2]}, cache {k_cache.shape[3]}; expected one head dim in "
-                         f"1..{fd.MAX_HEAD_DIM}")
+                         f"1..{MAX_HEAD_DIM}")
     if k_cache.shape[1] < 1 or k_cache.shape[2] < 1 or q.shape[1] % k_cache.shape[1]:
         raise ValueError(f"q heads = {q.shape[1]}, kv heads = {k_cache.shape[1]}, page_size = {k_cache.shape[2]}; "
                          f"expected q heads a multiple of kv heads and page_size >= 1")
@@ -133,8 +130,8 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tenso
     out [B, Hq, D] and lse_out [B, Hq] fp32 may be preallocated; `launched` receives each LaunchConfig.
     Returns (O [B, Hq, D], LSE [B, Hq], natural log); a sequence of length 0 gets O 0 and LSE -inf."""
     configs = launch_configs(q, k_cache, v_cache, block_table, seq_lens, num_splits=num_splits)
-    fd.check_output("out", out, q.shape, q.dtype, q.device)
-    fd.check_output("lse_out", lse_out, q.shape[:2], torch.float32, q.device)
+    check_output("out", out, q.shape, q.dtype, q.device)
+    check_output("lse_out", lse_out, q.shape[:2], torch.float32, q.device)
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if lse_out is None else lse_out
     if q.numel() == 0:
@@ -145,12 +142,11 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tenso
     scale = q.shape[2] ** -0.5 if scale is None else scale
     o_target, lse_target, o_strides, lse_strides = fd.split_targets(out4, lse3, num_splits)
     so, sl = o_strides, lse_strides
-    fd.launch(paged_split, split, launched, q, k_cache, v_cache, block_table, seq_lens, o_target, lse_target,
-              *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_table.stride(),
-              so[0], so[1], so[3], so[4], sl[0], sl[1], sl[3], k_cache.shape[1], num_splits, scale * fd.LOG2E,
-              GROUP=q.shape[1] // k_cache.shape[1], HEAD_DIM=q.shape[2], PAGE_SIZE=k_cache.shape[2],
-              BLOCK_M=split.block_m, BLOCK_N=split.block_n, BLOCK_D=fd.head_block(q.shape[2]),
-              IEEE=q.dtype == torch.float32)
+    launch(paged_split, split, q, k_cache, v_cache, block_table, seq_lens, o_target, lse_target, *q.stride(),
+           *k_cache.stride(), *v_cache.stride(), *block_table.stride(), so[0], so[1], so[3], so[4], sl[0], sl[1], sl[3],
+           k_cache.shape[1], num_splits, scale * LOG2E, launched=launched, GROUP=q.shape[1] // k_cache.shape[1],
+           HEAD_DIM=q.shape[2], PAGE_SIZE=k_cache.shape[2], BLOCK_M=split.block_m, BLOCK_N=split.block_n,
+           BLOCK_D=head_block(q.shape[2]), IEEE=q.dtype == torch.float32)
     if num_splits > 1:
         fd.combine(configs[1], o_target, lse_target, out4, lse3, launched)
     return out, lse

@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
-from kernels.standard import LOG2E, LN2, check_output, check_qkv, dot_precision, head_block
+from kernels.checks import LN2, LOG2E, check_output, check_qkv, dot_precision, head_block
+from kernels.launch import INTERPRETING, LaunchConfig, element_bytes, launch
 
 # Step tiles on sm_90, as the Triton fused-attention tutorial (06-fused-attention.py) runs its forward:
 # 128 x 64 with 4 warps (8 for d > 64), 3 stages; fp32 operands take twice the shared memory and exact fp32
@@ -181,14 +181,10 @@ def ring_attention_step(q: Tensor, k_block: Tensor, v_block: Tensor, *, q_start:
     out = torch.empty_like(q) if out is None else out
     lse_out = torch.empty((batch, q_heads, q_len), dtype=torch.float32, device=q.device) if lse_out is None else lse_out
     scale = head_dim ** -0.5 if scale is None else scale
-    handle = ring_step[config.grid](q, k_block, v_block, out, lse_out, *q.stride(), *k_block.stride(),
-                                    *v_block.stride(), *out.stride(), *lse_out.stride(), q_heads,
-                                    q_heads // k_block.shape[1], q_len, k_block.shape[2], head_dim,
-                                    q_start - k_start, scale * LOG2E, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                                    BLOCK_D=head_block(head_dim), CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
-                                    num_warps=config.num_warps, num_stages=config.num_stages)
-    if launched is not None:
-        launched.append(config.with_compiled(handle))
+    launch(ring_step, config, q, k_block, v_block, out, lse_out, *q.stride(), *k_block.stride(), *v_block.stride(),
+           *out.stride(), *lse_out.stride(), q_heads, q_heads // k_block.shape[1], q_len, k_block.shape[2], head_dim,
+           q_start - k_start, scale * LOG2E, launched=launched, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+           BLOCK_D=head_block(head_dim), CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype))
     return out, lse_out
 
 
@@ -205,12 +201,9 @@ def merge_steps(o_acc: Tensor, lse_acc: Tensor, o: Tensor, lse: Tensor, *,
         raise ValueError(f"o is on {o.device}, o_acc on {o_acc.device}; pass one device")
     (config,) = merge_launch_configs(o_acc)
     batch, heads, q_len, head_dim = o_acc.shape
-    handle = ring_merge[config.grid](o_acc, lse_acc, o, lse, *o_acc.stride(), *lse_acc.stride(), *o.stride(),
-                                     *lse.stride(), heads, q_len, batch * heads * q_len, head_dim,
-                                     BLOCK_M=config.block_m, BLOCK_D=head_block(head_dim), num_warps=config.num_warps,
-                                     num_stages=config.num_stages)
-    if launched is not None:
-        launched.append(config.with_compiled(handle))
+    launch(ring_merge, config, o_acc, lse_acc, o, lse, *o_acc.stride(), *lse_acc.stride(), *o.stride(), *lse.stride(),
+           heads, q_len, batch * heads * q_len, head_dim, launched=launched, BLOCK_M=config.block_m,
+           BLOCK_D=head_block(head_dim))
     return o_acc, lse_acc
 
 

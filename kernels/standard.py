@@ -27,12 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
-
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): the kernels work in log2
-LN2 = tl.constexpr(0.6931471805599453)  # log2 -> natural log, for the LSE the kernels return
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
+from kernels.checks import LN2, LOG2E, check_output, check_qkv, check_tile, dot_precision, head_block
+from kernels.launch import INTERPRETING, LaunchConfig, element_bytes, launch
 
 # GEMM tiles as memsim.algorithms.standard.default_tiles picks them: the largest of these whose score
 # panels and value chunks fit in an H100's opt-in shared memory per block (232448 B, shared/DESIGN.md),
@@ -195,48 +191,6 @@ def standard_pv(p_ptr, v_ptr, o_ptr,
 
 # ---- inputs and launch configs ----------------------------------------------------------------------
 
-def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    """q [B, Hq, Nq, D], k and v [B, Hkv, Nk, D] on one device in one of SUPPORTED_DTYPES, Hq % Hkv == 0."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}; expected 4 dims [B, H, N, D]")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"{name}.dtype = {t.dtype}; expected one of float16, bfloat16, float32")
-    if k.shape != v.shape:
-        raise ValueError(f"k shape {tuple(k.shape)} != v shape {tuple(v.shape)}; they must match")
-    if q.dtype != k.dtype or q.dtype != v.dtype:
-        raise ValueError(f"dtypes q {q.dtype}, k {k.dtype}, v {v.dtype} differ; pass one dtype")
-    if q.device != k.device or q.device != v.device:
-        raise ValueError(f"devices q {q.device}, k {k.device}, v {v.device} differ; pass one device")
-    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch or head dim; they must match")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q heads = {q.shape[1]} must be a multiple of kv heads = {k.shape[1]}")
-    if min(q.shape) < 1 or k.shape[2] < 1:
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} have an empty dim; every dim must be >= 1")
-    if q.shape[3] > MAX_HEAD_DIM:
-        raise ValueError(f"head dim = {q.shape[3]} exceeds {MAX_HEAD_DIM}")
-
-
-def check_output(name: str, t: Tensor | None, shape: tuple, dtype: torch.dtype, device) -> None:
-    """A preallocated output must have the shape, dtype and device the op writes."""
-    if t is None:
-        return
-    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != torch.device(device):
-        raise ValueError(f"{name} is {tuple(t.shape)} {t.dtype} on {t.device}; expected {tuple(shape)} {dtype} "
-                         f"on {device}")
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get exact fp32 dots; fp16/bf16 run on tensor cores with fp32 accumulation."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def head_block(head_dim: int) -> int:
-    """The padded head dim a tile holds: a power of two, at least 16 (tl.dot's smallest K)."""
-    return max(16, triton.next_power_of_2(head_dim))
-
-
 def gemm_tiles(head_dim: int, dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) as memsim.algorithms.standard.default_tiles: the largest tile whose score panels
     (BLOCK_M + BLOCK_N) x d and value chunks stages x (BLOCK_M x BLOCK_N + BLOCK_N x d) fit in shared memory."""
@@ -273,9 +227,8 @@ def launch_configs(q: Tensor, k: Tensor, v: Tensor, *, block_m: int | None = Non
     kv_len = k.shape[2]
     default_m, default_n = gemm_tiles(head_dim, q.dtype)
     bm, bn = block_m or default_m, block_n or default_n
-    for name, value in (("block_m", bm), ("block_n", bn)):
-        if value < 16 or value & (value - 1):
-            raise ValueError(f"{name} = {value}; expected a power of two >= 16")
+    check_tile(bm, "block_m")
+    check_tile(bn, "block_n")
     e = element_bytes(q.dtype)
     heads = batch * q_heads
     t_r, t_c = triton.cdiv(q_len, bm), triton.cdiv(kv_len, bn)
@@ -292,11 +245,6 @@ def launch_configs(q: Tensor, k: Tensor, v: Tensor, *, block_m: int | None = Non
 
 
 # ---- the op ----------------------------------------------------------------------------------------
-
-def _record(launched: list | None, config: LaunchConfig, handle) -> None:
-    if launched is not None:
-        launched.append(config.with_compiled(handle))
-
 
 def standard_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: float | None = None,
                        out: Tensor | None = None, return_lse: bool = False, lse_out: Tensor | None = None,
@@ -329,18 +277,13 @@ def standard_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     precision = dot_precision(q.dtype)
     qk, softmax, pv = configs
 
-    handle = standard_qk[qk.grid](q, k, s, *q.stride(), *k.stride(), *s.stride(), q_heads, group, q_len, kv_len,
-                                  head_dim, BLOCK_M=qk.block_m, BLOCK_N=qk.block_n, BLOCK_K=score_chunk(head_dim),
-                                  DOT_PRECISION=precision, num_warps=qk.num_warps, num_stages=qk.num_stages)
-    _record(launched, qk, handle)
-    handle = standard_softmax[softmax.grid](s, p, lse_out, *s.stride(), *p.stride(), *lse_out.stride(), q_heads,
-                                            q_len, kv_len, scale * LOG2E, BLOCK_N=softmax.block_n,
-                                            SINGLE_PASS=softmax.block_n >= kv_len, CAUSAL=causal,
-                                            WRITE_LSE=write_lse, num_warps=softmax.num_warps,
-                                            num_stages=softmax.num_stages)
-    _record(launched, softmax, handle)
-    handle = standard_pv[pv.grid](p, v, out, *p.stride(), *v.stride(), *out.stride(), q_heads, group, q_len, kv_len,
-                                  head_dim, BLOCK_M=pv.block_m, BLOCK_N=pv.block_n, BLOCK_D=head_block(head_dim),
-                                  DOT_PRECISION=precision, num_warps=pv.num_warps, num_stages=pv.num_stages)
-    _record(launched, pv, handle)
+    launch(standard_qk, qk, q, k, s, *q.stride(), *k.stride(), *s.stride(), q_heads, group, q_len, kv_len, head_dim,
+           launched=launched, BLOCK_M=qk.block_m, BLOCK_N=qk.block_n, BLOCK_K=score_chunk(head_dim),
+           DOT_PRECISION=precision)
+    launch(standard_softmax, softmax, s, p, lse_out, *s.stride(), *p.stride(), *lse_out.stride(), q_heads, q_len,
+           kv_len, scale * LOG2E, launched=launched, BLOCK_N=softmax.block_n, SINGLE_PASS=softmax.block_n >= kv_len,
+           CAUSAL=causal, WRITE_LSE=write_lse)
+    launch(standard_pv, pv, p, v, out, *p.stride(), *v.stride(), *out.stride(), q_heads, group, q_len, kv_len,
+           head_dim, launched=launched, BLOCK_M=pv.block_m, BLOCK_N=pv.block_n, BLOCK_D=head_block(head_dim),
+           DOT_PRECISION=precision)
     return (out, lse_out) if return_lse else out

@@ -9,7 +9,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (DEVICE, assert_launched_as_reported, assert_recorded_as_reported, check_close,
+                           kernel_settings, low_precision_dtypes, poisoned, record_launches)
 
 import kernels.block_sparse
 from kernels import reference
@@ -159,42 +160,14 @@ def test_rows_that_see_no_key_give_zero_and_minus_infinity():
     assert torch.isfinite(lse[0, 0, 8:]).all()
 
 
-def without_shared_memory(config) -> dict:
-    """A config's launch (kernel, tiles, warps, stages, grid): shared memory is compiled on a GPU, estimated here."""
-    return {key: value for key, value in config.as_dict().items() if not key.startswith("shared_mem")}
-
-
-def assert_recent_are(launched, configs):
-    assert [without_shared_memory(c) for c in launched] == [without_shared_memory(c) for c in configs]
-    source = "compiled" if DEVICE == "cuda" else "estimate"  # the interpreter compiles nothing
-    assert all(c.shared_mem_source == source for c in launched)
-
-
-class LaunchRecorder:
-    """Stands in for a Triton kernel: records each launch's grid and keywords, then launches the real one."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **meta):
-            self.launches.append((tuple(grid), meta))
-            return self.kernel[grid](*args, **meta)
-        return launch
-
-
 def test_reported_config_is_the_launched_one(monkeypatch):
     q, k, v = inputs(2, 2, 1, 40, 50, 24, torch.float16, 1.0, seed=5)
-    recorder = LaunchRecorder(kernels.block_sparse.moba_attention_kernel)
-    monkeypatch.setattr(kernels.block_sparse, "moba_attention_kernel", recorder)
+    launches = record_launches(monkeypatch, kernels.block_sparse, "moba_attention_kernel")
     moba_attention(q, k, v, block_size=16, top_k=2)
-    (config,) = launch_configs(q, k, v, block_size=16, top_k=2)
-    print(config.as_dict())
-    (grid, meta), = recorder.launches
-    assert config.kernel == "moba_attention_kernel" and grid == config.grid
-    assert (meta["BLOCK_M"], meta["BLOCK_N"]) == (config.block_m, config.block_n)
-    assert (meta["num_warps"], meta["num_stages"]) == (config.num_warps, config.num_stages)
-    assert_recent_are(recent_launches(), [config])
+    configs = launch_configs(q, k, v, block_size=16, top_k=2)
+    print(configs[0].as_dict())
+    assert_launched_as_reported(launches, configs)
+    assert_recorded_as_reported(recent_launches(), configs)
 
 
 def test_bad_arguments_raise():

@@ -7,42 +7,19 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (DEVICE, assert_launched_as_reported, assert_recorded_as_reported, attention_problems,
+                           check_close, kernel_settings, poisoned, record_launches)
 from kernels import flash1, reference
 from kernels.flash1 import flash1_attention, launch_configs
-from test_kernel_standard import RecordingKernel, assert_launched_as_reported, without_shared_memory
 
-HEAD_DIMS = (8, 16, 24, 40, 64)
-HEAD_LAYOUTS = ((1, 1), (1, 2), (1, 4), (2, 1), (2, 2))  # (kv heads, q heads per kv head): MHA, GQA, MQA
-LOGIT_SCALES = (1.0, 4.0, 16.0)
+TILES = ((16, 16), (16, 32), (32, 16), (16, 64))  # (block_m, block_n): several tilings of the same problem
 
 
-@st.composite
-def problems(draw):
-    """(q, k, v, causal, dtype, block_m, block_n): batch * q heads <= 4, lengths 1-80, several tilings."""
-    dtype = draw(st.sampled_from(low_precision_dtypes()))
-    kv_heads, group = draw(st.sampled_from(HEAD_LAYOUTS))
-    batch = draw(st.integers(1, max(1, 4 // (kv_heads * group))))
-    length = st.one_of(st.integers(1, 16), st.integers(17, 80))
-    q_len, kv_len = draw(length), draw(length)
-    head_dim = draw(st.sampled_from(HEAD_DIMS))
-    transposed = draw(st.booleans())
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-
-    def tensor(heads, n, factor=1.0):
-        shape = (batch, n, heads, head_dim) if transposed else (batch, heads, n, head_dim)
-        t = (torch.randn(shape, generator=gen, dtype=torch.float64) * factor).to(dtype).to(DEVICE)
-        return t.transpose(1, 2) if transposed else t
-
-    q = tensor(kv_heads * group, q_len, draw(st.sampled_from(LOGIT_SCALES)))
-    tiles = draw(st.sampled_from(((16, 16), (16, 32), (32, 16), (16, 64))))
-    return q, tensor(kv_heads, kv_len), tensor(kv_heads, kv_len), draw(st.booleans()), dtype, tiles
-
-
-@given(problems())
+@given(attention_problems(), st.sampled_from(TILES))
 @kernel_settings(25)
-def test_flash1_matches_reference(problem):
-    q, k, v, causal, dtype, (block_m, block_n) = problem
+def test_flash1_matches_reference(problem, tiles):
+    q, k, v, causal, dtype = problem
+    block_m, block_n = tiles
     out, lse_out = poisoned(q.shape, dtype), poisoned(q.shape[:3], torch.float32)
     o, lse = flash1_attention(q, k, v, causal=causal, out=out, return_lse=True, lse_out=lse_out,
                               block_m=block_m, block_n=block_n)
@@ -100,14 +77,13 @@ def test_query_blocks_that_see_no_key_are_written():
 
 @pytest.mark.parametrize("block_m, block_n", [(None, None), (32, 16)])
 def test_launches_are_the_reported_configs(monkeypatch, block_m, block_n):
-    calls, launched = [], []
-    for name in ("flash1_init", "flash1_fwd"):
-        monkeypatch.setattr(flash1, name, RecordingKernel(getattr(flash1, name), calls))
+    launches = record_launches(monkeypatch, flash1, "flash1_init", "flash1_fwd")
+    launched = []
     q, k = torch.randn(2, 2, 19, 24, device=DEVICE), torch.randn(2, 1, 29, 24, device=DEVICE)
     flash1_attention(q, k, k, causal=True, block_m=block_m, block_n=block_n, launched=launched)
     configs = launch_configs(q, k, k, block_m=block_m, block_n=block_n)
-    assert_launched_as_reported(calls, configs)
-    assert without_shared_memory(launched) == without_shared_memory(configs)
+    assert_launched_as_reported(launches, configs, {"flash1_init": ("BLOCK_M", "BLOCK")})
+    assert_recorded_as_reported(launched, configs)
     # the init kernel covers O (2*2*19 rows x 24) and l, m (2*2*19 each) at 512 elements per program
     assert configs[0].grid == (-(-(2 * 2 * 19 * 26) // 512),) and configs[1].grid == (4,)
 

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (DEVICE, assert_launched_as_reported, assert_recorded_as_reported, check_close,
+                           kernel_settings, low_precision_dtypes, poisoned, record_launches)
 from kernels import flash_decoding as fd
 from kernels import reference
 
@@ -109,39 +110,15 @@ def test_split_heuristic_rejects_bad_counts(bad, message):
 
 # ---- launch configs are what runs ------------------------------------------------------------------
 
-class KernelSpy:
-    """Stands in for a Triton kernel and records the grid and meta-parameters of every launch."""
-
-    def __init__(self, kernel):
-        self.kernel, self.calls = kernel, []
-
-    def __getitem__(self, grid):
-        def run(*args, **meta):
-            keys = ("BLOCK_M", "BLOCK_N", "BLOCK_S", "num_warps", "num_stages")
-            self.calls.append((tuple(grid), {key: meta[key] for key in keys if key in meta}))
-            return self.kernel[grid](*args, **meta)
-        return run
-
-
-def expected_call(config):
-    tiles = {"BLOCK_S": config.block_n} if config.kernel.endswith("combine") else {"BLOCK_M": config.block_m,
-                                                                                   "BLOCK_N": config.block_n}
-    return config.grid, tiles | {"num_warps": config.num_warps, "num_stages": config.num_stages}
-
-
 @pytest.mark.parametrize("num_splits", [None, 1, 3])
 def test_launch_configs_are_what_runs(monkeypatch, num_splits):
     q, k, v = make_inputs(1, 2, 4, 5, 50, 48, torch.float16, 1.0, "bhnd", seed=1)
-    spies = {name: KernelSpy(getattr(fd, name)) for name in ("decode_split", "decode_combine")}
-    for name, spy in spies.items():
-        monkeypatch.setattr(fd, name, spy)
+    launches = record_launches(monkeypatch, fd, "decode_split", "decode_combine")
     configs = fd.launch_configs(q, k, v, num_splits=num_splits)
     launched = []
     fd.flash_decode(q, k, v, num_splits=num_splits, launched=launched)
-    calls = spies["decode_split"].calls + spies["decode_combine"].calls
-    assert calls == [expected_call(c) for c in configs]
-    assert [c.kernel for c in launched] == [c.kernel for c in configs]
-    assert [(c.grid, c.block_m, c.block_n) for c in launched] == [(c.grid, c.block_m, c.block_n) for c in configs]
+    assert_launched_as_reported(launches, configs, {"decode_combine": ("BLOCK_M", "BLOCK_S")})
+    assert_recorded_as_reported(launched, configs)
     split = configs[0]
     assert split.grid[0] == 2  # one program per (batch, kv head): each K/V tile is read once for its 4 q heads
     assert split.grid[1] == math.ceil(4 * 5 / split.block_m)

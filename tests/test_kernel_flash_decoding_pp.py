@@ -7,7 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (DEVICE, assert_recorded_as_reported, check_close, kernel_settings, low_precision_dtypes,
+                           poisoned)
 from kernels import flash_decoding_pp as fdpp
 from kernels import reference
 
@@ -141,8 +142,7 @@ def test_launch_configs_are_what_runs(num_splits):
     configs = fdpp.launch_configs(q, k, v, num_splits=num_splits)
     launched = []
     fdpp.flash_decode_pp(q, k, v, num_splits=num_splits, launched=launched)
-    assert [(c.kernel, c.grid, c.block_m, c.block_n, c.num_warps, c.num_stages) for c in launched] == \
-        [(c.kernel, c.grid, c.block_m, c.block_n, c.num_warps, c.num_stages) for c in configs]
+    assert_recorded_as_reported(launched, configs)
 
 
 @pytest.mark.parametrize("keywords, message", [

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (DEVICE, assert_recorded_as_reported, check_close, kernel_settings, low_precision_dtypes,
+                           poisoned)
 from kernels import kv_quant, reference
 from kernels.kv_quant import QuantizedKV, dequantize_kv, quantize_kv
 
@@ -125,8 +126,7 @@ def test_launch_configs_are_what_runs(num_splits):
     configs = kv_quant.launch_configs(q, k, v, num_splits=num_splits)
     launched = []
     kv_quant.quantized_decode(q, k, v, num_splits=num_splits, launched=launched)
-    assert [(c.kernel, c.grid, c.block_m, c.block_n, c.num_warps, c.num_stages) for c in launched] == \
-        [(c.kernel, c.grid, c.block_m, c.block_n, c.num_warps, c.num_stages) for c in configs]
+    assert_recorded_as_reported(launched, configs)
     assert configs[0].kernel == "quant_decode_split" and configs[0].grid == (2, 1, num_splits)
 
 

@@ -4,50 +4,23 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (DEVICE, assert_launched_as_reported, assert_recorded_as_reported, check_close, expand_kv,
+                           kernel_settings, linear_inputs, linear_problems, poisoned, record_launches)
 
 import kernels.lightning
 import kernels.linear
 from kernels import reference
 from kernels.linear import launch_configs, linear_attention, recent_launches, share_keys
 
-HEAD_DIMS = [1, 8, 16, 17, 33, 40, 64, 96]  # powers of two and not; from 33 the value dim splits
-
-
-def inputs(batch, q_heads, kv_heads, n, d, dtype, magnitude, seed):
-    """q, k [B, H, N, D] ~ magnitude * N(0, 1), v ~ N(0, 1), on DEVICE in dtype."""
-    g = torch.Generator().manual_seed(seed)
-    q = magnitude * torch.randn(batch, q_heads, n, d, generator=g)
-    k = magnitude * torch.randn(batch, kv_heads, n, d, generator=g)
-    v = torch.randn(batch, kv_heads, n, d, generator=g)
-    return [t.to(DEVICE, dtype) for t in (q, k, v)]
-
-
-def expanded(x: torch.Tensor, q_heads: int) -> torch.Tensor:
-    """[B, Hkv, N, D] -> [B, Hq, N, D]: the reference takes one kv head per q head."""
-    return x.repeat_interleave(q_heads // x.shape[1], dim=1)
-
-
-@st.composite
-def problems(draw):
-    kv_heads = draw(st.sampled_from([1, 2]))
-    return {"batch": draw(st.sampled_from([1, 2])) if kv_heads == 1 else 1, "kv_heads": kv_heads,
-            "q_heads": kv_heads * draw(st.sampled_from([1, 2])),
-            "n": draw(st.one_of(st.integers(1, 16), st.integers(17, 80))), "d": draw(st.sampled_from(HEAD_DIMS)),
-            # magnitude 3: |q . k| up to ~150 at d = 64, outputs in the thousands, inside fp16's range
-            "dtype": draw(st.sampled_from(low_precision_dtypes())), "magnitude": draw(st.sampled_from([0.1, 1.0, 3.0])),
-            "seed": draw(st.integers(0, 2 ** 31 - 1))}
-
-
 @kernel_settings(15)
-@given(problem=problems(), causal=st.booleans(), chunk=st.sampled_from([None, 16, 32]))
+@given(problem=linear_problems(), causal=st.booleans(), chunk=st.sampled_from([None, 16, 32]))
 def test_matches_reference(problem, causal, chunk):
-    q, k, v = inputs(**problem)
+    q, k, v = linear_inputs(**problem)
     dtype, heads = problem["dtype"], problem["q_heads"]
     out = poisoned(q.shape, dtype)
     result = linear_attention(q, k, v, causal=causal, chunk_size=chunk if causal else None, out=out)
     assert result is out
-    ke, ve = expanded(k, heads), expanded(v, heads)
+    ke, ve = expand_kv(k, heads), expand_kv(v, heads)
     ref = reference.linear_attention(q, ke, ve, causal=causal)
     peer = reference.linear_attention(q, ke, ve, causal=causal, dtype=dtype)
     check_close("linear o", out, ref, peer, dtype)
@@ -67,7 +40,7 @@ def test_worked_example_by_hand():
 def test_non_causal_is_causal_plus_the_strict_upper_triangle():
     """The two paths (state/output kernels and the scan) agree: reversing the sequence turns the causal sum into
     the anti-causal one, and causal + anti-causal - diagonal = non-causal."""
-    q, k, v = inputs(1, 2, 1, 37, 24, torch.float32, 1.0, seed=3)
+    q, k, v = linear_inputs(1, 2, 1, 37, 24, torch.float32, 1.0, seed=3)
     flip = lambda x: x.flip(2)
     causal = linear_attention(q, k, v, causal=True)
     anti = flip(linear_attention(flip(q), flip(k), flip(v), causal=True))
@@ -85,64 +58,26 @@ def test_key_splits_fill_an_h100():
     assert share_keys(3, 1, 132) == (3, 1) and share_keys(1024, 256, 132) == (1, 1024)
 
 
-def without_shared_memory(config) -> dict:
-    """A config's launch (kernel, tiles, warps, stages, grid): shared memory is compiled on a GPU, estimated here."""
-    return {key: value for key, value in config.as_dict().items() if not key.startswith("shared_mem")}
-
-
-def assert_recent_are(launched, configs):
-    assert [without_shared_memory(c) for c in launched] == [without_shared_memory(c) for c in configs]
-    source = "compiled" if DEVICE == "cuda" else "estimate"  # the interpreter compiles nothing
-    assert all(c.shared_mem_source == source for c in launched)
-
-
-class LaunchRecorder:
-    """Stands in for a Triton kernel: records each launch's grid and keywords, then launches the real one."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **meta):
-            self.launches.append((tuple(grid), meta))
-            return self.kernel[grid](*args, **meta)
-        return launch
-
-
-# Which keywords of each kernel carry the config's block_m and block_n (None: the kernel has no such tile).
-BLOCK_KEYWORDS = {"lightning_scan_kernel": ("BLOCK", "BLOCK"), "linear_state_kernel": (None, "BLOCK_N"),
-                  "linear_output_kernel": ("BLOCK_M", None)}
-
-
 @pytest.mark.parametrize("causal, shape", [
     (False, (2, 4, 2, 40, 40)),  # two value splits
     (False, (1, 2, 1, 40, 16)),  # one (batch, kv head) program: three key splits adding with atomics
     (True, (2, 4, 2, 40, 40)),
 ])
 def test_reported_configs_are_the_launched_ones(monkeypatch, causal, shape):
-    q, k, v = inputs(*shape, torch.float16, 1.0, seed=5)
-    owners = [(kernels.lightning, "lightning_scan_kernel")] if causal else \
-        [(kernels.linear, "linear_state_kernel"), (kernels.linear, "linear_output_kernel")]
-    recorders = {}
-    for owner, name in owners:
-        recorders[name] = LaunchRecorder(getattr(owner, name))
-        monkeypatch.setattr(owner, name, recorders[name])
+    q, k, v = linear_inputs(*shape, torch.float16, 1.0, seed=5)
+    if causal:  # the causal path is Lightning's scan without decay: one launch, its BLOCK is block_m and block_n
+        launches = record_launches(monkeypatch, kernels.lightning, "lightning_scan_kernel")
+    else:
+        launches = record_launches(monkeypatch, kernels.linear, "linear_state_kernel", "linear_output_kernel")
     linear_attention(q, k, v, causal=causal)
     configs = launch_configs(q, k, v, causal=causal)
-    assert [c.kernel for c in configs] == [name for _, name in owners]
-    for config in configs:
-        print(config.as_dict())
-        (grid, meta), = recorders[config.kernel].launches
-        m_key, n_key = BLOCK_KEYWORDS[config.kernel]
-        assert grid == config.grid
-        assert (meta["num_warps"], meta["num_stages"]) == (config.num_warps, config.num_stages)
-        assert m_key is None or meta[m_key] == config.block_m
-        assert n_key is None or meta[n_key] == config.block_n
-    assert_recent_are(recent_launches(), configs)
+    print([config.as_dict() for config in configs])
+    assert_launched_as_reported(launches, configs, {"lightning_scan_kernel": ("BLOCK", "BLOCK")})
+    assert_recorded_as_reported(recent_launches(), configs)
 
 
 def test_non_contiguous_out_is_written():
-    q, k, v = inputs(1, 2, 2, 20, 16, torch.float32, 1.0, seed=7)
+    q, k, v = linear_inputs(1, 2, 2, 20, 16, torch.float32, 1.0, seed=7)
     out = poisoned((1, 20, 2, 16), torch.float32).transpose(1, 2)
     linear_attention(q, k, v, out=out)
     ref = reference.linear_attention(q, k, v)
@@ -157,13 +92,13 @@ def test_non_contiguous_out_is_written():
     (lambda q, k, v: (q, k, v[..., :4]), "value dim"),
 ])
 def test_bad_inputs_raise(change, message):
-    q, k, v = inputs(1, 4, 2, 8, 8, torch.float32, 1.0, seed=0)
+    q, k, v = linear_inputs(1, 4, 2, 8, 8, torch.float32, 1.0, seed=0)
     with pytest.raises(ValueError, match=message):
         linear_attention(*change(q, k, v))
 
 
 def test_bad_chunk_and_out_raise():
-    q, k, v = inputs(1, 1, 1, 8, 8, torch.float32, 1.0, seed=0)
+    q, k, v = linear_inputs(1, 1, 1, 8, 8, torch.float32, 1.0, seed=0)
     with pytest.raises(ValueError, match="chunk_size = 24"):
         linear_attention(q, k, v, causal=True, chunk_size=24)
     with pytest.raises(ValueError, match="causal=True only"):

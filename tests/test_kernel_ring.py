@@ -8,16 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (ATTENTION_HEAD_DIMS, DEVICE, HEAD_LAYOUTS, LOGIT_SCALES, assert_launched_as_reported,
+                           assert_recorded_as_reported, check_close, kernel_settings, low_precision_dtypes, poisoned,
+                           record_launches)
 from kernels import reference, ring
 from kernels.ring import block_bounds, launch_configs, merge_launch_configs, merge_steps, ring_attention, \
     ring_attention_step
-from test_kernel_standard import RecordingKernel, assert_launched_as_reported, without_shared_memory
-
-HEAD_DIMS = (8, 16, 24, 40, 64)
-HEAD_LAYOUTS = ((1, 1), (1, 2), (1, 4), (2, 1), (2, 2))  # (kv heads, q heads per kv head): MHA, GQA, MQA
-LOGIT_SCALES = (1.0, 4.0, 16.0)
-
 
 def random_tensor(gen, shape, dtype, factor=1.0):
     return (torch.randn(shape, generator=gen, dtype=torch.float64) * factor).to(dtype).to(DEVICE)
@@ -30,7 +26,7 @@ def heads_and_dims(draw):
     batch = draw(st.integers(1, max(1, 4 // (kv_heads * group))))
     dtype = draw(st.sampled_from(low_precision_dtypes()))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    return batch, kv_heads, group, draw(st.sampled_from(HEAD_DIMS)), dtype, gen
+    return batch, kv_heads, group, draw(st.sampled_from(ATTENTION_HEAD_DIMS)), dtype, gen
 
 
 @given(heads_and_dims(), st.integers(1, 48), st.integers(1, 48), st.integers(0, 80), st.integers(0, 80),
@@ -52,8 +48,8 @@ def test_step_matches_reference(dims, q_len, kv_len, q_start, k_start, causal, f
     check_close("LSE", lse, lse64, peer_lse, dtype)
 
 
-@given(st.integers(1, 3), st.integers(1, 40), st.sampled_from(HEAD_DIMS), st.sampled_from(low_precision_dtypes()),
-       st.integers(0, 2**16))
+@given(st.integers(1, 3), st.integers(1, 40), st.sampled_from(ATTENTION_HEAD_DIMS),
+       st.sampled_from(low_precision_dtypes()), st.integers(0, 2**16))
 @kernel_settings(10)
 def test_merge_matches_reference(heads, rows, head_dim, dtype, seed):
     """Partials with LSE -inf on either side, on both, or on neither (O 0 where LSE is -inf)."""
@@ -125,17 +121,16 @@ def test_worked_example_causal_ring_of_two():
 
 
 def test_launches_are_the_reported_configs(monkeypatch):
-    calls, launched = [], []
-    for name in ("ring_step", "ring_merge"):
-        monkeypatch.setattr(ring, name, RecordingKernel(getattr(ring, name), calls))
+    launches = record_launches(monkeypatch, ring, "ring_step", "ring_merge")
+    launched = []
     q, k = torch.randn(1, 2, 21, 24, device=DEVICE), torch.randn(1, 1, 21, 24, device=DEVICE)
     ring_attention(q, k, k, world=2, causal=True, launched=launched)
     blocks = [q[:, :, :11], q[:, :, 11:]]
     step = [launch_configs(b, k[:, :, :11], k[:, :, :11])[0] for b in blocks]
     merge = [merge_launch_configs(q.new_empty(1, 2, b.shape[2], 24))[0] for b in blocks]
     expected = [step[0], step[0], merge[0], step[1], step[1], merge[1]]  # per rank: 2 steps, 1 merge
-    assert_launched_as_reported(calls, expected)
-    assert without_shared_memory(launched) == without_shared_memory(expected)
+    assert_launched_as_reported(launches, expected)
+    assert_recorded_as_reported(launched, expected)
 
 
 def test_bad_inputs_are_refused_on_one_line():

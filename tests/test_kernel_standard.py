@@ -2,55 +2,23 @@
 S and P it writes to HBM, with outputs poisoned with NaN; its launches against what it reports; its
 tiles against memsim's model of the same schedule."""
 
-import dataclasses
 import math
 
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import (DEVICE, assert_launched_as_reported, assert_recorded_as_reported, attention_problems,
+                           check_close, expand_kv, kernel_settings, poisoned, record_launches)
 from kernels import reference, standard
 from kernels.standard import StandardWorkspace, launch_configs, standard_attention
-
-HEAD_DIMS = (8, 16, 24, 40, 64)
-HEAD_LAYOUTS = ((1, 1), (1, 2), (1, 4), (2, 1), (2, 2))  # (kv heads, q heads per kv head): MHA, GQA, MQA
-LOGIT_SCALES = (1.0, 4.0, 16.0)  # q is multiplied by this: 16 gives logits of tens, near one-hot rows
-
-
-@st.composite
-def problems(draw):
-    """(q, k, v, causal, dtype): batch * q heads <= 4, every GQA ratio that allows, lengths 1-80."""
-    dtype = draw(st.sampled_from(low_precision_dtypes()))
-    kv_heads, group = draw(st.sampled_from(HEAD_LAYOUTS))
-    batch = draw(st.integers(1, max(1, 4 // (kv_heads * group))))
-    length = st.one_of(st.integers(1, 16), st.integers(17, 80))
-    q_len, kv_len = draw(length), draw(length)
-    head_dim = draw(st.sampled_from(HEAD_DIMS))
-    seed = draw(st.integers(0, 2**16))
-    transposed = draw(st.booleans())  # inputs as [B, N, H, D] storage seen through a transpose
-    gen = torch.Generator().manual_seed(seed)
-
-    def tensor(heads, n, factor=1.0):
-        shape = (batch, n, heads, head_dim) if transposed else (batch, heads, n, head_dim)
-        t = (torch.randn(shape, generator=gen, dtype=torch.float64) * factor).to(dtype).to(DEVICE)
-        return t.transpose(1, 2) if transposed else t
-
-    q = tensor(kv_heads * group, q_len, draw(st.sampled_from(LOGIT_SCALES)))
-    return q, tensor(kv_heads, kv_len), tensor(kv_heads, kv_len), draw(st.booleans()), dtype
-
 
 def poisoned_workspace(q, k) -> StandardWorkspace:
     shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     return StandardWorkspace(poisoned(shape, q.dtype), poisoned(shape, q.dtype))
 
 
-def expanded(k, q_heads):
-    return k.repeat_interleave(q_heads // k.shape[1], dim=1)
-
-
-@given(problems())
+@given(attention_problems())
 @kernel_settings(12)
 def test_standard_attention_matches_reference(problem):
     q, k, v, causal, dtype = problem
@@ -64,7 +32,7 @@ def test_standard_attention_matches_reference(problem):
     check_close("O", o, o64, peer_o, dtype)
     check_close("LSE", lse, lse64, peer_lse, dtype)
     # S = Q K^T, unscaled: the score GEMM's own product.
-    k_full = expanded(k, q.shape[1])
+    k_full = expand_kv(k, q.shape[1])
     s64 = q.double().cpu() @ k_full.double().cpu().transpose(-1, -2)
     peer_s = (q.cpu().to(dtype) @ k_full.cpu().to(dtype).transpose(-1, -2))
     check_close("S", workspace.scores, s64, peer_s, dtype)
@@ -117,43 +85,15 @@ def test_rows_that_see_no_key_give_zero_and_minus_infinity():
     assert torch.all(workspace.probs[:, :, :4] == 0) and torch.isfinite(lse[:, :, 4:]).all()
 
 
-class RecordingKernel:
-    """Stands in for a Triton kernel: records (name, grid, launch keywords), then launches the real one."""
-
-    def __init__(self, kernel, calls: list):
-        self.kernel, self.calls = kernel, calls
-
-    def __getitem__(self, grid):
-        def launch(*args, **keywords):
-            self.calls.append((self.kernel.fn.__name__, tuple(grid), keywords))
-            return self.kernel[grid](*args, **keywords)
-        return launch
-
-
-def without_shared_memory(configs: list) -> list:
-    """Configs with the shared-memory fields cleared: on a GPU the launched ones carry the compiled size."""
-    return [dataclasses.replace(c, shared_mem_bytes=0, shared_mem_source="") for c in configs]
-
-
-def assert_launched_as_reported(calls: list, configs: list) -> None:
-    assert [c[0] for c in calls] == [c.kernel for c in configs]
-    for (name, grid, keywords), config in zip(calls, configs):
-        assert grid == config.grid, name
-        assert (keywords["num_warps"], keywords["num_stages"]) == (config.num_warps, config.num_stages), name
-        assert keywords.get("BLOCK_M", 1) == config.block_m, name
-        assert keywords.get("BLOCK_N", keywords.get("BLOCK", 1)) == config.block_n, name
-
-
 @pytest.mark.parametrize("block_m, block_n", [(None, None), (32, 16)])
 def test_launches_are_the_reported_configs(monkeypatch, block_m, block_n):
-    calls, launched = [], []
-    for name in ("standard_qk", "standard_softmax", "standard_pv"):
-        monkeypatch.setattr(standard, name, RecordingKernel(getattr(standard, name), calls))
+    launches = record_launches(monkeypatch, standard, "standard_qk", "standard_softmax", "standard_pv")
+    launched = []
     q, k = torch.randn(1, 4, 19, 24, device=DEVICE), torch.randn(1, 2, 29, 24, device=DEVICE)
     standard_attention(q, k, k, causal=True, block_m=block_m, block_n=block_n, launched=launched)
     configs = launch_configs(q, k, k, block_m=block_m, block_n=block_n)
-    assert_launched_as_reported(calls, configs)
-    assert without_shared_memory(launched) == without_shared_memory(configs)
+    assert_launched_as_reported(launches, configs)
+    assert_recorded_as_reported(launched, configs)
     if block_m == 32:  # 19 queries in 1 row tile, 29 keys in 2 column tiles, 4 heads
         assert configs[0].grid == (1 * 2 * 4,) and configs[1].grid == (4 * 19,) and configs[2].grid == (1 * 4,)
 
