@@ -29,16 +29,17 @@ import triton.language as tl
 
 from kernels.launch import INTERPRETING, LaunchConfig, element_bytes
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
-LN2 = 0.6931471805599453  # ln(2): a log2 LSE times ln(2) is the natural LSE
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e))
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2): a log2 LSE times ln(2) is the natural LSE
 MIN_HEAD_DIM, MAX_HEAD_DIM = 32, 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Tiles for sm_90 (H100), keyed by the head dim padded to a power of two: (BLOCK_M, BLOCK_N, num_warps,
 # num_stages). fp16/bf16 forward: 128 query rows per program over 4 warps (d <= 64) or 8 warps (d = 128, so the
 # 128 x 128 fp32 accumulator takes 64 registers a thread); shared memory is the Q tile plus num_stages K and V
-# tiles, 128 KiB for d = 128 (H100: 227 KiB per block). d = 256 halves BLOCK_M to keep the accumulator in registers.
-FORWARD_SM90 = {32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 64, 4, 2)}
+# tiles, 128 KiB for d = 128 (H100: 227 KiB per block). d = 256 halves BLOCK_M and keeps 8 warps, so the
+# 64 x 256 accumulator takes 64 registers a thread and the buffers 160 KiB.
+FORWARD_SM90 = {32: (128, 64, 4, 3), 64: (128, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 64, 8, 2)}
 # fp32 runs exact dots (no tensor cores, input_precision="ieee") and twice the bytes: smaller tiles.
 FORWARD_SM90_FP32 = {32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2), 256: (32, 32, 4, 2)}
 # Backward, dK/dV kernel: BLOCK_M query rows per step, BLOCK_N keys per program; dQ kernel: BLOCK_M query rows per
@@ -132,7 +133,7 @@ def _query_blocks(n0, q_len, k_len, shift, left, right, BLOCK_M: tl.constexpr, B
     last = tl.maximum((row_end + BLOCK_M - 1) // BLOCK_M, first)
     full_first = (tl.maximum(n0 + BLOCK_N - 1 - shift - right, 0) + BLOCK_M - 1) // BLOCK_M
     full_last = tl.maximum(tl.minimum(n0 - shift + left + 1, q_len), 0) // BLOCK_M
-
+    full_last = tl.where(n0 + BLOCK_N <= k_len, full_last, 0)
     full_first = tl.minimum(tl.maximum(full_first, first), last)
     full_last = tl.minimum(tl.maximum(full_last, full_first), last)
     return first, full_first, full_last, last
@@ -206,7 +207,7 @@ def _flash2_fwd(Q, K, V, O, LSE, SLOPES,
     v_offsets = local_n[:, None] * stride_vn + cols[None, :] * stride_vd
     slope2 = 0.0
     if ALIBI:
-        slope2 = tl.load(SLOPES + head) * 1.4426950408889634
+        slope2 = tl.load(SLOPES + head) * LOG2E
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -225,7 +226,7 @@ def _flash2_fwd(Q, K, V, O, LSE, SLOPES,
     empty = l_i == 0.0  # no visible key: O = 0, LSE = -inf
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
     o_base = O + batch * stride_ob + head * stride_oh + m0.to(tl.int64) * stride_om
     _store_rows(o_base + local_m[:, None] * stride_om + cols[None, :] * stride_od, o.to(O.dtype.element_ty), rows,
                 q_len, d_mask, PAD_D)
@@ -270,7 +271,7 @@ def _load_row_stats(LSE, DELTA, row_base, rows, q_len, CHECK_ROWS: tl.constexpr)
     else:
         lse = tl.load(LSE + row_base + rows)
         delta = tl.load(DELTA + row_base + rows)
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     return lse2, delta
 
 
@@ -293,17 +294,28 @@ def _dkdv_step(dk, dv, k, v, q, do, lse2, delta, rows, keys, q_len, k_len, shift
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, q_offsets, do_offsets, stride_qm, stride_gm, row_base,
-                 block_lo, block_hi, keys, q_len, k_len, shift, left, right, qk_scale2, slope2, d_mask,
-                 BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PAD_D: tl.constexpr, ALIBI: tl.constexpr,
-                 PRECISION: tl.constexpr):
+def _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, SLOPES, q_offsets, do_offsets, stride_qh, stride_qm, stride_gh,
+                 stride_gm, first_head, row_base, group, block_lo, block_hi, keys, q_len, k_len, shift, left, right,
+                 qk_scale2, d_mask, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, PAD_D: tl.constexpr,
+                 ALIBI: tl.constexpr, PRECISION: tl.constexpr):
+    """The query blocks [block_lo, block_hi) of every q head of the group, as one flat loop over (head, block):
+    no loop nest, so each step's Q and dO loads pipeline like those of a single loop. Q and DO point at the
+    batch; row_base is the LSE/delta offset of the batch's first q head."""
     local = tl.arange(0, BLOCK_M)
-    for block in tl.range(block_lo, block_hi):
-        m0 = block * BLOCK_M
+    blocks = block_hi - block_lo
+    for step in tl.range(0, group * blocks):
+        member = step // blocks
+        head = first_head + member
+        m0 = (block_lo + step - member * blocks) * BLOCK_M
         rows = m0 + local
-        q = _load_rows(Q + m0.to(tl.int64) * stride_qm + q_offsets, rows, q_len, d_mask, MASKED, PAD_D)
-        do = _load_rows(DO + m0.to(tl.int64) * stride_gm + do_offsets, rows, q_len, d_mask, MASKED, PAD_D)
-        lse2, delta = _load_row_stats(LSE, DELTA, row_base, rows, q_len, MASKED)
+        q = _load_rows(Q + head * stride_qh + m0.to(tl.int64) * stride_qm + q_offsets, rows, q_len, d_mask, MASKED,
+                       PAD_D)
+        do = _load_rows(DO + head * stride_gh + m0.to(tl.int64) * stride_gm + do_offsets, rows, q_len, d_mask,
+                        MASKED, PAD_D)
+        lse2, delta = _load_row_stats(LSE, DELTA, row_base + head * q_len, rows, q_len, MASKED)
+        slope2 = 0.0
+        if ALIBI:
+            slope2 = tl.load(SLOPES + head) * LOG2E
         dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, rows, keys, q_len, k_len, shift, left, right,
                             qk_scale2, slope2, MASKED, ALIBI, PRECISION)
     return dk, dv
@@ -332,26 +344,22 @@ def _flash2_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, SLOPES,
     v = _load_rows(v_base + local_n[:, None] * stride_vn + cols[None, :] * stride_vd, keys, k_len, d_mask, True, PAD_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    Q += batch * stride_qb
+    DO += batch * stride_gb
     q_offsets = local_m[:, None] * stride_qm + cols[None, :] * stride_qd
     do_offsets = local_m[:, None] * stride_gm + cols[None, :] * stride_gd
+    first_head = kv_head * group
+    row_base = batch * q_heads * q_len
     first, full_first, full_last, last = _query_blocks(n0, q_len, k_len, shift, left, right, BLOCK_M, BLOCK_N)
-    for member in range(group):
-        head = kv_head * group + member
-        q_head = Q + batch * stride_qb + head * stride_qh
-        do_head = DO + batch * stride_gb + head * stride_gh
-        row_base = (batch * q_heads + head) * q_len
-        slope2 = 0.0
-        if ALIBI:
-            slope2 = tl.load(SLOPES + head) * 1.4426950408889634
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_head, do_head, LSE, DELTA, q_offsets, do_offsets, stride_qm, stride_gm,
-                              row_base, first, full_first, keys, q_len, k_len, shift, left, right, qk_scale2, slope2,
-                              d_mask, BLOCK_M, True, PAD_D, ALIBI, PRECISION)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_head, do_head, LSE, DELTA, q_offsets, do_offsets, stride_qm, stride_gm,
-                              row_base, full_first, full_last, keys, q_len, k_len, shift, left, right, qk_scale2,
-                              slope2, d_mask, BLOCK_M, False, PAD_D, ALIBI, PRECISION)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, q_head, do_head, LSE, DELTA, q_offsets, do_offsets, stride_qm, stride_gm,
-                              row_base, full_last, last, keys, q_len, k_len, shift, left, right, qk_scale2, slope2,
-                              d_mask, BLOCK_M, True, PAD_D, ALIBI, PRECISION)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, SLOPES, q_offsets, do_offsets, stride_qh, stride_qm,
+                          stride_gh, stride_gm, first_head, row_base, group, first, full_first, keys, q_len, k_len,
+                          shift, left, right, qk_scale2, d_mask, BLOCK_M, True, PAD_D, ALIBI, PRECISION)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, SLOPES, q_offsets, do_offsets, stride_qh, stride_qm,
+                          stride_gh, stride_gm, first_head, row_base, group, full_first, full_last, keys, q_len, k_len,
+                          shift, left, right, qk_scale2, d_mask, BLOCK_M, False, PAD_D, ALIBI, PRECISION)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, LSE, DELTA, SLOPES, q_offsets, do_offsets, stride_qh, stride_qm,
+                          stride_gh, stride_gm, first_head, row_base, group, full_last, last, keys, q_len, k_len,
+                          shift, left, right, qk_scale2, d_mask, BLOCK_M, True, PAD_D, ALIBI, PRECISION)
     dk_base = DK + batch * stride_dkb + kv_head * stride_dkh + n0.to(tl.int64) * stride_dkn
     dv_base = DV + batch * stride_dvb + kv_head * stride_dvh + n0.to(tl.int64) * stride_dvn
     _store_rows(dk_base + local_n[:, None] * stride_dkn + cols[None, :] * stride_dkd,
@@ -412,7 +420,7 @@ def _flash2_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, SLOPES,
     v_offsets = local_n[:, None] * stride_vn + cols[None, :] * stride_vd
     slope2 = 0.0
     if ALIBI:
-        slope2 = tl.load(SLOPES + head) * 1.4426950408889634
+        slope2 = tl.load(SLOPES + head) * LOG2E
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     first, full_first, full_last, last = _key_blocks(m0, q_len, k_len, shift, left, right, BLOCK_M, BLOCK_N)
@@ -434,6 +442,15 @@ def _flash2_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, SLOPES,
 
 def _padded_head_dim(head_dim: int) -> int:
     return max(MIN_HEAD_DIM, triton.next_power_of_2(head_dim))
+
+
+def _check_config_args(q_shape, k_shape, dtype: torch.dtype) -> None:
+    if len(q_shape) != 4 or len(k_shape) != 4:
+        raise ValueError(f"q_shape {tuple(q_shape)}, k_shape {tuple(k_shape)}; both must be [B, H, N, D]")
+    if not MIN_HEAD_DIM <= q_shape[3] <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim = {q_shape[3]}; it must be from {MIN_HEAD_DIM} to {MAX_HEAD_DIM}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype = {dtype}; use one of float16, bfloat16, float32")
 
 
 def _tiles(table: dict, table_fp32: dict, interpreter: tuple, head_dim: int, dtype: torch.dtype) -> tuple:
@@ -465,6 +482,7 @@ def launch_configs(q_shape, k_shape, dtype: torch.dtype, *, causal: bool = False
     """The forward's one launch for q [B, Hq, Nq, D], k/v [B, Hkv, Nk, D]. The tiles depend on the head dim and
     dtype only; causal and window are accepted so a caller can pass the op's keywords unchanged.
     Shared memory estimate: the Q tile plus num_stages K and V tiles."""
+    _check_config_args(q_shape, k_shape, dtype)
     batch, q_heads, q_len, head_dim = q_shape
     tiles = _tiles(FORWARD_SM90, FORWARD_SM90_FP32, FORWARD_INTERPRETER, head_dim, dtype)
     block_m, block_n, _, stages = tiles
@@ -478,24 +496,25 @@ def backward_launch_configs(q_shape, k_shape, dtype: torch.dtype, *, causal: boo
                             window: tuple[int, int] | None = None, alibi_slopes=None,
                             lse_grad: bool = False) -> list[LaunchConfig]:
     """The backward's launches in order: delta, dK/dV, dQ. `lse_grad`: a gradient of the LSE output flows in.
-    Shared memory estimates: dK/dV holds K_j, V_j and num_stages Q, dO tiles (with their LSE, delta rows);
+    Shared memory estimates: dK/dV holds K_j, V_j and num_stages Q, dO tiles with their LSE and delta rows;
     dQ holds Q_i, dO_i and num_stages K, V tiles; delta holds no shared buffer."""
+    _check_config_args(q_shape, k_shape, dtype)
     batch, q_heads, q_len, head_dim = q_shape
     kv_heads, k_len = k_shape[1], k_shape[2]
-    tile_bytes = _padded_head_dim(head_dim) * element_bytes(dtype)
+    tile_bytes = _padded_head_dim(head_dim) * element_bytes(dtype)  # one row of Q, K, V or dO
     alibi = alibi_slopes is not None
     rows = DELTA_ROWS_INTERPRETER if INTERPRETING else DELTA_ROWS_SM90
-    delta_tiles = (rows, 1, 4, 1)
-    dkdv = _tiles(DKDV_SM90, DKDV_SM90_FP32, DKDV_INTERPRETER, head_dim, dtype)
-    dq = _tiles(DQ_SM90, DQ_SM90_FP32, DQ_INTERPRETER, head_dim, dtype)
+    delta = (rows, 1, 4, 1)
+    dkdv_m, dkdv_n, _, dkdv_stages = dkdv = _tiles(DKDV_SM90, DKDV_SM90_FP32, DKDV_INTERPRETER, head_dim, dtype)
+    dq_m, dq_n, _, dq_stages = dq = _tiles(DQ_SM90, DQ_SM90_FP32, DQ_INTERPRETER, head_dim, dtype)
+    dkdv_bytes = 2 * dkdv_n * tile_bytes + dkdv_stages * dkdv_m * (2 * tile_bytes + 2 * 4)
+    dq_bytes = 2 * dq_m * tile_bytes + dq_stages * 2 * dq_n * tile_bytes
     return [
-        _config("_flash2_bwd_delta", delta_tiles, (triton.cdiv(q_len, rows), batch * q_heads), 0,
-                _shared_key("_flash2_bwd_delta", delta_tiles, head_dim, dtype, lse_grad)),
-        _config("_flash2_bwd_dkdv", dkdv, (triton.cdiv(k_len, dkdv[1]), batch * kv_heads),
-                2 * dkdv[1] * tile_bytes + dkdv[3] * dkdv[0] * (2 * tile_bytes + 8),
+        _config("_flash2_bwd_delta", delta, (triton.cdiv(q_len, rows), batch * q_heads), 0,
+                _shared_key("_flash2_bwd_delta", delta, head_dim, dtype, lse_grad)),
+        _config("_flash2_bwd_dkdv", dkdv, (triton.cdiv(k_len, dkdv_n), batch * kv_heads), dkdv_bytes,
                 _shared_key("_flash2_bwd_dkdv", dkdv, head_dim, dtype, alibi)),
-        _config("_flash2_bwd_dq", dq, (triton.cdiv(q_len, dq[0]), batch * q_heads),
-                2 * dq[0] * tile_bytes + dq[3] * 2 * dq[1] * tile_bytes,
+        _config("_flash2_bwd_dq", dq, (triton.cdiv(q_len, dq_m), batch * q_heads), dq_bytes,
                 _shared_key("_flash2_bwd_dq", dq, head_dim, dtype, alibi)),
     ]
 
@@ -602,10 +621,40 @@ def _forward(q, k, v, causal, window, alibi_slopes, scale, out, lse_out):
     _recent_launches.clear()
     _launch(_flash2_fwd, config, _shared_key(config.kernel, tiles, head_dim, q.dtype, alibi_slopes is not None),
             (q, k, v, o, lse, _slopes(alibi_slopes, q), *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-             *lse.stride(), q_heads, q_heads // kv_heads, q_len, k_len, k_len - q_len, left, right, scale * LOG2E),
+             *lse.stride(), q_heads, q_heads // kv_heads, q_len, k_len, k_len - q_len, left, right,
+             scale * LOG2E.value),
             dict(HEAD_DIM=head_dim, BLOCK_D=_padded_head_dim(head_dim), BLOCK_M=config.block_m,
                  BLOCK_N=config.block_n, ALIBI=alibi_slopes is not None, PRECISION=_precision(q.dtype)))
     return o, lse
+
+
+def _backward(do, q, k, v, o, lse, dlse, dq, dk, dv, causal, window, alibi_slopes, scale) -> None:
+    """Launch delta, dK/dV and dQ; lse and dlse contiguous [B, Hq, Nq] fp32 (dlse may be None)."""
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, k_len = k.shape[1], k.shape[2]
+    delta = torch.empty((batch, q_heads, q_len), dtype=torch.float32, device=q.device)
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    left, right = _mask_bounds(q_len, k_len, causal, window)
+    slopes, alibi, lse_grad = _slopes(alibi_slopes, q), alibi_slopes is not None, dlse is not None
+    configs = backward_launch_configs(q.shape, k.shape, q.dtype, causal=causal, window=window,
+                                      alibi_slopes=alibi_slopes, lse_grad=lse_grad)
+    keys = [_shared_key(c.kernel, (c.block_m, c.block_n, c.num_warps, c.num_stages), head_dim, q.dtype, flag)
+            for c, flag in zip(configs, (lse_grad, alibi, alibi))]
+    shape = dict(HEAD_DIM=head_dim, BLOCK_D=_padded_head_dim(head_dim))
+    common = dict(shape, ALIBI=alibi, PRECISION=_precision(q.dtype))
+    band = (q_len, k_len, k_len - q_len, left, right, scale * LOG2E.value, scale)
+    _recent_launches.clear()
+    _launch(_flash2_bwd_delta, configs[0], keys[0],
+            (o, do, dlse if lse_grad else delta, delta, *o.stride(), *do.stride(), q_heads, q_len),
+            dict(shape, BLOCK_M=configs[0].block_m, HAS_DLSE=lse_grad))
+    _launch(_flash2_bwd_dkdv, configs[1], keys[1],
+            (q, k, v, do, lse, delta, dk, dv, slopes, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+             *dk.stride(), *dv.stride(), q_heads, kv_heads, q_heads // kv_heads, *band),
+            dict(common, BLOCK_M=configs[1].block_m, BLOCK_N=configs[1].block_n))
+    _launch(_flash2_bwd_dq, configs[2], keys[2],
+            (q, k, v, do, lse, delta, dq, slopes, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+             *dq.stride(), q_heads, q_heads // kv_heads, *band),
+            dict(common, BLOCK_M=configs[2].block_m, BLOCK_N=configs[2].block_n))
 
 
 def flash_attention_backward(do, q, k, v, o, lse, *, causal: bool = False, window: tuple[int, int] | None = None,
@@ -613,44 +662,21 @@ def flash_attention_backward(do, q, k, v, o, lse, *, causal: bool = False, windo
                              dv_out=None):
     """Gradients of attention for the output gradient do [B, Hq, Nq, D] (and dlse [B, Hq, Nq] of the LSE output,
     or None), given the forward's o [B, Hq, Nq, D] and lse [B, Hq, Nq] (natural log). Returns
-    (dQ [B, Hq, Nq, D], dK [B, Hkv, Nk, D], dV [B, Hkv, Nk, D]) in the inputs' dtype, GQA summed over each group."""
+    (dQ [B, Hq, Nq, D], dK [B, Hkv, Nk, D], dV [B, Hkv, Nk, D]) in the inputs' dtype, GQA summed over each group.
+    dq_out, dk_out, dv_out: preallocated outputs."""
     _check_qkv(q, k, v)
     _check_options(q, window, alibi_slopes, scale)
-    batch, q_heads, q_len, head_dim = q.shape
-    kv_heads, k_len = k.shape[1], k.shape[2]
+    rows = tuple(q.shape[:3])
     for name, x, shape, dtype in (("do", do, q.shape, q.dtype), ("o", o, q.shape, q.dtype),
-                                  ("lse", lse, (batch, q_heads, q_len), torch.float32),
-                                  ("dlse", dlse, (batch, q_heads, q_len), torch.float32),
+                                  ("lse", lse, rows, torch.float32), ("dlse", dlse, rows, torch.float32),
                                   ("dq_out", dq_out, q.shape, q.dtype), ("dk_out", dk_out, k.shape, k.dtype),
                                   ("dv_out", dv_out, k.shape, k.dtype)):
         _check_out(name, x, shape, dtype, q.device)
     dq = torch.empty_like(q) if dq_out is None else dq_out
     dk = torch.empty_like(k) if dk_out is None else dk_out
     dv = torch.empty_like(v) if dv_out is None else dv_out
-    lse = lse.contiguous()
-    delta = torch.empty((batch, q_heads, q_len), dtype=torch.float32, device=q.device)
-    scale = head_dim ** -0.5 if scale is None else float(scale)
-    left, right = _mask_bounds(q_len, k_len, causal, window)
-    slopes, alibi = _slopes(alibi_slopes, q), alibi_slopes is not None
-    shape = dict(HEAD_DIM=head_dim, BLOCK_D=_padded_head_dim(head_dim))
-    configs = backward_launch_configs(q.shape, k.shape, q.dtype, causal=causal, window=window,
-                                      alibi_slopes=alibi_slopes, lse_grad=dlse is not None)
-    keys = [_shared_key(c.kernel, (c.block_m, c.block_n, c.num_warps, c.num_stages), head_dim, q.dtype, flag)
-            for c, flag in zip(configs, (dlse is not None, alibi, alibi))]
-    mask = (q_len, k_len, k_len - q_len, left, right, scale * LOG2E, scale)
-    _recent_launches.clear()
-    _launch(_flash2_bwd_delta, configs[0], keys[0],
-            (o, do, delta if dlse is None else dlse.contiguous(), delta, *o.stride(), *do.stride(), q_heads, q_len),
-            dict(shape, BLOCK_M=configs[0].block_m, HAS_DLSE=dlse is not None))
-    common = dict(shape, ALIBI=alibi, PRECISION=_precision(q.dtype))
-    _launch(_flash2_bwd_dkdv, configs[1], keys[1],
-            (q, k, v, do, lse, delta, dk, dv, slopes, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-             *dk.stride(), *dv.stride(), q_heads, kv_heads, q_heads // kv_heads, *mask),
-            dict(common, BLOCK_M=configs[1].block_m, BLOCK_N=configs[1].block_n))
-    _launch(_flash2_bwd_dq, configs[2], keys[2],
-            (q, k, v, do, lse, delta, dq, slopes, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-             *dq.stride(), q_heads, q_heads // kv_heads, *mask),
-            dict(common, BLOCK_M=configs[2].block_m, BLOCK_N=configs[2].block_n))
+    _backward(do, q, k, v, o, lse.contiguous(), None if dlse is None else dlse.contiguous(), dq, dk, dv, causal,
+              tuple(window) if window is not None else None, alibi_slopes, scale)
     return dq, dk, dv
 
 
@@ -684,7 +710,8 @@ def flash_attention(q, k, v, *, causal: bool = False, window: tuple[int, int] | 
     alibi_slopes [Hq]: bias -slope * |p - j|. scale: default 1 / sqrt(D).
     Returns O [B, Hq, Nq, D] in q's dtype, and LSE [B, Hq, Nq] fp32 (natural log) with return_lse.
     out, lse_out: preallocated outputs (the LSE is written to lse_out even without return_lse).
-    Differentiable in q, k, v (FlashAttentionFunction), including through the LSE."""
+    Differentiable in q, k, v (FlashAttentionFunction), including through the LSE; with autograd the returned O
+    is a view of `out`."""
     _check_qkv(q, k, v)
     _check_options(q, window, alibi_slopes, scale)
     window = None if window is None else tuple(window)
@@ -693,3 +720,46 @@ def flash_attention(q, k, v, *, causal: bool = False, window: tuple[int, int] | 
     else:
         o, lse = _forward(q, k, v, causal, window, alibi_slopes, scale, out, lse_out)
     return (o, lse) if return_lse else o
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark against PyTorch's FlashAttention-2 (SDPA flash backend) on a GPU
+# ----------------------------------------------------------------------------------------------------------------
+
+def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool, backward: bool) -> float:
+    """4 B H N^2 d for the forward's two matmuls, halved when causal; the backward counts 2.5 times that
+    (five matmuls instead of two, Dao 2023 section 4.1), as the FlashAttention papers report it."""
+    flops = 4.0 * batch * heads * seq_len * seq_len * head_dim * (0.5 if causal else 1.0)
+    return flops * (2.5 if backward else 1.0)
+
+
+def benchmark(batch: int = 4, heads: int = 32, seq_len: int = 4096, head_dim: int = 128, causal: bool = False,
+              dtype: torch.dtype = torch.bfloat16, backward: bool = False) -> dict[str, float]:
+    """TFLOP/s of flash_attention and of torch SDPA's flash backend on one shape (median of triton's do_bench),
+    the comparison of shared/DESIGN.md's peer table. Needs a CUDA device."""
+    if not torch.cuda.is_available():
+        raise ValueError("benchmark needs a CUDA device; none is available")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from triton.testing import do_bench
+
+    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype, requires_grad=backward)
+               for _ in range(3))
+
+    def ours():
+        return flash_attention(q, k, v, causal=causal)
+
+    def sdpa():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    flops = attention_flops(batch, heads, seq_len, head_dim, causal, backward)
+    result = {}
+    for name, run in (("flash2", ours), ("sdpa_flash", sdpa)):
+        if backward:
+            o = run()
+            do = torch.randn_like(o)
+            ms = do_bench(lambda: o.backward(do, retain_graph=True), grad_to_none=[q, k, v])
+        else:
+            ms = do_bench(run)
+        result[f"{name}_tflops"] = flops / (ms * 1e-3) / 1e12
+    return result

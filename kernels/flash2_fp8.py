@@ -15,8 +15,8 @@ below 2^-6 subnormal); the row sum l is kept in the same units, so the scaling c
 Output bf16 or fp16; LSE [B, Hq, Nq] fp32, natural log. Fully masked rows: O = 0, LSE = -inf.
 
 On Hopper, e4m3 wgmma wants both operands K-major: K [.., Nk, D] with D contiguous is, V is K-major when its
-tokens are contiguous (v.transpose(-1, -2).contiguous().transpose(-1, -2), as the Triton tutorial
-06-fused-attention stores V for fp8). The kernel honours any strides.
+tokens are contiguous (quantize_fp8(v, block, token_major=True); the Triton tutorial 06-fused-attention
+stores V that way for fp8). The kernel honours any strides.
 """
 
 import math
@@ -25,15 +25,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.flash2 import (MAX_HEAD_DIM, MIN_HEAD_DIM, _check_out, _check_tensor, _key_blocks, _load_rows,
-                            _mask_bounds, _padded_head_dim, _store_rows, _visible)
+from kernels.flash2 import (LN2, LOG2E, MAX_HEAD_DIM, MIN_HEAD_DIM, _check_out, _check_tensor, _key_blocks,
+                            _load_rows, _mask_bounds, _padded_head_dim, _store_rows, _visible)
 from kernels.launch import INTERPRETING, LaunchConfig
 
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 Q_BLOCK = 128  # default query rows per scale = BLOCK_M
 KV_BLOCK = 128  # default keys per scale = BLOCK_N
 MIN_BLOCK = 32  # e4m3 wgmma reduces over 32 elements: P8 V8 needs BLOCK_N >= 32
-P_LOG2_SCALE = 8.0  # P8 = e4m3(P * 2^8): P in [2^-14, 1] is normal in e4m3, and 2^8 < 448
+P_LOG2_SCALE = tl.constexpr(8.0)  # P8 = e4m3(P * 2^8): P in [2^-14, 1] is normal in e4m3; 2^8 < 448
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 # (num_warps, num_stages) on sm_90 by padded head dim: e4m3 tiles take half the bytes of bf16 ones, so 128 x 128
 # tiles with 3 stages hold 112 KiB at d = 128 (Q, plus 3 K and V tiles).
@@ -66,10 +66,12 @@ def _per_token(scales: torch.Tensor, block: int, tokens: int) -> torch.Tensor:
     return scales.repeat_interleave(block, dim=2)[:, :, :tokens, None]
 
 
-def quantize_fp8(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8(x: torch.Tensor, block: int, *, token_major: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, H, N, D] (any float dtype) -> (x_fp8 [B, H, N, D] float8_e4m3fn, scales [B, H, cdiv(N, block)] fp32)
     with x ~ x_fp8 * scale of the token's block; scale = max |x| over the block / 448 (1 for an all-zero block).
-    Error per element: at most 2^-4 |x| (3 mantissa bits, round to nearest) or 2^-10 * scale (e4m3 subnormals)."""
+    Error per element: at most 2^-4 |x| (3 mantissa bits, round to nearest) or 2^-10 * scale (e4m3 subnormals).
+    token_major: lay x_fp8 out with the tokens contiguous (stride 1 along N), the K-major V of the module
+    docstring; the shape is the same."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.dtype.is_floating_point:
         got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x is {got}; pass a float tensor [B, H, N, D]")
@@ -77,7 +79,10 @@ def quantize_fp8(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tenso
     amax = _block_amax(x, block)
     scales = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     scaled = (x.to(torch.float32) / _per_token(scales, block, x.shape[2])).clamp(-E4M3_MAX, E4M3_MAX)
-    return scaled.to(torch.float8_e4m3fn), scales
+    x_fp8 = scaled.to(torch.float8_e4m3fn)
+    if token_major:
+        x_fp8 = x_fp8.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x_fp8, scales
 
 
 def dequantize_fp8(x_fp8: torch.Tensor, scales: torch.Tensor, block: int) -> torch.Tensor:
@@ -113,7 +118,7 @@ def _fp8_step(acc, m_i, l_i, q, k, v, k_scale, v_scale, rows, keys, k_len, shift
     else:
         m_ref = m_new
     alpha = tl.exp2(m_i - m_ref)
-    p = tl.exp2(s - m_ref[:, None] + 8.0)  # P * 2^8 (P_LOG2_SCALE)
+    p = tl.exp2(s - m_ref[:, None] + P_LOG2_SCALE)  # P * 2^8
     l_i = l_i * alpha + tl.sum(p, 1)
     if ROUND_P:
         p = _round_to_e4m3(p)
@@ -183,7 +188,7 @@ def _flash2_fp8_fwd(Q, K, V, QS, KS, VS, O, LSE,
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]  # the 2^8 of P8 is in both acc and l
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe) - 8.0) * 0.6931471805599453)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe) - P_LOG2_SCALE) * LN2)
     o_base = O + batch * stride_ob + head * stride_oh + m0.to(tl.int64) * stride_om
     _store_rows(o_base + local_m[:, None] * stride_om + cols[None, :] * stride_od, o.to(O.dtype.element_ty), rows,
                 q_len, d_mask, PAD_D)
@@ -205,6 +210,10 @@ def _check_blocks(q_block, kv_block) -> None:
             raise ValueError(f"{name} = {block}; it must be a power of two >= {MIN_BLOCK} (it is the kernel's tile)")
 
 
+def _shared_key(q_block: int, kv_block: int, warps: int, stages: int, head_dim: int, out_dtype) -> tuple:
+    return ("_flash2_fp8_fwd", q_block, kv_block, warps, stages, head_dim, out_dtype)
+
+
 def launch_configs(q_shape, k_shape, *, q_block: int = Q_BLOCK, kv_block: int = KV_BLOCK, causal: bool = False,
                    out_dtype: torch.dtype = torch.bfloat16) -> list[LaunchConfig]:
     """The one launch for q [B, Hq, Nq, D], k/v [B, Hkv, Nk, D]: BLOCK_M = q_block, BLOCK_N = kv_block (the
@@ -213,13 +222,12 @@ def launch_configs(q_shape, k_shape, *, q_block: int = Q_BLOCK, kv_block: int = 
     _check_blocks(q_block, kv_block)
     batch, q_heads, q_len, head_dim = q_shape
     warps, stages = _warps_stages(head_dim)
-    padded = _padded_head_dim(head_dim)
-    key = ("_flash2_fp8_fwd", q_block, kv_block, warps, stages, padded, head_dim, out_dtype)
     grid = (triton.cdiv(q_len, q_block), batch * q_heads)
+    key = _shared_key(q_block, kv_block, warps, stages, head_dim, out_dtype)
     if key in _compiled_shared_bytes:
         return [LaunchConfig("_flash2_fp8_fwd", q_block, kv_block, warps, stages, grid, _compiled_shared_bytes[key],
                              "compiled")]
-    estimate = (q_block + stages * 2 * kv_block) * padded
+    estimate = (q_block + stages * 2 * kv_block) * _padded_head_dim(head_dim)
     return [LaunchConfig("_flash2_fp8_fwd", q_block, kv_block, warps, stages, grid, estimate, "estimate")]
 
 
@@ -273,18 +281,23 @@ def flash_attention_fp8(q, k, v, q_scale, k_scale, v_scale, *, q_block: int = Q_
     left, right = _mask_bounds(q_len, k_len, causal, None)
     [config] = launch_configs(q.shape, k.shape, q_block=q_block, kv_block=kv_block, causal=causal, out_dtype=out_dtype)
     _recent_launches.clear()
-    if 0 not in config.grid:
-        compiled = _flash2_fp8_fwd[config.grid](
-            q, k, v, q_scale.contiguous(), k_scale.contiguous(), v_scale.contiguous(), o, lse,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *lse.stride(),
-            q_heads, kv_heads, q_heads // kv_heads, q_len, k_len, k_len - q_len, left, right, scale * 1.4426950408889634,
-            triton.cdiv(q_len, q_block), triton.cdiv(k_len, kv_block),
-            HEAD_DIM=head_dim, BLOCK_D=_padded_head_dim(head_dim), BLOCK_M=q_block, BLOCK_N=kv_block,
-            ROUND_P=INTERPRETING, num_warps=config.num_warps, num_stages=config.num_stages)
-        launched = config.with_compiled(compiled)
-        if launched.shared_mem_source == "compiled":
-            key = ("_flash2_fp8_fwd", q_block, kv_block, config.num_warps, config.num_stages,
-                   _padded_head_dim(head_dim), head_dim, out_dtype)
-            _compiled_shared_bytes[key] = launched.shared_mem_bytes
-        _recent_launches.append(launched)
+    _launch(config, _shared_key(q_block, kv_block, config.num_warps, config.num_stages, head_dim, out_dtype),
+            (q, k, v, q_scale.contiguous(), k_scale.contiguous(), v_scale.contiguous(), o, lse,
+             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *lse.stride(),
+             q_heads, kv_heads, q_heads // kv_heads, q_len, k_len, k_len - q_len, left, right, scale * LOG2E.value,
+             triton.cdiv(q_len, q_block), triton.cdiv(k_len, kv_block)),
+            dict(HEAD_DIM=head_dim, BLOCK_D=_padded_head_dim(head_dim), BLOCK_M=q_block, BLOCK_N=kv_block,
+                 ROUND_P=INTERPRETING))
     return (o, lse) if return_lse else o
+
+
+def _launch(config: LaunchConfig, key: tuple, args: tuple, constexprs: dict) -> None:
+    """Launch the kernel exactly as `config` says and remember what the compiler allocated."""
+    if 0 in config.grid:
+        return
+    compiled = _flash2_fp8_fwd[config.grid](*args, num_warps=config.num_warps, num_stages=config.num_stages,
+                                            **constexprs)
+    launched = config.with_compiled(compiled)
+    if launched.shared_mem_source == "compiled":
+        _compiled_shared_bytes[key] = launched.shared_mem_bytes
+    _recent_launches.append(launched)

@@ -17,7 +17,11 @@ from kernels.flash2 import (FlashAttentionFunction, backward_launch_configs, fla
 
 # (q heads, kv heads): MHA, GQA groups of 2, 3 and 4, MQA; batch * q heads <= 4 keeps the interpreter quick.
 HEAD_PAIRS = [(1, 1), (2, 2), (2, 1), (4, 2), (3, 1), (4, 1)]
-HEAD_DIMS = [32, 40, 64, 72]  # 40 and 72 pad to 64 and 128 inside the kernel
+# 40 and 72 pad to 64 and 128 inside the kernel. On a GPU the sm_90 tiles (64 to 128 rows) need longer sequences
+# to hold several blocks, and every head-dim bucket of the tile tables compiles.
+HEAD_DIMS = [32, 40, 64, 72] + ([96, 128, 256] if DEVICE == "cuda" else [])
+MAX_LEN = 80 if DEVICE == "cpu" else 640
+BAND_LEN = 80 if DEVICE == "cpu" else 400
 
 
 def inputs(batch, q_heads, kv_heads, q_len, k_len, head_dim, dtype, logit_scale, seed, layout="bhnd"):
@@ -44,7 +48,7 @@ def slopes(q_heads, alibi):
 def problems(draw):
     batch = draw(st.sampled_from([1, 2]))
     q_heads, kv_heads = draw(st.sampled_from([p for p in HEAD_PAIRS if batch * p[0] <= 4]))
-    lengths = st.one_of(st.integers(1, 16), st.integers(17, 80))
+    lengths = st.one_of(st.integers(1, 16), st.integers(17, MAX_LEN))
     q_len = draw(lengths)
     return {"batch": batch, "q_heads": q_heads, "kv_heads": kv_heads, "q_len": q_len,
             "k_len": draw(st.one_of(st.just(q_len), lengths)), "head_dim": draw(st.sampled_from(HEAD_DIMS)),
@@ -57,7 +61,8 @@ def problems(draw):
 @st.composite
 def masks(draw):
     """causal, window and alibi keywords (scale too)."""
-    side = st.one_of(st.integers(0, 8), st.integers(9, 40))  # narrow sides cut through key blocks
+    # narrow sides cut through key blocks; wide ones leave full blocks between the band's edges
+    side = st.one_of(st.integers(0, 8), st.integers(9, 40), st.integers(41, MAX_LEN))
     window = draw(st.one_of(st.none(), st.tuples(side, side)))
     return {"causal": draw(st.booleans()), "window": window, "alibi": draw(st.booleans()),
             "scale": draw(st.one_of(st.none(), st.sampled_from([0.05, 0.3])))}
@@ -147,9 +152,9 @@ def test_gradients_through_the_lse(problem, mask):
 
 @pytest.mark.parametrize("causal, window", [(False, (5, 40)), (False, (40, 5)), (True, (37, 0)), (True, None)])
 def test_band_edges_inside_blocks(causal, window):
-    """Nq = Nk = 80 over 16- to 128-row tiles: the band's edges cut through tiles, so every tile row-block has
+    """Nq = Nk = BAND_LEN over 16- to 128-row tiles: the band's edges cut through tiles, so every row block has
     masked tiles on one or both sides of its full ones, the split the kernels compute per block."""
-    q, k, v = inputs(1, 2, 1, 80, 80, 64, torch.float32, 1.0, seed=21)
+    q, k, v = inputs(1, 2, 1, BAND_LEN, BAND_LEN, 64, torch.float32, 1.0, seed=21)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(22)).to(DEVICE)
     o, lse = flash_attention(q, k, v, causal=causal, window=window, return_lse=True)
     o64, lse64 = reference.attention(q, k, v, causal=causal, window=window)
@@ -243,20 +248,21 @@ def test_reported_configs_are_the_launched_ones(monkeypatch):
     assert_launched_as_reported(backward, recorders)
 
 
-def test_sm90_tiles_fit_in_shared_memory():
-    """Every sm_90 tile's estimate fits the H100's 232448 bytes per block (shared/DESIGN.md), with room for the
-    compiler's scratch; the d = 128 forward is 128 x 64, 8 warps (the brief's d = 128 choice)."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_sm90_tiles_fit_in_shared_memory(monkeypatch, dtype):
+    """The sm_90 configs (as on the GPU) for every head-dim bucket: each estimate fits the H100's 232448 bytes per
+    block (shared/DESIGN.md) with room for the compiler's scratch, and the d = 128 forward is 128 x 64 over
+    8 warps."""
+    monkeypatch.setattr(flash2, "INTERPRETING", False)
+    monkeypatch.setattr(flash2, "_compiled_shared_bytes", {})
     for head_dim in (32, 64, 128, 256):
-        tile_bytes = head_dim * 2
-        m, n, warps, stages = flash2.FORWARD_SM90[head_dim]
-        fwd = (m + 2 * stages * n) * tile_bytes
-        m, n, _, stages = flash2.DKDV_SM90[head_dim]
-        dkdv = 2 * n * tile_bytes + stages * m * (2 * tile_bytes + 8)
-        m, n, _, stages = flash2.DQ_SM90[head_dim]
-        dq = 2 * m * tile_bytes + stages * 2 * n * tile_bytes
-        print(f"d={head_dim}: forward {fwd} B, dK/dV {dkdv} B, dQ {dq} B")
-        assert max(fwd, dkdv, dq) <= 200 * 1024
-    assert flash2.FORWARD_SM90[128][:3] == (128, 64, 8)
+        q_shape, k_shape = (4, 32, 4096, head_dim), (4, 8, 4096, head_dim)
+        configs = launch_configs(q_shape, k_shape, dtype) + backward_launch_configs(q_shape, k_shape, dtype)
+        print(f"d={head_dim}: " + ", ".join(f"{c.kernel} {c.block_m}x{c.block_n} {c.shared_mem_bytes} B"
+                                            for c in configs))
+        assert all(c.shared_mem_source == "estimate" and c.shared_mem_bytes <= 200 * 1024 for c in configs)
+    forward = launch_configs((4, 32, 4096, 128), (4, 32, 4096, 128), torch.bfloat16)[0]
+    assert (forward.block_m, forward.block_n, forward.num_warps, forward.grid) == (128, 64, 8, (32, 128))
 
 
 def test_return_lse_false_still_fills_lse_out():
@@ -295,3 +301,18 @@ def test_bad_backward_inputs_raise_one_line():
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="lse is"):
         flash_attention_backward(o, q, k, v, o, lse.double())
+
+
+def test_attention_flops_worked_example():
+    """DESIGN.md's peer table: B = 4, H = 32, N = 4096, d = 128 is 4 B H N^2 d = 1.0995e15 FLOPs forward, so
+    348 TFLOP/s (SDPA flash) is 3.16 ms; causal halves it, the backward counts 2.5 times the forward."""
+    forward = flash2.attention_flops(4, 32, 4096, 128, causal=False, backward=False)
+    print(f"{forward:.4e} FLOPs, {forward / 348e12 * 1e3:.2f} ms at 348 TFLOP/s")
+    assert forward == 4 * 4 * 32 * 4096 ** 2 * 128
+    assert flash2.attention_flops(4, 32, 4096, 128, causal=True, backward=True) == forward * 0.5 * 2.5
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the benchmark runs; the CPU has none to run it on")
+def test_benchmark_needs_a_gpu():
+    with pytest.raises(ValueError, match="CUDA"):
+        flash2.benchmark()

@@ -27,6 +27,9 @@ from kernels import reference
 from kernels.flash2_fp8 import dequantize_fp8, flash_attention_fp8, launch_configs, quantize_fp8
 
 OUT_DTYPES = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])  # no bf16 in the interpreter
+MAX_LEN = 80 if DEVICE == "cpu" else 640  # on a GPU, several 128-row blocks
+BLOCKS = [(32, 32), (64, 32), (32, 64)] + ([(128, 128), (128, 64)] if DEVICE == "cuda" else [])
+HEAD_DIMS = [32, 40, 64] + ([128, 256] if DEVICE == "cuda" else [])
 OUT_EPS = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}  # half a unit in the last place, relative
 
 
@@ -56,6 +59,14 @@ def test_quantiser_round_trip_error_is_bounded(shape, block, magnitude, seed):
     assert (x_fp8.float().abs().amax(dim=-1) <= flash2_fp8.E4M3_MAX).all()
 
 
+def test_token_major_layout_keeps_the_values():
+    x = torch.randn(2, 3, 20, 40)
+    plain, scales = quantize_fp8(x, 8)
+    token_major, same_scales = quantize_fp8(x, 8, token_major=True)
+    assert token_major.stride(2) == 1 and plain.stride(3) == 1
+    assert torch.equal(token_major.float(), plain.float()) and torch.equal(scales, same_scales)
+
+
 def test_quantiser_worked_example():
     """One block of (1, -2, 448, 0): scale = 448 / 448 = 1, every value exact; an all-zero block gets scale 1."""
     x = torch.tensor([1.0, -2.0, 448.0, 0.0, 0.0, 0.0]).view(1, 1, 6, 1)
@@ -65,14 +76,15 @@ def test_quantiser_worked_example():
 
 
 def quantised(batch, q_heads, kv_heads, q_len, k_len, head_dim, q_block, kv_block, seed, logit_scale):
-    """e4m3 q, k, v with their scales on DEVICE, and the fp32 values they stand for."""
+    """e4m3 q, k, v with their scales on DEVICE, and the fp32 values they stand for; V token-major (the Hopper
+    fast path) for odd seeds, D-contiguous for even ones."""
     g = torch.Generator().manual_seed(seed)
     q = spread_blocks(logit_scale * torch.randn(batch, q_heads, q_len, head_dim, generator=g), q_block, g)
     k = spread_blocks(torch.randn(batch, kv_heads, k_len, head_dim, generator=g), kv_block, g)
     v = spread_blocks(torch.randn(batch, kv_heads, k_len, head_dim, generator=g), kv_block, g)
     out = []
-    for x, block in ((q, q_block), (k, kv_block), (v, kv_block)):
-        x_fp8, scales = quantize_fp8(x, block)
+    for x, block, token_major in ((q, q_block, False), (k, kv_block, False), (v, kv_block, seed % 2 == 1)):
+        x_fp8, scales = quantize_fp8(x, block, token_major=token_major)
         out.append((x_fp8.to(DEVICE), scales.to(DEVICE), dequantize_fp8(x_fp8, scales, block)))
     return out
 
@@ -85,9 +97,9 @@ def score_error_bound(q, k, scale) -> float:
 
 @kernel_settings(10)
 @given(batch=st.integers(1, 2), heads=st.sampled_from([(1, 1), (2, 1), (2, 2)]),
-       q_len=st.one_of(st.integers(1, 16), st.integers(17, 80)), k_len=st.one_of(st.integers(1, 16),
-                                                                                  st.integers(17, 80)),
-       head_dim=st.sampled_from([32, 40, 64]), blocks=st.sampled_from([(32, 32), (64, 32), (32, 64)]),
+       q_len=st.one_of(st.integers(1, 16), st.integers(17, MAX_LEN)),
+       k_len=st.one_of(st.integers(1, 16), st.integers(17, MAX_LEN)),
+       head_dim=st.sampled_from(HEAD_DIMS), blocks=st.sampled_from(BLOCKS),
        causal=st.booleans(), out_dtype=st.sampled_from(OUT_DTYPES), logit_scale=st.sampled_from([1.0, 8.0]),
        seed=st.integers(0, 2 ** 31 - 1))
 def test_matches_reference_on_dequantised_inputs(batch, heads, q_len, k_len, head_dim, blocks, causal, out_dtype,
