@@ -16,6 +16,7 @@ from types import MappingProxyType
 import yaml
 
 from memsim.errors import MemsimError
+from memsim.presets import preset_index, read_yaml
 from memsim.hardware.spec import Calibration, GPUSpec, LinkSpec
 from memsim.units import parse_quantity
 
@@ -139,29 +140,11 @@ def _check_consistent(spec: GPUSpec, where: str) -> None:
 
 
 def load_file(path: Path) -> GPUSpec:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise MemsimError(f"{path}: cannot read GPU file ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise MemsimError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from None
-    return spec_from_dict(data, str(path))
+    return spec_from_dict(read_yaml(path, "GPU"), str(path))
 
 
-@cache
 def _preset_index() -> dict[str, str]:
-    """Lower-cased name or alias -> preset file name."""
-    index = {}
-    for entry in PRESET_DIR.iterdir():
-        if entry.name.endswith(".yaml"):
-            head = yaml.safe_load(entry.read_text())
-            for alias in [head["name"], *head.get("aliases", [])]:
-                index[str(alias).lower()] = entry.name
-    return index
+    return preset_index(PRESET_DIR)
 
 
 def preset_names() -> list[str]:

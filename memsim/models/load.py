@@ -14,6 +14,7 @@ from types import MappingProxyType
 import yaml
 
 from memsim.errors import MemsimError
+from memsim.presets import preset_index, read_yaml
 from memsim.models.spec import FLAG_FIELDS, NUMBER_FIELDS, ModelSpec
 from memsim.units import parse_quantity
 
@@ -82,29 +83,11 @@ def model_from_dict(data: object, where: str) -> ModelSpec:
 
 
 def load_file(path: Path) -> ModelSpec:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise MemsimError(f"{path}: cannot read model file ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise MemsimError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from None
-    return model_from_dict(data, str(path))
+    return model_from_dict(read_yaml(path, "model"), str(path))
 
 
-@cache
 def _preset_index() -> dict[str, str]:
-    """Lower-cased name or alias -> preset file name."""
-    index = {}
-    for entry in PRESET_DIR.iterdir():
-        if entry.name.endswith(".yaml"):
-            head = yaml.safe_load(entry.read_text())
-            for alias in [head["name"], *head.get("aliases", [])]:
-                index[str(alias).lower()] = entry.name
-    return index
+    return preset_index(PRESET_DIR)
 
 
 @cache
