@@ -1,5 +1,6 @@
 """What every algorithm file provides: its name, its default tiles and its kernels' closed-form costs."""
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,3 +39,19 @@ def require_forward(pass_: str, algo: str) -> None:
     """For algorithms that model the forward pass only (called by their kernels() and schedule())."""
     if pass_ != "fwd":
         raise MemsimError(f"pass {pass_!r} is not modelled for {algo}, which models the forward pass only; use 'fwd'")
+
+
+def fit_shared_memory(gpu: GPUSpec, tiles: TileConfig, buffers: Callable[[TileConfig], dict]) -> TileConfig:
+    """A default tile config made to fit one block's shared memory on a smaller GPU (L40S and RTX 4090 have
+    99 KiB, MI300X's LDS 64 KiB, the H100 227 KiB): fewer stages first, then a smaller BLOCK_N, then BLOCK_M,
+    never below 16 (the tensor-core tile). What still does not fit is refused by the launch, with its bytes."""
+    while sum(buffers(tiles).values()) > gpu.smem_per_block_optin_bytes:
+        if tiles.num_stages > 1:
+            tiles = dataclasses.replace(tiles, num_stages=tiles.num_stages - 1)
+        elif tiles.block_n > 16:
+            tiles = dataclasses.replace(tiles, block_n=tiles.block_n // 2)
+        elif tiles.block_m > 16:
+            tiles = dataclasses.replace(tiles, block_m=tiles.block_m // 2)
+        else:
+            break
+    return tiles

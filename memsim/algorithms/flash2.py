@@ -7,7 +7,7 @@ loop; K and V tiles stream through `num_stages` shared-memory buffers.
 """
 
 
-from memsim.algorithms.base import Algorithm, registers_estimate
+from memsim.algorithms.base import Algorithm, fit_shared_memory, registers_estimate
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import keys_touched, q_block_tiles
 from memsim.hardware.spec import GPUSpec
@@ -26,12 +26,15 @@ ASSUMPTIONS = (
 
 
 def default_tiles(gpu: GPUSpec, shape: AttentionShape) -> TileConfig:
-    """PyTorch's FA2 on Hopper and Ampere: 128 x 128 for d <= 64, 128 x 64 for d <= 128, 64 x 64 above."""
+    """PyTorch's FA2 on Hopper and Ampere: 128 x 128 for d <= 64, 128 x 64 for d <= 128, 64 x 64 above;
+    made to fit smaller shared memories (base.fit_shared_memory)."""
     if shape.head_dim <= 64:
-        return TileConfig(block_m=128, block_n=128, num_warps=4, num_stages=2)
-    if shape.head_dim <= 128:
-        return TileConfig(block_m=128, block_n=64, num_warps=4, num_stages=2)
-    return TileConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
+        tiles = TileConfig(block_m=128, block_n=128, num_warps=4, num_stages=2)
+    elif shape.head_dim <= 128:
+        tiles = TileConfig(block_m=128, block_n=64, num_warps=4, num_stages=2)
+    else:
+        tiles = TileConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
+    return fit_shared_memory(gpu, tiles, lambda t: smem_buffers(shape, t))
 
 
 def smem_buffers(shape: AttentionShape, tiles: TileConfig) -> dict[str, int]:

@@ -14,12 +14,12 @@ weights each by exp(lse_i - lse) and writes O and the final LSE. One split: no c
 kernel 1 writes O directly.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil
 
 import numpy as np
 
-from memsim.algorithms.base import Algorithm, registers_estimate, require_forward
+from memsim.algorithms.base import Algorithm, fit_shared_memory, registers_estimate, require_forward
 from memsim.algorithms.flash2 import smem_buffers
 from memsim.algorithms.kv_quant import kv_load_ops
 from memsim.algorithms.softmax import online_softmax
@@ -115,9 +115,9 @@ def default_tiles(gpu: GPUSpec, shape: AttentionShape) -> TileConfig:
     """FA2's split-KV tiles (BLOCK_N by head dim, 4 warps), BLOCK_M fitted to the packed GQA
     rows, and the split count of `num_splits_heuristic`."""
     check_decode(shape)
-    block_n = decode_block_n(shape.head_dim)
-    return TileConfig(block_m=decode_block_m(shape), block_n=block_n, num_warps=4, num_stages=2,
-                      num_splits=num_splits_heuristic(gpu, shape, block_n))
+    tiles = fit_shared_memory(gpu, TileConfig(block_m=decode_block_m(shape), block_n=decode_block_n(shape.head_dim),
+                                              num_warps=4, num_stages=2), lambda t: smem_buffers(shape, t))
+    return replace(tiles, num_splits=num_splits_heuristic(gpu, shape, tiles.block_n))
 
 
 @dataclass(frozen=True)
