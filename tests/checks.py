@@ -61,20 +61,13 @@ def assert_same_tensors(cost, counters) -> None:
 
 
 def assert_same_bytes_per_tensor(cost, counters, keys=TRAFFIC_KEYS, rel: float = 1e-9, abs_bytes=None,
-                                 skip=(), atomic_fills=()) -> None:
+                                 skip=()) -> None:
     """Each tensor of the closed form moves the bytes it says under each of `keys` (see TRAFFIC_KEYS),
-    within `rel` (and `abs_bytes`, if given), but for the (tensor, key) pairs in `skip`.
-
-    A tensor in `atomic_fills` is added into with atomics: the engine may count the fill of a line an
-    atomic misses as an L2 -> SM read, which the closed form does not have. Where the closed form
-    reads none of such a tensor, its L2 reads are only bounded by its HBM reads."""
+    within `rel` (and `abs_bytes`, if given), but for the (tensor, key) pairs in `skip`."""
     for tensor, t in cost.traffic.items():
         got = {key: getattr(counters, key).get(tensor, 0.0) for key in BYTE_KEYS}
         for key in keys:
             if (tensor, key) in skip:
-                continue
-            if key == "l2_read" and tensor in atomic_fills and t.l2_read == 0:
-                assert got["l2_read"] <= got["hbm_read"] + 1e-6, (cost.name, tensor)
                 continue
             sim = written_to_hbm(got) if key == "hbm_write" else got[key]
             assert sim == pytest.approx(getattr(t, key), rel=rel, abs=abs_bytes), (cost.name, tensor, key)
@@ -88,17 +81,16 @@ def assert_same_total_bytes(cost, counters, keys=("hbm_write",), rel: float = 1e
         assert got == pytest.approx(getattr(total, key), rel=rel), (cost.name, key)
 
 
-def assert_matches_closed_form(costs, results, hbm_too: bool = True, atomic_fills=()) -> None:
+def assert_matches_closed_form(costs, results, hbm_too: bool = True) -> None:
     """Kernels, launch resources, work and L2 <-> SM bytes per tensor exactly; HBM bytes per tensor
-    too unless `hbm_too` is False (they match only where everything fits in L2). `atomic_fills` as in
-    assert_same_bytes_per_tensor."""
+    too unless `hbm_too` is False (they match only where everything fits in L2)."""
     assert_same_kernels(costs, results)
     for cost, r in zip(costs, results):
         assert_same_launch(r.launch, cost)
         assert_same_work(cost, r.counters)
         assert_same_tensors(cost, r.counters)
         keys = TRAFFIC_KEYS if hbm_too else L2_KEYS
-        assert_same_bytes_per_tensor(cost, r.counters, keys, atomic_fills=atomic_fills)
+        assert_same_bytes_per_tensor(cost, r.counters, keys)
 
 
 def assert_kernel_matches_closed_form(cost, result, abs_bytes=None, skip=()) -> None:

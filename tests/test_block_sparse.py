@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from memsim import AttentionShape, TileConfig
-from memsim.algorithms import block_sparse as bs
-from memsim.algorithms import flash2
+from memsim.algorithms import block_sparse, flash2, moba, nsa
 from memsim.engine import simulate
 from memsim.errors import MemsimError
 from memsim.hardware import load_gpu
@@ -44,10 +43,10 @@ def assert_schedule_matches(alg, shape, tiles):
 # ---- MoBA -------------------------------------------------------------------------------------
 
 MOBA_CASES = {
-    "top-2 of 256, GQA, partial last block": (bs.moba(top_k=2, block_size=256), shape_of(1000, batch=2)),
-    "top-3 of 128, tiles of 64 x 32": (bs.moba(top_k=3, block_size=128), shape_of(700, q_heads=2, kv_heads=1)),
-    "top-1: its own block only": (bs.moba(top_k=1, block_size=128), shape_of(512)),
-    "top-8 of 4 blocks: no gate": (bs.moba(top_k=8, block_size=128), shape_of(512)),
+    "top-2 of 256, GQA, partial last block": (moba.algorithm(top_k=2, block_size=256), shape_of(1000, batch=2)),
+    "top-3 of 128, tiles of 64 x 32": (moba.algorithm(top_k=3, block_size=128), shape_of(700, q_heads=2, kv_heads=1)),
+    "top-1: its own block only": (moba.algorithm(top_k=1, block_size=128), shape_of(512)),
+    "top-8 of 4 blocks: no gate": (moba.algorithm(top_k=8, block_size=128), shape_of(512)),
 }
 
 
@@ -65,17 +64,18 @@ def test_moba_schedule_matches_the_closed_form(case):
 def test_moba_with_k_at_least_the_blocks_is_flash2():
     """Every tile takes every earlier block: no gate, and FlashAttention-2's kernel exactly."""
     shape = shape_of(1500, batch=2, q_heads=4, kv_heads=2, d=128)
-    alg = bs.moba(top_k=6, block_size=256)  # ceil(1500 / 256) = 6 blocks
+    alg = moba.algorithm(top_k=6, block_size=256)  # ceil(1500 / 256) = 6 blocks
     tiles = alg.default_tiles(H100, shape)
-    (moba,) = alg.kernels(H100, shape, tiles, "fwd")
+    (moba_attn,) = alg.kernels(H100, shape, tiles, "fwd")
     fa2 = flash2.forward(H100, shape, tiles)
-    print(f"MoBA k=6 of 6 blocks of 256: {moba.tensor_flops:.6g} FLOPs, L2 read {moba.total.l2_read / 1e6:.3f} MB, "
-          f"HBM read {moba.total.hbm_read / 1e6:.3f} MB; FlashAttention-2: {fa2.tensor_flops:.6g}, "
+    print(f"MoBA k=6 of 6 blocks of 256: {moba_attn.tensor_flops:.6g} FLOPs, "
+          f"L2 read {moba_attn.total.l2_read / 1e6:.3f} MB, "
+          f"HBM read {moba_attn.total.hbm_read / 1e6:.3f} MB; FlashAttention-2: {fa2.tensor_flops:.6g}, "
           f"{fa2.total.l2_read / 1e6:.3f} MB, {fa2.total.hbm_read / 1e6:.3f} MB")
     for field in ("grid_ctas", "registers_per_thread", "tensor_flops", "cuda_ops", "exp_ops", "inflight_bytes_per_cta"):
-        assert getattr(moba, field) == getattr(fa2, field), field
-    assert dict(moba.smem_buffers) == dict(fa2.smem_buffers)
-    assert dict(moba.traffic) == dict(fa2.traffic)
+        assert getattr(moba_attn, field) == getattr(fa2, field), field
+    assert dict(moba_attn.smem_buffers) == dict(fa2.smem_buffers)
+    assert dict(moba_attn.traffic) == dict(fa2.traffic)
     # and the simulated launches count the same
     (sim_moba,) = simulated(alg, shape, tiles)
     sim_fa2 = simulate(H100, H100.ceilings(), [flash2_schedule.forward(shape, tiles)])[0]
@@ -89,7 +89,7 @@ def test_moba_attention_loads_k_blocks_per_gated_tile():
     n, k, block, bm, bn, d, heads = 4096, 3, 512, 128, 64, 128, 8
     shape = shape_of(n, q_heads=heads, kv_heads=heads, d=d)
     tiles = TileConfig(block_m=bm, block_n=bn)
-    attn = bs.moba(top_k=k, block_size=block).kernels(H100, shape, tiles, "fwd")[-1]
+    attn = moba.algorithm(top_k=k, block_size=block).kernels(H100, shape, tiles, "fwd")[-1]
     dropped = sum(max(0, i * bm // block - (k - 1)) * block // bn for i in range(n // bm))
     fa2 = flash2.forward(H100, shape, tiles).tensor_flops
     expected = fa2 - heads * dropped * 4 * bm * bn * d
@@ -102,7 +102,7 @@ def test_moba_paper_sparsity_at_8k():
     """MoBA section 3.1: block 512, top-3 at 8K context attends to 3 x 512 of 8192 keys, 81.25% sparse."""
     shape = shape_of(8192, q_heads=1, kv_heads=1, d=128)
     tiles = TileConfig(block_m=128, block_n=64)
-    plan = bs.moba_attention_plan(shape, tiles, bs.MobaParams(top_k=3, block_size=512))
+    plan = moba.moba_attention_plan(shape, tiles, moba.MobaParams(top_k=3, block_size=512))
     full = flash2.q_block_tiles(shape, 128, 64)
     sparsity = 1 - plan.keys[-1] / full.keys[-1]
     print(f"last query tile: {plan.keys[-1]} of {full.keys[-1]} keys, sparsity {sparsity:.4%} (paper 81.25%)")
@@ -110,20 +110,21 @@ def test_moba_paper_sparsity_at_8k():
 
 
 def test_moba_choice_is_deterministic_and_takes_distinct_earlier_blocks():
-    p = bs.MobaParams(top_k=4, block_size=128)
-    first = bs.moba_earlier_blocks(p, 0, 1, 40, 10)
-    assert first == bs.moba_earlier_blocks(bs.MobaParams(top_k=4, block_size=128), 0, 1, 40, 10)
+    p = moba.MobaParams(top_k=4, block_size=128)
+    first = moba.moba_earlier_blocks(p, 0, 1, 40, 10)
+    assert first == moba.moba_earlier_blocks(moba.MobaParams(top_k=4, block_size=128), 0, 1, 40, 10)
     assert len(set(first)) == 3 and all(0 <= b < 10 for b in first) and list(first) == sorted(first)
-    others = {bs.moba_earlier_blocks(bs.MobaParams(top_k=4, block_size=128, seed=s), 0, 1, 40, 10) for s in range(8)}
+    others = {moba.moba_earlier_blocks(moba.MobaParams(top_k=4, block_size=128, seed=s), 0, 1, 40, 10)
+              for s in range(8)}
     assert len(others) > 1  # the seed changes the choice
-    assert bs.moba_earlier_blocks(p, 0, 1, 8, 2) == (0, 1)  # fewer earlier blocks than k - 1: all of them
+    assert moba.moba_earlier_blocks(p, 0, 1, 8, 2) == (0, 1)  # fewer earlier blocks than k - 1: all of them
 
 
 # ---- NSA --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n, q_heads, kv_heads", [(400, 4, 2), (333, 2, 2), (12, 2, 1), (100, 32, 1)])
 def test_nsa_schedule_matches_the_closed_form(n, q_heads, kv_heads):
-    alg = bs.nsa(**SMALL_NSA)
+    alg = nsa.algorithm(**SMALL_NSA)
     shape = shape_of(n, q_heads=q_heads, kv_heads=kv_heads)
     tiles = TileConfig(block_m=64, block_n=32)
     print(f"NSA N={n} heads {q_heads}/{kv_heads}")
@@ -137,7 +138,7 @@ def test_nsa_schedule_matches_the_closed_form(n, q_heads, kv_heads):
 def test_nsa_sliding_window_branch_is_flash2_with_the_window():
     shape = shape_of(5000, q_heads=8, kv_heads=2, d=128)
     tiles = flash2.default_tiles(H100, shape)
-    swa = bs.attention_cost(H100, shape, tiles, bs.nsa_swa_plan(shape, tiles, bs.NsaParams()))
+    swa = block_sparse.attention_cost(H100, shape, tiles, nsa.nsa_swa_plan(shape, tiles, nsa.NsaParams()))
     fa2 = flash2.forward(H100, dataclasses.replace(shape, window=512), tiles)
     assert (swa.tensor_flops, swa.cuda_ops, swa.exp_ops) == (fa2.tensor_flops, fa2.cuda_ops, fa2.exp_ops)
     assert swa.total == fa2.total
@@ -148,32 +149,32 @@ def test_nsa_paper_tokens_per_query_at_64k():
     16 x 64 = 1024 selected keys and a window of 512: 5631 of 65536 keys."""
     n = 65536
     shape = shape_of(n, q_heads=64, kv_heads=4, d=128)
-    p = bs.NsaParams()
+    p = nsa.NsaParams()
     tiles = TileConfig(block_m=128, block_n=64)
-    compressed = int(bs.compressed_visible(np.array([n - 1]), p, n)[0])
-    selected = int(bs.nsa_slc_plan(shape, tiles, p).keys[-1])
-    window = int(bs.nsa_swa_plan(dataclasses.replace(shape, q_len=n, kv_len=n), tiles, p).keys[-1])
+    compressed = int(nsa.compressed_visible(np.array([n - 1]), p, n)[0])
+    selected = int(nsa.nsa_slc_plan(shape, tiles, p).keys[-1])
+    window = int(nsa.nsa_swa_plan(dataclasses.replace(shape, q_len=n, kv_len=n), tiles, p).keys[-1])
     print(f"last query: {compressed} compressed tokens, {selected} selected keys, window tiles hold {window} keys")
-    assert compressed == 4095 and bs.compressed_tokens(n, p) == 4095
+    assert compressed == 4095 and nsa.compressed_tokens(n, p) == 4095
     assert selected == 1024
     assert 512 <= window <= 512 + 128 + 64  # the window rounded out to whole tiles for a 128-row tile
 
 
 def test_nsa_selection_keeps_the_initial_and_local_blocks():
-    p = bs.NsaParams()
-    chosen = bs.nsa_selected_blocks(p, 0, 3, 500)
+    p = nsa.NsaParams()
+    chosen = nsa.nsa_selected_blocks(p, 0, 3, 500)
     assert len(chosen) == 16 and len(set(chosen)) == 16 and list(chosen) == sorted(chosen)
     assert chosen[0] == 0 and chosen[-2:] == (499, 500)  # initial block, the previous and the current last
-    assert chosen == bs.nsa_selected_blocks(bs.NsaParams(), 0, 3, 500)
-    assert bs.nsa_selected_blocks(p, 0, 3, 10) == tuple(range(11))  # 11 blocks visible: all of them
-    assert bs.nsa_selected_blocks(dataclasses.replace(p, slc_count=2), 0, 0, 9) == (0, 9)
+    assert chosen == nsa.nsa_selected_blocks(nsa.NsaParams(), 0, 3, 500)
+    assert nsa.nsa_selected_blocks(p, 0, 3, 10) == tuple(range(11))  # 11 blocks visible: all of them
+    assert nsa.nsa_selected_blocks(dataclasses.replace(p, slc_count=2), 0, 0, 9) == (0, 9)
 
 
 def test_nsa_group_centric_tile_is_padded_to_16_rows():
     """One CTA per (query, kv head) holds the group's q heads as rows; mma.m16n8k16 needs 16."""
-    p, tiles = bs.NsaParams(), TileConfig()
+    p, tiles = nsa.NsaParams(), TileConfig()
     for group, rows in ((1, 16), (8, 16), (16, 16), (24, 32)):
-        plan = bs.nsa_slc_plan(shape_of(2048, q_heads=group, kv_heads=1, d=128), tiles, p)
+        plan = nsa.nsa_slc_plan(shape_of(2048, q_heads=group, kv_heads=1, d=128), tiles, p)
         assert plan.tile_rows == rows and plan.rows[0] == group
 
 
@@ -181,7 +182,7 @@ def test_nsa_group_centric_tile_is_padded_to_16_rows():
 @given(st.integers(1, 700), st.sampled_from([1, 2]), st.sampled_from([1, 2]), st.sampled_from([64, 128]),
        st.integers(1, 4), st.sampled_from([(64, 32), (32, 32)]), st.integers(1, 3))
 def test_moba_fast_mode_agrees_with_faithful_mode(n, kv_heads, group, block, k, blocks, stages):
-    alg = bs.moba(top_k=k, block_size=block)
+    alg = moba.algorithm(top_k=k, block_size=block)
     shape = shape_of(n, q_heads=kv_heads * group, kv_heads=kv_heads)
     tiles = TileConfig(block_m=blocks[0], block_n=blocks[1], num_stages=stages)
     assert_fast_equals_faithful(alg, shape, tiles)
@@ -191,7 +192,7 @@ def test_moba_fast_mode_agrees_with_faithful_mode(n, kv_heads, group, block, k, 
 @given(st.integers(1, 300), st.sampled_from([1, 2]), st.sampled_from([1, 2]), st.sampled_from([(64, 32), (32, 16)]),
        st.integers(1, 3))
 def test_nsa_fast_mode_agrees_with_faithful_mode(n, kv_heads, group, blocks, stages):
-    alg = bs.nsa(**SMALL_NSA)
+    alg = nsa.algorithm(**SMALL_NSA)
     shape = shape_of(n, q_heads=kv_heads * group, kv_heads=kv_heads)
     tiles = TileConfig(block_m=blocks[0], block_n=blocks[1], num_stages=stages)
     assert_fast_equals_faithful(alg, shape, tiles)
@@ -216,23 +217,23 @@ def test_flops_grow_about_linearly_while_flash2_grows_quadratically():
     fa2 = [flash2.forward(H100, shape_of(n, q_heads=64, kv_heads=4, d=128),
                           flash2.default_tiles(H100, shape_of(n, q_heads=64, kv_heads=4, d=128))).tensor_flops
            for n in sizes]
-    moba = [sum(flops(bs.ALGORITHM_MOBA, n).values()) for n in sizes]
-    nsa = [flops(bs.ALGORITHM_NSA, n) for n in sizes]
+    moba_flops = [sum(flops(moba.ALGORITHM, n).values()) for n in sizes]
+    nsa_flops = [flops(nsa.ALGORITHM, n) for n in sizes]
     for i, n in enumerate(sizes):
-        print(f"N={n:6d}: FA2 {fa2[i]:.3g}  MoBA {moba[i]:.3g}  NSA {sum(nsa[i].values()):.3g} "
-              f"(compressed {nsa[i]['nsa_cmp']:.3g}, rank {nsa[i]['nsa_topk']:.3g}, selected {nsa[i]['nsa_slc']:.3g}, "
-              f"window {nsa[i]['nsa_swa']:.3g})")
+        print(f"N={n:6d}: FA2 {fa2[i]:.3g}  MoBA {moba_flops[i]:.3g}  NSA {sum(nsa_flops[i].values()):.3g} "
+              f"(compressed {nsa_flops[i]['nsa_cmp']:.3g}, rank {nsa_flops[i]['nsa_topk']:.3g}, "
+              f"selected {nsa_flops[i]['nsa_slc']:.3g}, window {nsa_flops[i]['nsa_swa']:.3g})")
     for i in range(1, len(sizes)):
-        local = [nsa[j]["nsa_slc"] + nsa[j]["nsa_swa"] for j in (i - 1, i)]
-        ratios = (fa2[i] / fa2[i - 1], moba[i] / moba[i - 1], sum(nsa[i].values()) / sum(nsa[i - 1].values()),
-                  local[1] / local[0])
+        local = [nsa_flops[j]["nsa_slc"] + nsa_flops[j]["nsa_swa"] for j in (i - 1, i)]
+        ratios = (fa2[i] / fa2[i - 1], moba_flops[i] / moba_flops[i - 1],
+                  sum(nsa_flops[i].values()) / sum(nsa_flops[i - 1].values()), local[1] / local[0])
         print(f"x2 N -> FA2 x{ratios[0]:.2f}, MoBA x{ratios[1]:.2f}, NSA x{ratios[2]:.2f}, "
               f"NSA selected + window x{ratios[3]:.2f}")
         assert 3.9 < ratios[0] < 4.1
         assert 1.9 < ratios[1] < 2.25
         assert 2.0 < ratios[2] < 3.0
         assert 1.9 < ratios[3] < 2.2  # above 2 while the first n l' queries still take fewer blocks
-    compressed_share = nsa[-1]["nsa_cmp"] / fa2[-1]
+    compressed_share = nsa_flops[-1]["nsa_cmp"] / fa2[-1]
     print(f"compressed attention / full attention at N={sizes[-1]}: {compressed_share:.4f} (1/d = {1 / 16:.4f})")
     assert compressed_share == pytest.approx(1 / 16, rel=0.05)
 
@@ -240,14 +241,14 @@ def test_flops_grow_about_linearly_while_flash2_grows_quadratically():
 # ---- bad input --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: bs.moba(top_k=0), "top_k = 0"),
-    (lambda: bs.moba(block_size=-64), "block_size = -64"),
-    (lambda: bs.moba(seed=-1), "seed = -1"),
-    (lambda: bs.nsa(cmp_stride=12), "cmp_block = 32 is not a multiple of cmp_stride = 12"),
-    (lambda: bs.nsa(slc_block=40), "slc_block = 40 is not a multiple of cmp_stride = 16"),
-    (lambda: bs.nsa(cmp_block=128), "cmp_block = 128 is longer than slc_block = 64"),
-    (lambda: bs.nsa(slc_count=0), "slc_count = 0"),
-    (lambda: bs.nsa(window=0), "window = 0"),
+    (lambda: moba.algorithm(top_k=0), "top_k = 0"),
+    (lambda: moba.algorithm(block_size=-64), "block_size = -64"),
+    (lambda: moba.algorithm(seed=-1), "seed = -1"),
+    (lambda: nsa.algorithm(cmp_stride=12), "cmp_block = 32 is not a multiple of cmp_stride = 12"),
+    (lambda: nsa.algorithm(slc_block=40), "slc_block = 40 is not a multiple of cmp_stride = 16"),
+    (lambda: nsa.algorithm(cmp_block=128), "cmp_block = 128 is longer than slc_block = 64"),
+    (lambda: nsa.algorithm(slc_count=0), "slc_count = 0"),
+    (lambda: nsa.algorithm(window=0), "window = 0"),
 ])
 def test_bad_parameters_are_refused_on_one_line(make, match):
     with pytest.raises(MemsimError, match=match) as err:
@@ -255,7 +256,7 @@ def test_bad_parameters_are_refused_on_one_line(make, match):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("alg", [bs.ALGORITHM_MOBA, bs.ALGORITHM_NSA], ids=["moba", "nsa"])
+@pytest.mark.parametrize("alg", [moba.ALGORITHM, nsa.ALGORITHM], ids=["moba", "nsa"])
 @pytest.mark.parametrize("shape, match", [
     (AttentionShape(q_len=1024), "causal"),
     (AttentionShape(q_len=512, kv_len=1024, causal=True), "q_len == kv_len"),
@@ -272,10 +273,10 @@ def test_shapes_they_do_not_model_are_refused_on_one_line(alg, shape, match):
 def test_moba_block_must_be_whole_tiles():
     shape = shape_of(1024)
     with pytest.raises(MemsimError, match="block_size = 96 is not a multiple of block_m = 64") as err:
-        bs.moba(block_size=96).kernels(H100, shape, TileConfig(block_m=64, block_n=32), "fwd")
+        moba.algorithm(block_size=96).kernels(H100, shape, TileConfig(block_m=64, block_n=32), "fwd")
     assert "\n" not in str(err.value)
     # the default tiles shrink to fit the block
-    tiles = bs.moba(block_size=96).default_tiles(H100, shape)
+    tiles = moba.algorithm(block_size=96).default_tiles(H100, shape)
     assert 96 % tiles.block_m == 0 and 96 % tiles.block_n == 0
     with pytest.raises(MemsimError, match="fwd"):
-        bs.ALGORITHM_MOBA.kernels(H100, shape, TileConfig(), "bwd")
+        moba.ALGORITHM.kernels(H100, shape, TileConfig(), "bwd")

@@ -1,7 +1,7 @@
 """Every attention algorithm memsim models, one file each. ALGORITHMS maps a name to its Algorithm."""
 
-from memsim.algorithms import (block_sparse, flash1, flash2, flash3, flash_decoding, flash_decoding_pp,
-                               lightning, linear, paged, standard)
+from memsim.algorithms import (flash1, flash2, flash3, flash_decoding, flash_decoding_pp, lightning, linear,
+                               moba, nsa, paged, standard)
 from memsim.algorithms.base import PASSES, Algorithm
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
@@ -15,8 +15,8 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     linear.ALGORITHM,
     lightning.ALGORITHM,
     lightning.ALGORITHM_NO_DECAY,
-    block_sparse.ALGORITHM_MOBA,
-    block_sparse.ALGORITHM_NSA,
+    moba.ALGORITHM,
+    nsa.ALGORITHM,
 )}
 
 __all__ = ["ALGORITHMS", "PASSES", "Algorithm"]
