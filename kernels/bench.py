@@ -11,11 +11,13 @@ Medians of triton.testing.do_bench. Prints a table; writes DIR/bench.json. Asser
 """
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
 
 import torch
+import triton
 
 
 def median_s(fn) -> float:
@@ -146,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench.json").write_text(json.dumps(
             {"device": torch.cuda.get_device_name(), "copy_bandwidth_bytes_per_s": copy_bw,
-             "torch": torch.__version__, "prefill": prefill, "decode": decode}, indent=2))
+             "torch": torch.__version__, "triton": triton.__version__,
+             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+             "prefill": prefill, "decode": decode}, indent=2))
     return 0
 
 
