@@ -79,17 +79,11 @@ def prefill_rows(lengths: list[int]) -> list[dict]:
     return rows
 
 
-def paged_copy(x: torch.Tensor, page: int) -> torch.Tensor:
-    """[B, Hkv, N, D] -> [B * N / page, Hkv, page, D]: sequence b's page p in block b * (N / page) + p."""
-    batch, heads, n, d = x.shape
-    return x.view(batch, heads, n // page, page, d).permute(0, 2, 1, 3, 4).reshape(batch * n // page, heads, page, d)
-
-
 def decode_rows(contexts: list[int], copy_bw: float) -> list[dict]:
     from kernels.flash_decoding import flash_decode
     from kernels.flash_decoding_pp import flash_decode_pp
     from kernels.kv_quant import quantize_kv, quantized_decode
-    from kernels.paged import paged_decode
+    from kernels.paged import paged_decode, paged_layout
 
     rows = []
     batch, q_heads, kv_heads, d, page = 8, 32, 8, 128, 16
@@ -97,12 +91,7 @@ def decode_rows(contexts: list[int], copy_bw: float) -> list[dict]:
         q = torch.randn(batch, q_heads, 1, d, device="cuda", dtype=torch.bfloat16)
         k, v = (torch.randn(batch, kv_heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         kv_bytes = 2 * k.numel() * k.element_size()
-        pages = n // page
-        k_cache, v_cache, table = paged_copy(k, page), paged_copy(v, page), None
-        perm = torch.randperm(batch * pages, device="cuda")  # pages scattered through the cache
-        k_cache[perm], v_cache[perm] = k_cache.clone(), v_cache.clone()
-        table = perm.to(torch.int32).view(batch, pages)
-        lens = torch.full((batch,), n, device="cuda", dtype=torch.int32)
+        k_cache, v_cache, table, lens = paged_layout(k, v, page)  # pages scattered through the cache
         kq, vq = quantize_kv(k, bits=8, group_size=32), quantize_kv(v, bits=8, group_size=32)
         int8_bytes = sum(t.numel() * t.element_size() for t in (kq.codes, kq.scales, vq.codes, vq.scales))
         calls = {"memsim flash_decoding": (lambda: flash_decode(q, k, v), kv_bytes),

@@ -150,3 +150,23 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tenso
     if num_splits > 1:
         fd.combine(configs[1], o_target, lse_target, out4, lse3, launched)
     return out, lse
+
+
+# ---- host-side layout (benchmarks, validation) ------------------------------------------------------
+
+def paged_layout(k: torch.Tensor, v: torch.Tensor, page: int) -> tuple:
+    """K/V [B, Hkv, N, D] laid out as a paged cache with pages scattered by a random block table:
+    (k_cache, v_cache [B * N / page, Hkv, page, D], block_table [B, N / page] int32, seq_lens [B] int32)."""
+    batch, heads, n, d = k.shape
+    pages = -(-n // page)
+    pad = pages * page - n
+    caches = []
+    for x in (k, v):
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        caches.append(x.view(batch, heads, pages, page, d).permute(0, 2, 1, 3, 4).reshape(batch * pages, heads, page, d))
+    perm = torch.randperm(batch * pages, generator=torch.Generator().manual_seed(1)).to(k.device)
+    scattered = [torch.empty_like(c) for c in caches]
+    for dst, src in zip(scattered, caches):
+        dst[perm] = src
+    table = perm.to(torch.int32).view(batch, pages)
+    return scattered[0], scattered[1], table, torch.full((batch,), n, dtype=torch.int32, device=k.device)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned
+from kernel_checks import DEVICE, check_close, kernel_settings, low_precision_dtypes, poisoned, record_launches
 
 import kernels.flash2 as flash2
 from kernels import reference
@@ -201,30 +201,10 @@ def test_autograd_through_the_function():
         assert flash_attention(*leaves).grad_fn is None
 
 
-class LaunchRecorder:
-    """Stands in for a Triton kernel: records each launch's grid and keywords, then launches the real one."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **meta):
-            self.launches.append((tuple(grid), meta))
-            return self.kernel[grid](*args, **meta)
-        return launch
-
-
-def recorded(monkeypatch, names):
-    recorders = {name: LaunchRecorder(getattr(flash2, name)) for name in names}
-    for name, recorder in recorders.items():
-        monkeypatch.setattr(flash2, name, recorder)
-    return recorders
-
-
-def assert_launched_as_reported(configs, recorders):
+def assert_launched_as_reported(configs, launches):
     for config in configs:
         print(config.as_dict())
-        (grid, meta), = recorders[config.kernel].launches
+        (grid, meta), = [(launch.grid, launch.meta) for launch in launches if launch.kernel == config.kernel]
         assert grid == config.grid
         assert (meta["num_warps"], meta["num_stages"]) == (config.num_warps, config.num_stages)
         assert meta.get("BLOCK_M") == config.block_m
@@ -235,7 +215,8 @@ def assert_launched_as_reported(configs, recorders):
 def test_reported_configs_are_the_launched_ones(monkeypatch):
     q, k, v = inputs(2, 4, 2, 50, 70, 72, torch.float16, 1.0, seed=5)
     slope = slopes(4, True)
-    recorders = recorded(monkeypatch, ["_flash2_fwd", "_flash2_bwd_delta", "_flash2_bwd_dkdv", "_flash2_bwd_dq"])
+    recorders = record_launches(monkeypatch, flash2, "_flash2_fwd", "_flash2_bwd_delta", "_flash2_bwd_dkdv",
+                                "_flash2_bwd_dq")
     o, lse = flash_attention(q, k, v, causal=True, alibi_slopes=slope, return_lse=True)
     forward = launch_configs(q.shape, k.shape, q.dtype, causal=True, alibi_slopes=slope)
     assert [c.kernel for c in forward] == ["_flash2_fwd"]

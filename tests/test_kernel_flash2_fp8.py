@@ -20,7 +20,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_checks import DEVICE, poisoned, kernel_settings
+from kernel_checks import DEVICE, kernel_settings, poisoned, record_launches
 
 import kernels.flash2_fp8 as flash2_fp8
 from kernels import reference
@@ -134,27 +134,13 @@ def test_more_queries_than_keys_causal_leaves_rows_empty():
     assert torch.allclose(o[0, 0, 32], v[0, 0, 0].double(), rtol=2.0 ** -10, atol=0)
 
 
-class LaunchRecorder:
-    """Stands in for the Triton kernel: records each launch's grid and keywords, then launches the real one."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **meta):
-            self.launches.append((tuple(grid), meta))
-            return self.kernel[grid](*args, **meta)
-        return launch
-
-
 def test_reported_config_is_the_launched_one(monkeypatch):
-    recorder = LaunchRecorder(flash2_fp8._flash2_fp8_fwd)
-    monkeypatch.setattr(flash2_fp8, "_flash2_fp8_fwd", recorder)
+    launches = record_launches(monkeypatch, flash2_fp8, "_flash2_fp8_fwd")
     (q8, qs, _), (k8, ks, _), (v8, vs, _) = quantised(2, 2, 1, 70, 50, 40, 64, 32, 1, 1.0)
     flash_attention_fp8(q8, k8, v8, qs, ks, vs, q_block=64, kv_block=32, out_dtype=torch.float16)
     [config] = launch_configs(q8.shape, k8.shape, q_block=64, kv_block=32, out_dtype=torch.float16)
     print(config.as_dict())
-    (grid, meta), = recorder.launches
+    (_, grid, meta), = launches
     assert grid == config.grid == (2, 4)
     assert (meta["BLOCK_M"], meta["BLOCK_N"]) == (config.block_m, config.block_n) == (64, 32)
     assert (meta["num_warps"], meta["num_stages"]) == (config.num_warps, config.num_stages)

@@ -192,3 +192,17 @@ def test_bad_output_raises_value_error():
         paged.paged_decode(*_good(), out=torch.empty(2, 2, 8, device=DEVICE))
     with pytest.raises(ValueError, match="num_splits = 0"):
         paged.paged_decode(*_good(), num_splits=0)
+
+
+def test_paged_layout_holds_the_same_keys_and_values():
+    """kernels.paged.paged_layout (used by the benchmark and the validation runs): a length that is not a whole
+    number of pages, pages scattered; attention over the paged cache equals attention over the dense K/V."""
+    from kernels.paged import paged_layout
+
+    k, v, q = torch.randn(2, 2, 37, 8), torch.randn(2, 2, 37, 8), torch.randn(2, 4, 8)
+    k_cache, v_cache, table, lens = paged_layout(k, v, 16)
+    assert tuple(k_cache.shape) == (2 * 3, 2, 16, 8) and lens.tolist() == [37, 37]
+    assert sorted(table.flatten().tolist()) == list(range(6))
+    paged, _ = reference.paged_attention(q, k_cache, v_cache, table, lens)
+    dense, _ = reference.attention(q.unsqueeze(2), k, v)
+    assert torch.allclose(paged, dense[:, :, 0])

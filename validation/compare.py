@@ -129,7 +129,8 @@ def _stats(pairs: list[tuple[float, str]]) -> dict:
 
 
 def as_json(rows: list[Row]) -> dict:
-    return {"summary": summary(rows)["all"] if summary(rows) else {},
+    overall = summary(rows)
+    return {"summary": overall.get("all", {}),
             "by_algorithm": summary(rows, lambda r: f"{r.kernel} -> {r.algo}"),
             "rows": [asdict(r) for r in rows],
             "held_out": "all attention cases (memsim's parameters come from microbenchmarks only)"}

@@ -16,14 +16,16 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MAX_SETS = 8
 
 
-def input_sets(case: Case, device: str = "cuda") -> list[tuple[torch.Tensor, ...]]:
-    """(q, k, v) sets, [B, H, N, D] each, enough of them to cover twice the L2 (at most MAX_SETS)."""
+def input_sets(case: Case, device: str = "cuda", count: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """(q, k, v) sets, [B, H, N, D] each: `count` of them, by default enough to cover twice the L2 (at most
+    MAX_SETS)."""
     dtype = DTYPES[case.dtype]
     q_shape = (case.batch, case.q_heads, case.q_len, case.head_dim)
     kv_shape = (case.batch, case.kv_heads, case.kv_len, case.head_dim)
     set_bytes = (math.prod(q_shape) + 2 * math.prod(kv_shape)) * torch.empty((), dtype=dtype).element_size()
     l2_bytes = torch.cuda.get_device_properties(device).L2_cache_size if device == "cuda" else 0
-    count = max(1, min(MAX_SETS, math.ceil(2 * l2_bytes / set_bytes)))
+    if count is None:
+        count = max(1, min(MAX_SETS, math.ceil(2 * l2_bytes / set_bytes)))
     generator = torch.Generator().manual_seed(0)
     sets = []
     for _ in range(count):
@@ -78,24 +80,6 @@ def _flex(case: Case) -> Callable:
     return call
 
 
-def paged_inputs(k: torch.Tensor, v: torch.Tensor, page: int) -> tuple:
-    """K/V [B, Hkv, N, D] laid out as a paged cache with pages scattered by a random block table:
-    (k_cache, v_cache [B * N / page, Hkv, page, D], block_table [B, N / page] int32, seq_lens [B] int32)."""
-    batch, heads, n, d = k.shape
-    pages = -(-n // page)
-    pad = pages * page - n
-    caches = []
-    for x in (k, v):
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-        caches.append(x.view(batch, heads, pages, page, d).permute(0, 2, 1, 3, 4).reshape(batch * pages, heads, page, d))
-    perm = torch.randperm(batch * pages, generator=torch.Generator().manual_seed(1)).to(k.device)
-    scattered = [torch.empty_like(c) for c in caches]
-    for dst, src in zip(scattered, caches):
-        dst[perm] = src
-    table = perm.to(torch.int32).view(batch, pages)
-    return scattered[0], scattered[1], table, torch.full((batch,), n, dtype=torch.int32, device=k.device)
-
-
 PAGE_SIZE = 16  # tokens per page in the paged cases (vLLM's default block size)
 KV_GROUP = 32  # elements per scale in the int8 KV cases
 # Our kernel -> the memsim algorithm that models its schedule (and the KV storage it reads).
@@ -113,13 +97,13 @@ def _ours(case: Case) -> Callable:
 
         return lambda q, k, v: flash_decode(q, k, v)
     if case.kernel == "paged":
-        from kernels.paged import paged_decode
+        from kernels.paged import paged_decode, paged_layout
 
         caches: dict = {}
 
         def call(q, k, v):  # the paged layout is built once per input set, outside the timed calls
             if k.data_ptr() not in caches:
-                caches[k.data_ptr()] = paged_inputs(k, v, PAGE_SIZE)
+                caches[k.data_ptr()] = paged_layout(k, v, PAGE_SIZE)
             return paged_decode(q[:, :, 0], *caches[k.data_ptr()], num_splits=None)
 
         return call
@@ -174,9 +158,9 @@ def launch_description(case: Case) -> dict:
 
         configs = launch_configs(q, k, k)
     elif case.kernel == "paged":
-        from kernels.paged import launch_configs
+        from kernels.paged import launch_configs, paged_layout
 
-        k_cache, v_cache, table, lens = paged_inputs(k, k, PAGE_SIZE)
+        k_cache, v_cache, table, lens = paged_layout(k, k, PAGE_SIZE)
         configs = launch_configs(q[:, :, 0], k_cache, v_cache, table, lens, num_splits=None)
     elif case.kernel == "kv_int8":
         from kernels.kv_quant import launch_configs, quantize_kv
