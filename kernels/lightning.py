@@ -33,7 +33,10 @@ from kernels.launch import INTERPRETING, LaunchConfig, element_bytes, launch
 
 # Head dims up to kernels.checks.MAX_HEAD_DIM = 256: Q and K tiles of 64 x 256 fp16 (32 KiB each) still fit an
 # H100's shared memory.
-VALUE_COLUMNS = 32  # value columns per program: the paper kernel's BLOCK_MODEL = min(next_pow2(d), 32)
+# Value columns per program: 64, where the paper's kernel takes BLOCK_MODEL = min(next_pow2(d), 32). With 32 columns
+# the 64-row wgmma build on sm_90 (triton 3.6) gave wrong rows and illegal memory accesses with decay; with 64 every
+# H100 test passes (validation/results/h100/lightning-probe-2026-11-22.txt, kernel-tests-gpu-lightning-*.log).
+VALUE_COLUMNS = 64
 # Rows per block: 64 in the paper's Triton kernel (lightning_attn2, BLOCK = 64); 16 under the interpreter, and
 # for fp32 on a GPU, whose exact (FMA) dots need far more registers per tile than tensor cores.
 BLOCK_ROWS = 16 if INTERPRETING else 64
@@ -117,7 +120,7 @@ def default_block(dtype: torch.dtype) -> int:
 
 
 def scan_value_block(head_dim: int) -> int:
-    """Value columns per scan program: min(next_pow2(d), 32), as the paper kernel's BLOCK_MODEL."""
+    """Value columns per scan program: min(next_pow2(d), VALUE_COLUMNS)."""
     return min(head_block(head_dim), VALUE_COLUMNS)
 
 
@@ -149,8 +152,8 @@ def scan_config(q: torch.Tensor, block: int) -> LaunchConfig:
     splits = triton.cdiv(d, block_dv)
     e = element_bytes(q.dtype)
     stages = 2
-    # Q, K, V tiles per stage. An sm_90 build (triton 3.6, 16-bit, d = 128) allocates exactly this with decay, and
-    # 16 KiB more without: the state's hi and lo parts as tensor-core operands.
+    # Q, K, V tiles per stage. The compiler may add buffers for the state's hi and lo parts as tensor-core operands
+    # (an sm_90 build, triton 3.6, 16-bit, d = 128, 32 value columns: exactly this with decay, 16 KiB more without).
     smem = stages * block * (2 * block_d + block_dv) * e
     # d = 256 and fp32: tiles spread over more threads (fewer registers each; sm_90 builds spilled with 4 warps)
     warps = 8 if block_d > 128 or q.dtype == torch.float32 else 4

@@ -88,8 +88,8 @@ def test_recorded_h100_bf16_case(dtype):
 
 
 def test_reported_config_is_the_launched_one(monkeypatch):
-    """d = 40: value columns in programs of 32, two per (batch, head): grid 2 * 4 * 2 = 16."""
-    q, k, v = linear_inputs(2, 4, 2, 40, 40, torch.float16, 1.0, seed=5)
+    """d = 72: value columns in programs of 64, two per (batch, head): grid 2 * 4 * 2 = 16."""
+    q, k, v = linear_inputs(2, 4, 2, 40, 72, torch.float16, 1.0, seed=5)
     launches = record_launches(monkeypatch, kernels.lightning, "lightning_scan_kernel")
     decay = torch.full((4,), 0.1, device=DEVICE)
     lightning_attention(q, k, v, decay=decay, block_size=32)

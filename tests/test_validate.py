@@ -2,6 +2,7 @@
 and `memsim validate` end to end on the recorded H100 measurements."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,28 @@ def test_summary_takes_absolute_errors_and_names_the_worst_case():
     assert stats["worst_case"] == "c1"
 
 
+def test_moba_compares_only_the_attention_launch_that_was_measured():
+    rows = cmp.load_rows(Path(__file__).resolve().parent.parent / "validation" / "results" / "h100")
+    row = next(r for r in rows if r["kernel"] == "moba")
+    mapped = map_case(row)
+    assert mapped.kernels == ("moba_attn",)
+    from memsim import predict
+    whole = predict("moba", mapped.shape, tiles=mapped.tiles)
+    attn = next(k for k in whole.kernels if k.name == "moba_attn")
+    got = cmp.predicted(mapped, "H100-SXM5-80GB", "analytic")
+    assert got["time"] == attn.latency_s < whole.latency_s
+    assert got["hbm_read"] == attn.bytes["hbm_read"]
+
+
+def test_a_re_measured_case_replaces_its_earlier_row(tmp_path):
+    old = {"id": "lightning.b1h4k4n64m64d64c1.bf16", "time_s": 2.0}
+    other = {"id": "linear.b1h4k4n64m64d64c0.bf16", "time_s": 1.0}
+    (tmp_path / "measurements-a.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n")
+    (tmp_path / "measurements-b.jsonl").write_text(json.dumps({**old, "time_s": 3.0}) + "\n")
+    rows = cmp.load_rows(tmp_path)
+    assert [(r["id"], r["time_s"]) for r in rows] == [(other["id"], 1.0), (old["id"], 3.0)]
+
+
 def test_measured_fields_sum_every_launch_of_a_case():
     r = row("sdpa_flash.b8h32k8n1m32768d128c0.bf16")  # split kernel + combine kernel
     m = cmp.measured(r)
@@ -135,3 +158,205 @@ def test_validate_bad_input_is_one_line(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(lines) == 3 and all(line.startswith("memsim: error:") for line in lines)
     assert "not a JSON row" in lines[0] and "no such file" in lines[1] and "no measurements" in lines[2]
+
+
+# ---- ring, MoBA, FP8 and the FlashAttention-2 backward: cases, runners, mapping ------------------------------------
+
+NEW_KERNELS = ("ring", "moba", "flash2_fp8", "flash2_bwd")
+# (case with a small shape, the kernel launch whose grid and tiles memsim's main launch must equal, that launch)
+NEW_CASES = [
+    (Case("ring", 2, 4, 2, 48, 48, 64, True), "ring_step", "flash2_fwd"),
+    (Case("ring", 1, 2, 2, 40, 40, 128, False), "ring_step", "flash2_fwd"),
+    (Case("moba", 1, 2, 1, 2048, 2048, 64, True), "moba_attention_kernel", "moba_attn"),
+    (Case("flash2_fp8", 1, 2, 1, 200, 200, 64, True, "fp8"), "_flash2_fp8_fwd", "flash2_fwd"),
+    (Case("flash2_fp8", 2, 2, 2, 130, 130, 128, False, "fp8"), "_flash2_fp8_fwd", "flash2_fwd"),
+    (Case("flash2_bwd", 1, 2, 2, 96, 96, 64, True), "_flash2_bwd_dkdv", "flash2_bwd"),
+    (Case("flash2_bwd", 2, 1, 1, 80, 80, 128, False), "_flash2_bwd_dkdv", "flash2_bwd"),
+]
+
+
+def described(case: Case) -> dict:
+    """A recorded row as measure.py writes it, launch configs built on the CPU (the interpreter's tiles there)."""
+    runners = pytest.importorskip("validation.runners")
+    return {**case.as_dict(), **runners.launch_description(case, device="cpu"), "device": "NVIDIA H100 80GB HBM3",
+            "launches": [{"kernel": "recorded", "launch__grid_size": 2}]}
+
+
+def test_new_kernels_have_cases_with_stable_ids():
+    ids = {c.id for c in suite("full", NEW_KERNELS)}
+    for case_id in ("ring.b1h32k32n4096m4096d128c1.bf16", "moba.b1h32k8n8192m8192d128c1.bf16",
+                    "flash2_fp8.b4h32k32n4096m4096d128c0.fp8", "flash2_bwd.b1h16k16n4096m4096d128c1.bf16"):
+        assert case_id in ids
+    mine = [c for c in suite("full", NEW_KERNELS) if c.kernel in NEW_KERNELS]
+    for kernel in NEW_KERNELS:
+        cases = [c for c in mine if c.kernel == kernel]
+        assert {c.head_dim for c in cases} == {64, 128} and len(cases) >= 5
+        assert kernel == "moba" or {c.causal for c in cases} == {False, True}
+    assert all(c.causal and c.q_len == c.kv_len for c in mine if c.kernel == "moba")
+    assert all(c.q_heads == c.kv_heads for c in mine if c.kernel == "flash2_bwd")
+    assert all(c.dtype == "fp8" for c in mine if c.kernel == "flash2_fp8")
+
+
+@pytest.mark.parametrize("case,config_kernel,launch_name", NEW_CASES, ids=[c.id for c, _, _ in NEW_CASES])
+def test_new_kernels_map_to_memsim_launches_with_their_grid_and_tiles(case, config_kernel, launch_name):
+    from memsim.algorithms import ALGORITHMS
+    from memsim.hardware import load_gpu
+
+    row = described(case)
+    config = next(c for c in row["launch_configs"] if c["kernel"] == config_kernel)
+    mapped = map_case(row)
+    alg = ALGORITHMS[mapped.algo]
+    launch = next(x for x in alg.schedule(mapped.shape, mapped.tiles, mapped.pass_) if x.name == launch_name)
+    cost = next(x for x in alg.kernels(load_gpu("H100-SXM5-80GB"), mapped.shape, mapped.tiles, mapped.pass_)
+                if x.name == launch_name)
+    grid = math.prod(config["grid"])
+    print(f"{case.id}: {config_kernel} grid {config['grid']} = {grid}, tiles {config['block_m']} x "
+          f"{config['block_n']}, {config['num_warps']} warps, {config['num_stages']} stages -> {mapped.algo} "
+          f"{mapped.pass_} {launch.name} grid {launch.grid}")
+    assert (launch.grid, cost.grid_ctas) == (grid, grid)
+    assert (launch.warps_per_cta, launch.num_stages) == (config["num_warps"], config["num_stages"])
+    assert (mapped.tiles.block_m, mapped.tiles.block_n) == (config["block_m"], config["block_n"])
+    assert mapped.pass_ == ("bwd" if case.kernel == "flash2_bwd" else "fwd")
+    assert mapped.shape.dtype == case.dtype
+    assert mapped.how.startswith(f"the kernel's own launch config ({config_kernel})")
+
+
+@pytest.mark.parametrize("engine", ["analytic", "des"])
+@pytest.mark.parametrize("case", [c for c, _, _ in NEW_CASES[::2]], ids=lambda c: c.id)
+def test_new_kernels_predict_with_both_engines(case, engine):
+    from memsim.predict import predict
+
+    mapped = map_case(described(case))
+    p = predict(mapped.algo, mapped.shape, cmp.GPU_BY_DEVICE["NVIDIA H100 80GB HBM3"], mapped.tiles,
+                pass_=mapped.pass_, engine=engine, order=mapped.order, ctas=mapped.ctas)
+    print(f"{case.id} {engine}: {[k.name for k in p.kernels]}, {p.latency_s * 1e6:.2f} us, "
+          f"HBM read {p.bytes['hbm_read']:.0f} B")
+    assert p.latency_s > 0 and p.bytes["hbm_read"] > 0 and p.bytes["l2_read"] >= p.bytes["hbm_read"] * 0.5
+
+
+def test_moba_rows_with_another_block_size_are_refused():
+    row = {**described(NEW_CASES[2][0]), "moba_block_size": 256}
+    with pytest.raises(Unmapped, match="memsim's moba models blocks of 512, top-3"):
+        map_case(row)
+
+
+def test_moba_runner_runs_what_memsim_moba_models():
+    runners = pytest.importorskip("validation.runners")
+    from memsim.algorithms.moba import MOBA_BLOCK_SIZE, MOBA_TOP_K
+
+    assert (runners.MOBA_BLOCK_SIZE, runners.MOBA_TOP_K) == (MOBA_BLOCK_SIZE, MOBA_TOP_K)
+
+
+def test_flash2_backward_maps_its_dkdv_kernel_not_the_delta_kernel():
+    row = described(NEW_CASES[5][0])
+    assert [c["kernel"] for c in row["launch_configs"]] == ["_flash2_bwd_delta", "_flash2_bwd_dkdv", "_flash2_bwd_dq"]
+    row["launch_configs"] = row["launch_configs"][:1]
+    with pytest.raises(Unmapped, match="no _flash2_bwd_dkdv"):
+        map_case(row)
+
+
+def measure_only(only: str) -> list[Case]:
+    measure = pytest.importorskip("validation.measure")
+    import argparse
+
+    return measure.select(argparse.Namespace(suite="full", ours=",".join(NEW_KERNELS), only=only))
+
+
+def test_measure_selects_only_the_new_cases():
+    """The command validation/README.md gives for measuring them on the GPU."""
+    cases = measure_only(r"^(ring|moba|flash2_fp8|flash2_bwd)\.")
+    assert {c.kernel for c in cases} == set(NEW_KERNELS)
+    assert len(cases) == len([c for c in suite("full", NEW_KERNELS) if c.kernel in NEW_KERNELS])
+
+
+def test_measure_help_still_works():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "validation.measure", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and "--ours" in done.stdout and "--only" in done.stdout
+
+
+# The runners on tiny shapes, where kernels run (the interpreter on a CPU): fp16, which the interpreter runs.
+
+def reference(q, k, v, causal: bool):
+    """float64 attention, GQA by repeating K and V, queries aligned to the end of the keys."""
+    import torch
+
+    group = q.shape[1] // k.shape[1]
+    k, v = (x.double().repeat_interleave(group, dim=1) for x in (k, v))
+    s = q.double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        n, m = s.shape[-2:]
+        s = s.masked_fill(torch.ones(n, m, dtype=torch.bool, device=s.device).triu(m - n + 1), -math.inf)
+    return torch.softmax(s, dim=-1) @ v
+
+
+def one_set(case: Case):
+    runners = pytest.importorskip("validation.runners")
+    from kernel_checks import DEVICE
+
+    return runners.input_sets(case, device=DEVICE, count=1)[0]
+
+
+def test_ring_runner_is_one_step_of_exact_attention():
+    runners = pytest.importorskip("validation.runners")
+    for causal in (True, False):
+        case = Case("ring", 1, 2, 1, 40, 40, 64, causal, "fp16")
+        q, k, v = one_set(case)
+        o, lse = runners.kernel_call(case)(q, k, v)
+        error = (o.double() - reference(q, k, v, causal)).abs().max().item()
+        print(f"{case.id}: max |O - O_ref| = {error:.2e}")
+        assert error < 4e-3
+
+
+def test_moba_runner_launches_the_kernel_as_moba_attention_does(monkeypatch):
+    """Blocks of 32 and top-2 here, so that 128 keys hold 4 blocks and the gate chooses."""
+    runners = pytest.importorskip("validation.runners")
+    import torch
+    from kernels.block_sparse import launch_configs, moba_attention
+
+    monkeypatch.setattr(runners, "MOBA_BLOCK_SIZE", 32)
+    monkeypatch.setattr(runners, "MOBA_TOP_K", 2)
+    case = Case("moba", 1, 2, 1, 128, 128, 64, True, "fp16")
+    q, k, v = one_set(case)
+    o, lse = runners.kernel_call(case)(q, k, v)
+    block_m = launch_configs(q, k, v, block_size=32, top_k=2)[0].block_m
+    mask = runners.tile_gate_mask(q, k, block_m)
+    tiles = mask.view(1, 2, 128 // block_m, block_m, 4)
+    assert (tiles == tiles[:, :, :, :1]).all(), "every row of a query tile takes its tile's blocks"
+    chosen = mask.sum(dim=-1)
+    assert (chosen[:, :, :32] == 1).all() and (chosen[:, :, 32:] == 2).all(), "its own block, then the top-1"
+    o_op, lse_op = moba_attention(q, k, v, block_size=32, top_k=2, block_mask=mask, return_lse=True)
+    assert torch.equal(o, o_op) and torch.equal(lse, lse_op)
+
+
+def test_backward_runner_gives_the_gradients_of_its_saved_output():
+    runners = pytest.importorskip("validation.runners")
+    case = Case("flash2_bwd", 1, 2, 2, 48, 48, 64, True, "fp16")
+    q, k, v = one_set(case)
+    dq, dk, dv = runners.kernel_call(case)(q, k, v)
+    _, _, do = runners.backward_inputs(q, k, v, True)
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    reference(q64, k64, v64, True).backward(do.double())
+    errors = [(got.double() - want.grad).abs().max().item() for got, want in ((dq, q64), (dk, k64), (dv, v64))]
+    print(f"{case.id}: max |dQ|, |dK|, |dV| errors {errors}")
+    assert max(errors) < 1e-2
+
+
+def test_fp8_runner_quantises_once_and_attends(monkeypatch):
+    """fp16 output here (the interpreter runs no bf16); e4m3 keeps 3 mantissa bits, P too: a loose bound."""
+    runners = pytest.importorskip("validation.runners")
+    import torch
+
+    monkeypatch.setattr(runners, "FP8_OUT_DTYPE", torch.float16)
+    case = Case("flash2_fp8", 1, 2, 1, 40, 40, 64, True, "fp8")
+    q, k, v = one_set(case)
+    assert q.dtype == torch.bfloat16
+    call = runners.kernel_call(case)
+    o = call(q, k, v)
+    assert torch.equal(o, call(q, k, v))
+    error = (o.double() - reference(q, k, v, True)).abs().max().item()
+    print(f"{case.id}: max |O - O_ref| = {error:.3f}")
+    assert o.dtype == torch.float16 and error < 0.25

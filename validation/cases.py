@@ -7,7 +7,9 @@ joins range and kernel name with one).
 
 Kernels:
 - ours (kernels/): "flash2", "flash_decoding", "paged", "standard", "flash1", ... run the schedules
-  memsim models, with the launch configs they report;
+  memsim models, with the launch configs they report; "ring" (one Ring Attention step), "moba"
+  (MoBA's block-sparse attention), "flash2_fp8" (the e4m3 forward) and "flash2_bwd" (FlashAttention-2's
+  backward kernels alone) are measured the same way (validation/runners.py says what each call runs);
 - theirs: PyTorch SDPA's "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math" and
   "flex_attention", whose code memsim has never seen: launch configs are read from ncu.
 """
@@ -17,6 +19,9 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Case:
+    """One measured call. For "ring", q_len and kv_len are the local query block and the K/V block of one
+    step; for "flash2_bwd", the shape of the forward whose gradients the backward kernels compute."""
+
     kernel: str
     batch: int
     q_heads: int
@@ -79,6 +84,7 @@ MATH = [
 
 
 def _cases(kernel: str, shapes: list[tuple]) -> list[Case]:
+    """Shapes are Case's fields after the kernel, in order (a dtype last where it is not bf16)."""
     return [Case(kernel, *shape) for shape in shapes]
 
 
@@ -99,8 +105,53 @@ def suite(name: str, ours: tuple[str, ...] = ()) -> list[Case]:
     raise ValueError(f"unknown suite {name!r}; use third-party, full or smoke")
 
 
+# One Ring Attention step (kernels/ring.py): a rank's local queries against one K/V block of the same length, the
+# per-rank block of a sequence of world x N (1K to 16K per rank, e.g. 128K over 8 GPUs). c1 is the diagonal step
+# (the rank's own block, causal inside it), c0 a step with no mask (a bidirectional ring; in a causal ring every
+# earlier block loads the same tiles). Head dims 64 and 128, MHA and GQA.
+RING = [
+    (1, 16, 16, 1024, 1024, 64, False),
+    (1, 16, 16, 1024, 1024, 64, True),
+    (1, 32, 32, 4096, 4096, 128, False),
+    (1, 32, 32, 4096, 4096, 128, True),
+    (2, 32, 32, 4096, 4096, 64, True),
+    (1, 32, 8, 16384, 16384, 128, False),
+    (1, 32, 8, 16384, 16384, 128, True),
+]
+# MoBA (kernels/block_sparse.py) is causal over one sequence (q_len == kv_len); blocks of 512 keys, top-3
+# (validation/runners.py): from 4 blocks (2K) to 64 (32K), MHA and GQA.
+MOBA = [
+    (1, 16, 16, 2048, 2048, 64, True),
+    (1, 32, 32, 8192, 8192, 64, True),
+    (1, 32, 32, 8192, 8192, 128, True),
+    (1, 32, 8, 8192, 8192, 128, True),
+    (1, 16, 16, 32768, 32768, 128, True),
+]
+# The e4m3 forward (kernels/flash2_fp8.py): prefill shapes of PREFILL's range, dtype "fp8" in the id.
+FP8 = [(*shape, "fp8") for shape in (
+    (1, 16, 16, 1024, 1024, 64, False),
+    (1, 16, 16, 1024, 1024, 64, True),
+    (4, 32, 32, 4096, 4096, 128, False),
+    (4, 32, 32, 4096, 4096, 128, True),
+    (1, 32, 8, 4096, 4096, 128, True),
+    (1, 16, 16, 4096, 4096, 64, False),
+    (2, 16, 16, 16384, 16384, 128, True),
+)]
+# FlashAttention-2's backward kernels (kernels/flash2.py), MHA only: memsim's backward writes dK/dV per q head
+# where ours sums a GQA group in registers, so only MHA has the same key-block grid (validation/mapping.py).
+BACKWARD = [
+    (1, 16, 16, 1024, 1024, 64, False),
+    (1, 16, 16, 1024, 1024, 64, True),
+    (1, 16, 16, 4096, 4096, 128, False),
+    (1, 16, 16, 4096, 4096, 128, True),
+    (2, 32, 32, 4096, 4096, 64, True),
+    (2, 16, 16, 8192, 8192, 128, True),
+]
+
 # Our kernels: the decode ones on decode shapes; those that write N^2 intermediates (standard) or walk
-# every key block per (batch, head) in one CTA (flash1) on the small shapes.
+# every key block per (batch, head) in one CTA (flash1) on the small shapes; ring, MoBA, FP8 and the backward on
+# their lists above; the rest on PREFILL.
 OURS_SHAPES = {"flash_decoding": DECODE, "paged": DECODE, "flash_decoding_pp": DECODE, "kv_int8": DECODE,
                "standard": MATH, "flash1": MATH,
-               "linear": [s for s in PREFILL if not s[6]], "lightning": [s for s in PREFILL if s[6]]}
+               "linear": [s for s in PREFILL if not s[6]], "lightning": [s for s in PREFILL if s[6]],
+               "ring": RING, "moba": MOBA, "flash2_fp8": FP8, "flash2_bwd": BACKWARD}

@@ -39,20 +39,24 @@ class Row:
 
 
 def load_rows(results: Path) -> list[dict]:
-    """Every row of every measurements*.jsonl under `results` (a folder or one file)."""
+    """Every row of every measurements*.jsonl under `results` (a folder or one file), files read in name order.
+    A case measured again (same id in a later file: a kernel changed and was re-measured) replaces its earlier
+    row; the files themselves are never edited."""
     files = [results] if results.is_file() else sorted(results.glob("measurements*.jsonl"))
     if not files:
         raise MemsimError(f"no measurements*.jsonl under {results}; run validation/measure.py on a GPU first")
-    rows = []
+    rows: dict[str, dict] = {}
     for path in files:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
-    return rows
+            rows.pop(row.get("id", f"{path}:{number}"), None)  # a re-measured case goes to the end, as measured
+            rows[row.get("id", f"{path}:{number}")] = row
+    return list(rows.values())
 
 
 def measured(row: dict) -> dict:
@@ -66,9 +70,15 @@ def measured(row: dict) -> dict:
 
 
 def predicted(mapped: Mapped, gpu: str, engine: str) -> dict:
-    p = predict(mapped.algo, mapped.shape, gpu, mapped.tiles, engine=engine, order=mapped.order, ctas=mapped.ctas)
-    return {"hbm_read": p.bytes["hbm_read"], "hbm_write": p.bytes["hbm_write"], "l2_read": p.bytes["l2_read"],
-            "time": p.latency_s}
+    p = predict(mapped.algo, mapped.shape, gpu, mapped.tiles, pass_=mapped.pass_, engine=engine, order=mapped.order,
+                ctas=mapped.ctas)
+    kernels = [k for k in p.kernels if mapped.kernels is None or k.name in mapped.kernels]
+    if not kernels:
+        raise MemsimError(f"{mapped.algo} predicts no launch named {', '.join(mapped.kernels)}; it has "
+                          f"{', '.join(k.name for k in p.kernels)}")
+    return {"hbm_read": sum(k.bytes["hbm_read"] for k in kernels),
+            "hbm_write": sum(k.bytes["hbm_write"] for k in kernels),
+            "l2_read": sum(k.bytes["l2_read"] for k in kernels), "time": sum(k.latency_s for k in kernels)}
 
 
 def compare_row(args: tuple[dict, str]) -> Row:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from math import ceil
 
 from memsim.algorithms import ALGORITHMS
+from memsim.algorithms.moba import MOBA_BLOCK_SIZE, MOBA_TOP_K
 from memsim.hardware import load_gpu
 from memsim.workload import AttentionShape, TileConfig
 from memsim.workload.dtypes import bytes_per_element
@@ -23,6 +24,8 @@ class Mapped:
     order: str = "pid"
     ctas: int | None = None
     how: str = ""  # how the tiles were found, for the report
+    pass_: str = "fwd"  # memsim.predict's pass_: "bwd" for a case that runs backward kernels only
+    kernels: tuple[str, ...] | None = None  # memsim's launches that were measured (None: all of them)
 
 
 class Unmapped(Exception):
@@ -154,14 +157,63 @@ def map_case(row: dict) -> Mapped:
     return mapper(row)
 
 
+# Our kernel -> the launch whose tiles memsim's main kernel takes, where it is not the first with a BLOCK_M tile:
+# the backward's dK/dV kernel is FlashAttention-2's key-block CTA (BLOCK_N keys held, BLOCK_M query rows per step),
+# memsim.schedules.flash2_bwd's main kernel; the delta kernel before it has a BLOCK_M of rows too.
+MAIN_LAUNCH = {"flash2_bwd": "_flash2_bwd_dkdv"}
+
+# Where memsim's schedule and our kernel differ, what the prediction counts that the kernel does not, or the other
+# way round (appended to Mapped.how for the report).
+NOT_MODELLED = {
+    "ring": "one Ring Attention step is FlashAttention-2's forward over one K/V block: flash2 on (local queries, "
+            "block keys); c1 is the diagonal step, which memsim's causal alignment matches because the lengths are "
+            "equal; the merge launch is not measured",
+    "moba": "the gate runs outside the timed call (per query tile, as memsim assumes): only memsim's moba_attn "
+            "launch is compared (MEASURED_KERNELS), not its moba_pool and moba_gate",
+    "flash2_fp8": "flash2 on fp8 inputs: memsim writes O in fp8 where the kernel writes bf16 (predicted O bytes "
+                  "half) and does not count the per-block scales (4 bytes per 128 tokens of Q, K, V)",
+    "flash2_bwd": "memsim's flash2 backward is FlashAttention-2's CUDA one (preprocess, key-block kernel adding dQ "
+                  "with fp32 atomics, dQ convert); ours runs delta, dK/dV (same grid and tiles for MHA) and a dQ "
+                  "kernel that re-reads K and V per query block and recomputes S and dP (7 matmuls per tile pair "
+                  "against memsim's 5); memsim's preprocess takes BLOCK_M rows per CTA, the delta kernel 64",
+}
+
+
+# Our kernel -> memsim's launches that the measurement covers, where it does not cover all of them.
+MEASURED_KERNELS = {"moba": ("moba_attn",)}
+
+
+def _main_config(row: dict, configs: list[dict]) -> dict:
+    """The launch whose tiles memsim's main kernel takes: MAIN_LAUNCH's, else the first with a BLOCK_M tile
+    (not an init or combine pass)."""
+    name = MAIN_LAUNCH.get(row["kernel"])
+    if name is not None:
+        found = [c for c in configs if c["kernel"] == name]
+        if not found:
+            raise Unmapped(f"{row['kernel']}: no {name} among the recorded launches "
+                           f"{', '.join(c['kernel'] for c in configs)}")
+        return found[0]
+    return next((c for c in configs if c["block_m"] > 1), configs[0])
+
+
+def _check_moba(row: dict) -> None:
+    """memsim's "moba" models one block size and top-k (memsim.algorithms.moba): a row that ran others is refused."""
+    ran = (row.get("moba_block_size"), row.get("moba_top_k"))
+    if ran != (MOBA_BLOCK_SIZE, MOBA_TOP_K):
+        raise Unmapped(f"moba ran blocks of {ran[0]} keys, top-{ran[1]}; memsim's moba models blocks of "
+                       f"{MOBA_BLOCK_SIZE}, top-{MOBA_TOP_K}")
+
+
 def map_ours(row: dict, gpu: str = "H100-SXM5-80GB") -> Mapped:
-    """Our kernels record the launch configs they ran from (kernels.launch.LaunchConfig) in the row: the
-    main kernel's tiles (the first with a BLOCK_M tile: not an init or combine pass) replace the memsim
+    """Our kernels record the launch configs they ran from (kernels.launch.LaunchConfig) in the row, with the
+    memsim algorithm and pass that model them: the main kernel's tiles (_main_config) replace the memsim
     algorithm's defaults, which keep the rest (loop order)."""
     configs = row.get("launch_configs")
     if not configs:
         raise Unmapped(f"{row['kernel']}: no launch config recorded")
-    main = next((c for c in configs if c["block_m"] > 1), configs[0])
+    if row["kernel"] == "moba":
+        _check_moba(row)
+    main = _main_config(row, configs)
     algo = row.get("memsim_algo") or row["kernel"]
     shape = shape_of(row)
     base = ALGORITHMS[algo].default_tiles(load_gpu(gpu), shape)
@@ -169,4 +221,8 @@ def map_ours(row: dict, gpu: str = "H100-SXM5-80GB") -> Mapped:
                     num_warps=main["num_warps"],
                     num_stages=main["num_stages"], num_splits=row.get("num_splits") or base.num_splits,
                     page_size=row.get("page_size") or base.page_size)
-    return Mapped(algo, shape, tiles, how=f"the kernel's own launch config ({main['kernel']})")
+    how = f"the kernel's own launch config ({main['kernel']})"
+    if row["kernel"] in NOT_MODELLED:
+        how += f"; {NOT_MODELLED[row['kernel']]}"
+    return Mapped(algo, shape, tiles, how=how, pass_=row.get("memsim_pass") or "fwd",
+                  kernels=MEASURED_KERNELS.get(row["kernel"]))

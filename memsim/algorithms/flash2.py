@@ -71,7 +71,7 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = 
         "Q": Traffic.streamed(read=q_bytes),
         "K": Traffic.streamed(read=kv_streamed, hbm_read=kv_hbm),
         "V": Traffic.streamed(read=kv_streamed, hbm_read=kv_hbm),
-        "O": Traffic.streamed(write=q_bytes),
+        "O": Traffic.streamed(write=heads * shape.q_len * d * shape.out_element_bytes),
         "LSE": Traffic.streamed(write=heads * shape.q_len * ACCUMULATOR_BYTES),
     }
     return KernelCost(

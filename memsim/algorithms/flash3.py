@@ -15,9 +15,8 @@ from memsim.algorithms.base import Algorithm
 from memsim.algorithms import flash2_bwd
 from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
-from memsim.kernel import KernelCost, Traffic
+from memsim.kernel import KernelCost
 from memsim.occupancy import occupancy
-from memsim.workload.dtypes import BYTES_PER_ELEMENT
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
 
@@ -105,10 +104,7 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> KernelCos
     if shape.dtype == "fp8":
         # FA3 section 3.3: fp8 wgmma needs V k-major, so V tiles are transposed in shared memory (LDSM/STSM).
         smem["V tiles transposed"] = smem["V tiles"]
-        # hopper/flash_api.cpp: out_type = bf16 when q is float8_e4m3fn.
-        o = traffic["O"]
-        scale = BYTES_PER_ELEMENT["bf16"] / shape.element_bytes
-        traffic["O"] = Traffic(o.l2_read, o.l2_write * scale, o.hbm_read, o.hbm_write * scale)
+        # O is written in bf16 (AttentionShape.out_element_bytes, in FlashAttention-2's traffic already).
         notes.append("fp8: V transposed in shared memory, O written in bf16")
     cost = dataclasses.replace(cost, warps_per_cta=warps, registers_per_thread=registers_per_thread(warps),
                                smem_buffers=smem, traffic=traffic, notes=tuple(notes))

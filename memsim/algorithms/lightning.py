@@ -8,7 +8,8 @@ Per block t of B = BLOCK_M rows (Algorithm 1 of the paper):
 No feature map and no normaliser. Q, K, V are read once and O written once: no N^2 term.
 
 Grid batch x q_heads x num_splits, the value dimension split across CTAs as the paper's Triton
-kernel does (BLOCK_MODEL = min(next_pow2(d), 32) value columns per CTA, BLOCK = 64 rows): each
+kernel does (BLOCK_MODEL value columns per CTA, BLOCK = 64 rows; kernels/lightning.py takes 64 columns
+where the paper takes min(next_pow2(d), 32), and memsim models the matched kernel): each
 CTA holds KV as d x d/s fp32 on chip. The decay mask M, Lambda and lambda^(B-j) depend only on
 positions inside a block, so the kernel computes them once per CTA (exp of each element of M
 on the SFU) and applies them to every block with multiplies on CUDA cores.
@@ -27,7 +28,7 @@ from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
 
 BLOCK = 64  # rows per block in the paper's Triton kernel (lightning_attn2, BLOCK = 64)
-VALUE_COLUMNS = 32  # value columns per CTA there: BLOCK_MODEL = min(next_pow2(d), 32)
+VALUE_COLUMNS = 64  # value columns per CTA, as kernels/lightning.py (the paper's kernel: 32)
 
 ASSUMPTIONS = (
     "causal only; decay lambda per head (a scalar per head read by every CTA)",
@@ -46,7 +47,7 @@ def check_shape(shape: AttentionShape) -> None:
 
 
 def default_splits(head_dim: int) -> int:
-    """The paper kernel's value split: d / min(next_pow2(d), 32), rounded up."""
+    """The value split: d / min(next_pow2(d), VALUE_COLUMNS), rounded up."""
     width = min(1 << (head_dim - 1).bit_length(), VALUE_COLUMNS)
     return -(-head_dim // width)
 

@@ -76,17 +76,36 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
         for key in missed:
             l2.start_fetch(key, fetched)
         yield env.timeout(latency_s)
-        hbm = m.units["hbm"]
-        yield env.all_of([hbm.use(shared_bytes), hbm.use(private_bytes, cohort.weight)])
+        yield _both(env, m.units["hbm"].use(shared_bytes), m.units["hbm"].use(private_bytes, cohort.weight))
         for key, (nbytes, tensor) in missed.items():
             c.hbm_read[tensor] += nbytes
             m.write_back(l2.finish_fetch(key, nbytes, tensor))
         fetched.succeed()
     elif latency_s:
         yield env.timeout(latency_s)
-    if pending:
+    if len(pending) == 1:
+        yield pending[0]
+    elif pending:
         yield env.all_of(pending)
     yield m.units["l2"].use(deliver, cohort.weight)
+
+
+def _both(env: simpy.Environment, a: simpy.Event, b: simpy.Event) -> simpy.Event:
+    """An event for when a and b have both happened (one of them, when the other already has)."""
+    if a.triggered:
+        return b
+    if b.triggered:
+        return a
+    both, waiting = env.event(), [2]
+
+    def one_done(_event):
+        waiting[0] -= 1
+        if not waiting[0]:
+            both.succeed()
+
+    a.callbacks.append(one_done)
+    b.callbacks.append(one_done)
+    return both
 
 
 def store_tile(m: Machine, step: Store | Atomic, cohort: Cohort):
@@ -125,8 +144,8 @@ def mma(m: Machine, step: Mma, weight: int):
 def softmax(m: Machine, step: Vector, weight: int):
     m.counters.cuda_ops += (step.cuda_ops + step.exp_ops) * weight
     m.counters.exp_ops += step.exp_ops * weight
-    yield m.env.all_of([m.units["cuda"].use(m.cuda_seconds(step.cuda_ops), weight),
-                        m.units["sfu"].use(m.sfu_seconds(step.exp_ops), weight)])
+    yield _both(m.env, m.units["cuda"].use(m.cuda_seconds(step.cuda_ops), weight),
+                m.units["sfu"].use(m.sfu_seconds(step.exp_ops), weight))
 
 
 def smem_round_trip(m: Machine, step: SmemRoundTrip, weight: int):
@@ -186,32 +205,31 @@ def spans(iterations: int, batch: int) -> list[tuple[int, int]]:
 
 def run_loop(m: Machine, loop: Loop, cohort: Cohort, stages: int, batch: int):
     """Loads run up to `stages` (batches of) iterations ahead of compute: multi-buffered shared memory.
+    The load of span j + stages starts when the compute of span j has freed its buffer.
     Up to `batch` iterations are simulated as one (fast mode); 1 simulates every tile."""
     env = m.env
-    n = loop.iterations
-    spans_ = spans(n, batch)
-    free = simpy.Container(env, capacity=stages, init=stages)
-    ready = [env.event() for _ in spans_]
+    spans_ = spans(loop.iterations, batch)
 
-    def fetch(j: int, a: int, b: int):
-        yield from load_tiles(m, [loop.loads(i) for i in range(a, b)], cohort)
-        ready[j].succeed()
+    def fetch(a: int, b: int):
+        return load_tiles(m, [loop.loads(i) for i in range(a, b)], cohort)
 
-    def producer():
-        for j, (a, b) in enumerate(spans_):
-            yield free.get(1)
-            env.process(fetch(j, a, b))
-
-    env.process(producer())
+    if stages == 1:  # no prefetch: each load runs when the previous compute is done, as part of this process
+        fetches = []
+    else:
+        fetches = [env.process(fetch(a, b)) for a, b in spans_[:stages]]
     vector_chain = None
     for j, (a, b) in enumerate(spans_):
-        yield ready[j]
+        if stages == 1:
+            yield from fetch(a, b)
+        else:
+            yield fetches[j]
         steps = merge_steps([loop.compute(i) for i in range(a, b)])
         if loop.overlap_vector:
             vector_chain = yield from _overlapped(m, steps, cohort, vector_chain)
         else:
             yield from run_steps(m, steps, cohort)
-        yield free.put(1)
+        if stages > 1 and j + stages < len(spans_):
+            fetches.append(env.process(fetch(*spans_[j + stages])))
     if vector_chain is not None:
         yield vector_chain
 

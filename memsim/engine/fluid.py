@@ -32,6 +32,7 @@ class FluidResource:
         self._served_per_weight = 0.0  # the service clock
         self._last_s = env.now
         self._version = 0
+        self._timer_s = math.inf  # when the live timer fires (inf: none)
         self.busy_s = 0.0  # integral of utilisation (0..1) over time
         self.served = 0.0  # total amount served, weights included
         self.busy_intervals: list[tuple[float, float]] | None = None  # filled when tracing
@@ -48,7 +49,10 @@ class FluidResource:
         self._next_id += 1
         self._weight += weight
         self.served += amount * weight
-        self._reschedule()
+        # An arrival only slows the others down: a live timer then fires early, which is harmless (it finds
+        # nothing done and sets the next). A new timer is needed only when this request is the first to finish.
+        if self._timer_s == math.inf or self._queue[0][1] == self._next_id - 1:
+            self._reschedule()
         return done
 
     def busy_until_now(self) -> float:
@@ -70,10 +74,13 @@ class FluidResource:
     def _reschedule(self) -> None:
         self._version += 1
         if not self._queue:
+            self._timer_s = math.inf
             return
         remaining = self._queue[0][0] - self._served_per_weight
         version = self._version
-        timer = self.env.timeout(max(remaining, 0.0) / self._unit_rate())
+        delay_s = max(remaining, 0.0) / self._unit_rate()
+        self._timer_s = self.env.now + delay_s
+        timer = self.env.timeout(delay_s)
         timer.callbacks.append(lambda _event: self._on_timer(version))
 
     def _on_timer(self, version: int) -> None:

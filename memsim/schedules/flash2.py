@@ -50,7 +50,7 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
             prologue=(Load("Q", None, 0, rows * d * e),),
             loop=Loop(count, loads, compute, overlap_vector=overlap),
             epilogue=(Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
-                      Store("O", None, 0, rows * d * e), Store("LSE", None, 0, rows * ACCUMULATOR_BYTES)),
+                      Store("O", None, 0, rows * d * shape.out_element_bytes), Store("LSE", None, 0, rows * ACCUMULATOR_BYTES)),
         )
 
     def work_class(pid: int):

@@ -14,22 +14,9 @@ import dataclasses
 from memsim.algorithms import flash3 as closed_form
 from memsim.errors import MemsimError
 from memsim.schedules import flash2, flash2_bwd
-from memsim.schedules.steps import CtaProgram, Launch, Store
-from memsim.workload.dtypes import BYTES_PER_ELEMENT
+from memsim.schedules.steps import Launch
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
-
-
-def _output_in(program, scale: float):
-    """`program` with its O store scaled by `scale` (fp8 inputs write O in bf16)."""
-
-    def scaled(pid: int) -> CtaProgram:
-        p = program(pid)
-        epilogue = tuple(dataclasses.replace(s, bytes=s.bytes * scale) if isinstance(s, Store) and s.tensor == "O"
-                         else s for s in p.epilogue)
-        return dataclasses.replace(p, epilogue=epilogue)
-
-    return scaled
 
 
 def forward(shape: AttentionShape, tiles: TileConfig) -> Launch:
@@ -38,11 +25,9 @@ def forward(shape: AttentionShape, tiles: TileConfig) -> Launch:
     launch = flash2.forward(shape, tiles, name="flash3_fwd", overlap=True)
     warps = closed_form.warps_per_cta(tiles.block_m)
     smem = dict(launch.smem_buffers)
-    program = launch.program
-    if shape.dtype == "fp8":
+    if shape.dtype == "fp8":  # O in bf16 comes with FA2's schedule (AttentionShape.out_element_bytes)
         smem["V tiles transposed"] = smem["V tiles"]
-        program = _output_in(program, BYTES_PER_ELEMENT["bf16"] / shape.element_bytes)
-    return dataclasses.replace(launch, warps_per_cta=warps, smem_buffers=smem, program=program,
+    return dataclasses.replace(launch, warps_per_cta=warps, smem_buffers=smem,
                                registers_per_thread=closed_form.registers_per_thread(warps))
 
 

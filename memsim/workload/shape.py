@@ -53,6 +53,12 @@ class AttentionShape:
         return bytes_per_element(self.dtype)
 
     @property
+    def out_element_bytes(self) -> float:
+        """Bytes per element of the output O: fp8 attention writes O in bf16 (FlashAttention-3,
+        hopper/flash_api.cpp: out_type = bf16 for float8_e4m3fn inputs; kernels/flash2_fp8.py alike)."""
+        return bytes_per_element("bf16") if self.dtype == "fp8" else self.element_bytes
+
+    @property
     def kv_element_bytes(self) -> float:
         """Bytes per K or V element in HBM, scales of quantised formats included."""
         scale = SCALE_BYTES / self.kv_group_size if self.kv_dtype in QUANTISED_KV_DTYPES else 0.0
