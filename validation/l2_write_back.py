@@ -1,0 +1,108 @@
+"""How much written data an H100's L2 still holds dirty when a kernel ends (ncu does not count it).
+
+ncu's dram__bytes_write.sum counts what reaches HBM while the kernel runs; lines still dirty in L2
+when it ends are written later, outside the kernel (validation/results/h100: an FA2 forward writing
+8 MB of O shows almost no DRAM writes). This microbenchmark measures the amount directly: one kernel
+stores W bytes into a fresh buffer (nothing read; "write"), and one copies W bytes from another buffer
+("copy": reads stream through L2 as the writes land), for W from 1 MiB to 256 MiB, each inside its own
+NVTX range under ncu (--clock-control none; ncu flushes the caches before each kernel). The dirty
+data left at the end is W - dram__bytes_write: memsim's `l2_dirty_resident_bytes` ceiling. No
+attention kernel is involved: nothing here is fitted to the validation cases.
+
+    python3 validation/l2_write_back.py --out DIR         # on the GPU; runs ncu on itself
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+SIZES_MIB = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256)
+BLOCK = 4096
+
+
+@triton.jit
+def store_kernel(out_ptr, n_elements, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.full([BLOCK], 1.0, tl.float32), mask=offs < n_elements)
+
+
+@triton.jit
+def copy_kernel(in_ptr, out_ptr, n_elements, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.load(in_ptr + offs, mask=offs < n_elements), mask=offs < n_elements)
+
+
+def write(out: torch.Tensor) -> None:
+    n = out.numel()
+    store_kernel[(triton.cdiv(n, BLOCK),)](out, n, BLOCK=BLOCK, num_warps=8)
+
+
+def copy(src: torch.Tensor, out: torch.Tensor) -> None:
+    n = out.numel()
+    copy_kernel[(triton.cdiv(n, BLOCK),)](src, out, n, BLOCK=BLOCK, num_warps=8)
+
+
+def profile_pass() -> None:
+    """Under ncu: each size once, warmed up outside the profiled region."""
+    buffers = {mib: torch.empty(mib << 18, dtype=torch.float32, device="cuda") for mib in SIZES_MIB}  # 4 B each
+    sources = {mib: torch.ones_like(out) for mib, out in buffers.items()}
+    for mib, out in buffers.items():
+        write(out)
+        copy(sources[mib], out)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for mib, out in buffers.items():
+        torch.cuda.nvtx.range_push(f"write{mib}MiB")
+        write(out)
+        torch.cuda.nvtx.range_pop()
+        torch.cuda.nvtx.range_push(f"copy{mib}MiB")
+        copy(sources[mib], out)
+        torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile-pass", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.profile_pass:
+        profile_pass()
+        return 0
+    if args.out is None:
+        parser.error("--out DIR is required")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from validation import ncu
+
+    metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
+               "gpu__time_duration.sum"]
+    done = subprocess.run(ncu.command([sys.executable, __file__, "--profile-pass"], metrics),
+                          capture_output=True, text=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "l2-write-back-ncu.csv").write_text(done.stdout)
+    rows = []
+    for launch in ncu.parse(done.stdout):
+        kind = "copy" if launch["range"].startswith("copy") else "write"
+        written = int(launch["range"].removeprefix(kind).removesuffix("MiB")) << 20
+        dram = launch["dram__bytes_write.sum"]
+        rows.append({"kernel": kind, "written_bytes": written, "dram_write_bytes": dram,
+                     "dram_read_bytes": launch["dram__bytes_read.sum"], "dirty_at_end_bytes": written - dram,
+                     "l2_write_bytes": 32 * launch["lts__t_sectors_srcunit_tex_op_write.sum"],
+                     "time_s": launch["gpu__time_duration.sum"] * 1e-9})
+        print(f"{kind:5s} {written / 2**20:6.0f} MiB: DRAM writes {dram / 2**20:8.2f} MiB, "
+              f"dirty in L2 at the end {(written - dram) / 2**20:6.2f} MiB")
+    (args.out / "l2-write-back.json").write_text(json.dumps(
+        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+         "command": "python3 validation/l2_write_back.py --out DIR", "rows": rows}, indent=2))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
