@@ -41,9 +41,10 @@ def predict(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUS
 def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec | str = DEFAULT_GPU,
         tiles: TileConfig | None = None, pass_: str = "fwd", engine: str = "analytic", calibrated: bool = True,
         fast: bool = True, order: str = "pid", group: int = DEFAULT_GROUP, ctas: int | None = None,
-        trace: bool = False) -> tuple[Prediction, list]:
+        trace: bool = False, progress=None) -> tuple[Prediction, list]:
     """memsim.predict, with the simulated launches behind it (memsim.engine.LaunchResult; none for the
-    analytic model). `trace` keeps each unit's busy intervals for memsim.engine.trace."""
+    analytic model). `trace` keeps each unit's busy intervals for memsim.engine.trace; `progress(done,
+    total)` hears of CTAs as the discrete-event engine finishes them."""
     spec = gpu if isinstance(gpu, GPUSpec) else load_gpu(gpu)
     shape = shape or AttentionShape()
     alg = algorithm(algo)
@@ -61,7 +62,8 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if engine == "des":
         from memsim.engine.report import kernel_prediction
 
-        results, notes = _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace)
+        results, notes = _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace,
+                                   progress)
         kernels = tuple(kernel_prediction(r) for r in results)
     else:
         kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, k))
@@ -74,11 +76,11 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     return prediction, results
 
 
-def _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace):
+def _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace, progress=None):
     from memsim.engine import simulate
 
     if alg.schedule is None:
         raise MemsimError(f"{alg.name} has no discrete-event schedule yet; use --engine analytic")
     launches, notes = reorder(alg.schedule(shape, tiles, pass_), order, spec, shape, group, ctas)
-    return simulate(spec, ceilings, launches, fast=fast, trace=trace), notes
+    return simulate(spec, ceilings, launches, fast=fast, trace=trace, progress=progress), notes
 

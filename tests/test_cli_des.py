@@ -39,8 +39,8 @@ def test_trace_and_order_prediction_equals_the_plain_one():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--trace", "t.json"], ["--trace t.json needs --engine des"]),
-    (["--order", "swizzle"], ["--order swizzle needs --engine des"]),
+    (["--engine", "analytic", "--trace", "t.json"], ["--trace t.json needs --engine des"]),
+    (["--engine", "analytic", "--order", "swizzle"], ["--order swizzle needs --engine des"]),
     (["--engine", "des", "--compare", "flash2,flash1", "--trace", "t.json"], ["--trace takes one algorithm"]),
     (["--engine", "des", "--order", "swizzle", "--swizzle-group", "0"], ["swizzle group = 0"]),
     (["--engine", "des", "--order", "persistent", "--persistent-ctas", "-3"], ["persistent CTAs = -3"]),
@@ -76,7 +76,7 @@ def test_explain_prints_after_the_table(capsys, engine):
 def test_explain_in_json_and_compare(capsys):
     code, out, _ = run(capsys, "predict", *SMALL, "--explain", "--json")
     d = json.loads(out)
-    assert code == 0 and d["explain"] == explain(predict("flash2", AttentionShape(q_heads=4, q_len=1024)))
+    assert code == 0 and d["explain"] == explain(predict("flash2", AttentionShape(q_heads=4, q_len=1024), engine="des"))
     code, out, _ = run(capsys, "predict", *SMALL, "--explain", "--compare", "flash2,flash1")
     assert code == 0 and "flash2:" in out and "flash1:" in out
 

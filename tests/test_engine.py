@@ -75,3 +75,15 @@ def test_tile_that_does_not_fit_is_refused():
     from memsim.errors import MemsimError
     with pytest.raises(MemsimError, match="shared memory"):
         predict("flash2", AttentionShape(), engine="des", tiles=TileConfig(block_m=256, block_n=256, num_stages=4))
+
+
+def test_progress_counts_every_cta_of_every_launch_once_in_order():
+    """memsim predict's progress bar: CTAs done never go back and end at the launches' total."""
+    from memsim.schedules import standard
+    shape = AttentionShape(batch=1, q_heads=4, q_len=512)
+    launches = standard.forward(shape, TileConfig(), H100.smem_per_block_optin_bytes)  # three launches
+    seen = []
+    simulate(H100, H100.ceilings(), launches, progress=lambda done, total: seen.append((done, total)))
+    total = sum(launch.grid for launch in launches)
+    assert seen and all(t == total for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == total

@@ -15,6 +15,7 @@ from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
 from memsim.cli import capacity as capacity_cli, render, run as run_cli, sweep as sweep_cli, validate
+from memsim.cli.progress import ctas_progress
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,7 +44,9 @@ def cli():
 @click.option("--splits", type=int, help="KV splits (Flash-Decoding).")
 @click.option("--page-size", type=int, help="Tokens per KV-cache page (paged attention).")
 @click.option("--pass", "pass_", default="fwd", show_default=True, type=click.Choice(PASSES))
-@click.option("--engine", default="analytic", show_default=True, type=click.Choice(ENGINES))
+@click.option("--engine", default="des", show_default=True, type=click.Choice(ENGINES),
+              help="des: the discrete-event simulation (seconds to minutes on large causal shapes); "
+                   "analytic: the closed-form model, at once.")
 @click.option("--peak", is_flag=True, help="Use datasheet peaks instead of the GPU's measured ceilings.")
 @click.option("--compare", help="Comma-separated algorithms to show side by side, e.g. standard,flash1,flash2.")
 @click.option("--order", default="pid", show_default=True, type=click.Choice(ORDERS),
@@ -69,8 +72,9 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     results, runs = [], []
     for a in algos:
         tiles = resolve_tiles(spec, a, shape, **overrides)
-        p, runs = run(a, shape, spec, tiles, pass_, engine, not peak, order=order, group=swizzle_group,
-                      ctas=persistent_ctas, trace=bool(trace_path))
+        with ctas_progress(f"simulating {a}", enabled=engine == "des") as progress:
+            p, runs = run(a, shape, spec, tiles, pass_, engine, not peak, order=order, group=swizzle_group,
+                          ctas=persistent_ctas, trace=bool(trace_path), progress=progress)
         results.append(p)
     if trace_path:
         from memsim.engine.trace import write_trace

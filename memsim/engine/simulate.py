@@ -38,23 +38,42 @@ _SCALARS = ("tensor_flops", "cuda_ops", "exp_ops", "smem_bytes")
 
 
 def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: bool = True,
-             trace: bool = False) -> list[LaunchResult]:
-    """Each launch starts with a cold L2 (as under ncu) after one launch overhead."""
+             trace: bool = False, progress=None) -> list[LaunchResult]:
+    """Each launch starts with a cold L2 (as under ncu) after one launch overhead.
+    `progress(ctas_done, ctas_total)`, if given, is called as CTAs finish (over all launches)."""
     results = []
     clock_s = 0.0
+    total = sum(launch.grid for launch in launches)
+    counted = Progress(progress, total)
     for launch in launches:
         occ = occupancy(gpu, launch.smem_bytes_per_cta, launch.warps_per_cta, launch.registers_per_thread,
                         launch.grid, launch.name)
         batch = batch_size(longest_loop(launch), fast, occ.waves, launch.grid)
-        result = _extrapolated(gpu, ceilings, launch, occ, batch, clock_s) if fast and not trace else None
+        result = _extrapolated(gpu, ceilings, launch, occ, batch, clock_s, counted) if fast and not trace else None
         if result is None:
-            result, _ = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s)
+            result, _ = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=counted)
+        counted.launch_done(launch.grid)
         results.append(result)
         clock_s = result.end_s
     return results
 
 
-def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, watch: bool = False):
+class Progress:
+    """CTAs finished over a list of launches, reported to a callback (or to nobody)."""
+
+    def __init__(self, callback, total: int):
+        self.callback, self.total, self.before = callback, total, 0  # CTAs of the launches already done
+
+    def ctas_done(self, in_launch: int) -> None:
+        if self.callback is not None:
+            self.callback(min(self.total, self.before + in_launch), self.total)
+
+    def launch_done(self, grid: int) -> None:
+        self.before += grid
+        self.ctas_done(0)
+
+
+def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, watch: bool = False, counted=None):
     """Simulate one launch; with `watch`, snapshot the machine each time CTAs finish."""
     env = simpy.Environment(initial_time=clock_s + ceilings.launch_overhead_s)
     m = Machine(env, gpu, ceilings, trace=trace)
@@ -64,10 +83,13 @@ def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, watch: bool = 
 
     def on_finish(cohort):
         done[0] += cohort.weight
-        snapshots.append(_snapshot(m, done[0]))
+        if watch:
+            snapshots.append(_snapshot(m, done[0]))
+        if counted is not None:
+            counted.ctas_done(done[0])
 
     start = env.now
-    env.run(env.process(run_launch(m, launch, occ, fast, cohorts, batch, on_finish if watch else None)))
+    env.run(env.process(run_launch(m, launch, occ, fast, cohorts, batch, on_finish)))
     end = env.now
     m.counters.flush(m.l2.flush())  # the next kernel starts cold, as under ncu
     result = LaunchResult(
@@ -85,12 +107,12 @@ def _snapshot(m: Machine, done_ctas: int) -> extrapolate.Snapshot:
     return extrapolate.Snapshot(done_ctas, m.env.now, flat, {u: m.units[u].busy_until_now() for u in UNITS})
 
 
-def _extrapolated(gpu, ceilings, launch, occ, batch, clock_s) -> LaunchResult | None:
+def _extrapolated(gpu, ceilings, launch, occ, batch, clock_s, counted=None) -> LaunchResult | None:
     grid = extrapolate.short_grid(launch, occ.slots)
     if grid is None:
         return None
     result, snapshots = _run(gpu, ceilings, extrapolate.shortened(launch, grid), occ, True, batch, False,
-                             clock_s, watch=True)
+                             clock_s, watch=True, counted=counted)
     rate = extrapolate.steady_rate(snapshots, occ.slots)
     if rate is None:
         return None
