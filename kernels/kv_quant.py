@@ -64,8 +64,8 @@ def check_quantization(x: Tensor, bits: int, group_size: int) -> None:
     if bits not in CODE_MAX:
         raise ValueError(f"bits = {bits}; expected 8 or 4")
     head_dim = x.shape[-1]
-    if group_size < 1 or head_dim % group_size:
-        raise ValueError(f"group_size = {group_size} does not divide head dim {head_dim}; pass a divisor "
+    if group_size < 1 or group_size & (group_size - 1) or head_dim % group_size:
+        raise ValueError(f"group_size = {group_size}: expected a power of two that divides head dim {head_dim} "
                          f"(32, 64 or 128 for the usual head dims)")
     if bits == 4 and head_dim % 2:
         raise ValueError(f"head dim = {head_dim} is odd; 4-bit codes pack pairs along D, so it must be even")
@@ -122,10 +122,15 @@ def dequantize_kv(kv: QuantizedKV, dtype: torch.dtype | None = None) -> Tensor:
 # ---- the decode kernel ------------------------------------------------------------------------------
 
 @triton.jit
-def _dequantized_tile(codes_ptr, scales_ptr, keys64, tile_ok, dims,
+def _dequantized_tile(codes_ptr, scales_ptr, keys64, key_ok, tile_ok, dims,
                       stride_cn, stride_cd, stride_sn, stride_sg,
-                      BITS: tl.constexpr, GROUP_SIZE: tl.constexpr):
-    """[BLOCK_N, BLOCK_D] fp32 values code x scale of the keys keys64 (int64) of one head; 0 where masked."""
+                      BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_N, BLOCK_D] fp32 values code x scale of the keys keys64 (int64) of one head; 0 where masked.
+
+    Each key's D / GROUP_SIZE scales are loaded once and broadcast over their groups (GROUP_SIZE a power of two,
+    kernels.kv_quant.check_quantization). Gathering one scale per element instead took 16 scalar loads for every
+    vectorised load of codes and held the int8 decode at 15% of the H100's copy bandwidth at 32K context (52%
+    now: validation/results/h100/kernel-bench-decode-2026-11-22.txt)."""
     if BITS == 8:
         codes = tl.load(codes_ptr + keys64[:, None] * stride_cn + dims[None, :] * stride_cd,
                         mask=tile_ok, other=0).to(tl.float32)
@@ -134,9 +139,12 @@ def _dequantized_tile(codes_ptr, scales_ptr, keys64, tile_ok, dims,
                          mask=tile_ok, other=0).to(tl.int32)
         nibble = (packed >> ((dims % 2) * 4)[None, :]) & 0xF
         codes = tl.where(nibble >= 8, nibble - 16, nibble).to(tl.float32)
-    scales = tl.load(scales_ptr + keys64[:, None] * stride_sn + (dims // GROUP_SIZE)[None, :] * stride_sg,
-                     mask=tile_ok, other=0.0).to(tl.float32)
-    return codes * scales
+    GROUPS: tl.constexpr = BLOCK_D // GROUP_SIZE
+    groups = tl.arange(0, GROUPS)
+    scales = tl.load(scales_ptr + keys64[:, None] * stride_sn + groups[None, :] * stride_sg,
+                     mask=key_ok[:, None] & (groups * GROUP_SIZE < HEAD_DIM)[None, :], other=0.0).to(tl.float32)
+    values = tl.reshape(codes, (codes.shape[0], GROUPS, GROUP_SIZE)) * scales[:, :, None]
+    return tl.reshape(values, (codes.shape[0], BLOCK_D))
 
 
 @triton.jit
@@ -167,12 +175,13 @@ def quant_decode_split(q_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, o_ptr, lse_ptr,
     start, end = _split_range(split, kv_len, keys_per_split)
     for n0 in range(start, end, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
-        tile_ok = (keys < end)[:, None] & (dims[None, :] < HEAD_DIM)
+        key_ok = keys < end
+        tile_ok = key_ok[:, None] & (dims[None, :] < HEAD_DIM)
         keys64 = keys.to(tl.int64)
-        k = _dequantized_tile(kc_head, ks_head, keys64, tile_ok, dims, stride_kcn, stride_kcd, stride_ksn,
-                              stride_ksg, K_BITS, K_GROUP).to(q.dtype)
-        v = _dequantized_tile(vc_head, vs_head, keys64, tile_ok, dims, stride_vcn, stride_vcd, stride_vsn,
-                              stride_vsg, V_BITS, V_GROUP).to(q.dtype)
+        k = _dequantized_tile(kc_head, ks_head, keys64, key_ok, tile_ok, dims, stride_kcn, stride_kcd, stride_ksn,
+                              stride_ksg, K_BITS, K_GROUP, HEAD_DIM, BLOCK_D).to(q.dtype)
+        v = _dequantized_tile(vc_head, vs_head, keys64, key_ok, tile_ok, dims, stride_vcn, stride_vcd, stride_vsn,
+                              stride_vsg, V_BITS, V_GROUP, HEAD_DIM, BLOCK_D).to(q.dtype)
         s = _visible_scores(q, k, keys, end, last_key, qk_scale_log2, CAUSAL, IEEE)
         m, l, acc = _online_softmax_step(s, v, m, l, acc, IEEE)
     _store_rows(o_ptr, lse_ptr, acc, m, l, b, head, query, split, row_ok,

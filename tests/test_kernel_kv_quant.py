@@ -133,7 +133,8 @@ def test_launch_configs_are_what_runs(num_splits):
 @pytest.mark.parametrize("call, message", [
     (lambda x: quantize_kv(x, bits=3), "bits = 3"),
     (lambda x: quantize_kv(x, group_size=24), "group_size = 24"),
-    (lambda x: quantize_kv(x[..., :15], bits=4, group_size=5), "odd"),
+    (lambda x: quantize_kv(x[..., :15], bits=4, group_size=1), "odd"),
+    (lambda x: quantize_kv(x[..., :24], group_size=12), "group_size = 12: expected a power of two"),
     (lambda x: quantize_kv(x.double()), "float16, bfloat16 or float32"),
     (lambda x: quantize_kv(x, scale_dtype=torch.bfloat16), "scale_dtype"),
 ])
