@@ -5,7 +5,7 @@ from pathlib import Path
 from validation.compare import FIELDS, Row
 
 LABELS = {"hbm_read": "HBM bytes read", "hbm_write": "HBM bytes written", "l2_read": "L2 -> SM bytes read",
-          "time": "time (s)"}
+          "time": "time of the call (s)", "kernel_time": "GPU time of its kernels (s)"}
 
 
 def _pyplot():
@@ -19,7 +19,7 @@ def _pyplot():
 
 def predicted_vs_measured(rows: list[Row], path: Path, title: str) -> Path:
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 10))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 10))
     kernels = sorted({r.kernel for r in rows if not r.skipped})
     colours = {k: plt.cm.tab10(i % 10) for i, k in enumerate(kernels)}
     for ax, name in zip(axes.flat, FIELDS):
@@ -40,6 +40,8 @@ def predicted_vs_measured(rows: list[Row], path: Path, title: str) -> Path:
         ax.set_xlabel(f"measured {LABELS[name]}")
         ax.set_ylabel(f"predicted {LABELS[name]}")
         ax.grid(True, which="both", alpha=0.25)
+    for ax in axes.flat[len(FIELDS):]:
+        ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
