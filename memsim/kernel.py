@@ -17,11 +17,13 @@ class Traffic:
     l2_read: float = 0.0  # L2 -> SM
     l2_write: float = 0.0  # SM -> L2
     hbm_read: float = 0.0  # HBM -> L2
-    hbm_write: float = 0.0  # L2 -> HBM (dirty lines written back)
+    hbm_write: float = 0.0  # L2 -> HBM (dirty lines written back during the kernel)
+    hbm_write_deferred: float = 0.0  # still dirty in L2 when the kernel ends (memsim.writes)
 
     def __add__(self, other: "Traffic") -> "Traffic":
         return Traffic(self.l2_read + other.l2_read, self.l2_write + other.l2_write,
-                       self.hbm_read + other.hbm_read, self.hbm_write + other.hbm_write)
+                       self.hbm_read + other.hbm_read, self.hbm_write + other.hbm_write,
+                       self.hbm_write_deferred + other.hbm_write_deferred)
 
     @staticmethod
     def streamed(read: float = 0.0, write: float = 0.0, hbm_read: float | None = None) -> "Traffic":

@@ -9,6 +9,7 @@ from memsim.result import KernelPrediction, Prediction
 from memsim.roofline import kernel_time
 from memsim.schedules.orders import DEFAULT_GROUP, reorder
 from memsim.workload import AttentionShape, TileConfig
+from memsim.writes import with_resident_writes
 
 ENGINES = ("analytic", "des")
 
@@ -66,7 +67,7 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
                                    progress)
         kernels = tuple(kernel_prediction(r) for r in results)
     else:
-        kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, k))
+        kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, with_resident_writes(k, ceilings, spec.l2_bytes)))
                         for k in alg.kernels(spec, shape, tiles, pass_))
     prediction = Prediction(
         gpu=spec.name, algo=alg.name, pass_=pass_, engine=engine, ceilings=ceilings.origin,

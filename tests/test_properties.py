@@ -39,7 +39,8 @@ def test_never_below_the_compulsory_bytes(case):
     p = predict(name, shape, H100)
     must_read, must_write = compulsory(shape)
     assert p.bytes["hbm_read"] >= must_read * (1 - 1e-9), (name, p.bytes, must_read)
-    assert p.bytes["hbm_write"] >= must_write * (1 - 1e-9), (name, p.bytes, must_write)
+    written = p.bytes["hbm_write"] + p.bytes["hbm_write_deferred"]  # during the kernel, or dirty in L2 after it
+    assert written >= must_write * (1 - 1e-9), (name, p.bytes, must_write)
     assert p.bytes["l2_read"] >= must_read * (1 - 1e-9)
 
 

@@ -4,7 +4,10 @@ Granularity is the tile a schedule names, not the 128-byte line: CTAs that read 
 same tile read the same lines. A request for a tile whose fetch from HBM is still in
 flight waits for that fetch and counts as a hit (the miss-status registers merge it).
 Dirty tiles are written back to HBM when evicted, or when the kernel ends (ncu flushes
-the cache between kernels, so each kernel starts cold: DESIGN.md).
+the cache between kernels, so each kernel starts cold: DESIGN.md). With `dirty_limit_bytes`
+(the GPU's calibrated `l2_dirty_resident_bytes`), no more than that stays dirty: the oldest
+dirty tiles are written back, and stay clean, as newer ones are written (memsim.writes says
+the same for the analytic model).
 """
 
 from collections import OrderedDict
@@ -14,11 +17,14 @@ import simpy
 
 
 class L2Cache:
-    def __init__(self, capacity_bytes: float):
+    def __init__(self, capacity_bytes: float, dirty_limit_bytes: float | None = None):
         self.capacity_bytes = capacity_bytes
+        self.dirty_limit_bytes = dirty_limit_bytes
         self._lines: OrderedDict[Hashable, list] = OrderedDict()  # key -> [bytes, dirty, tensor]
+        self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # dirty keys, oldest write first
         self._inflight: dict[Hashable, simpy.Event] = {}
         self.used_bytes = 0.0
+        self.dirty_bytes = 0.0
 
     def lookup(self, key: Hashable) -> bool | simpy.Event:
         """True on a hit (and the tile becomes most recent), the pending fetch's event, or False on a miss."""
@@ -37,28 +43,54 @@ class L2Cache:
         return self.insert(key, nbytes, tensor, dirty=False)
 
     def insert(self, key: Hashable, nbytes: float, tensor: str, dirty: bool) -> list[tuple[str, float]]:
+        """Install or overwrite a tile; returns the dirty (tensor, bytes) written back to make room."""
         line = self._lines.get(key)
         if line is not None:
             self.used_bytes -= line[0]
+            if line[1]:
+                self._clean(key, line)
             dirty = dirty or line[1]
-        self._lines[key] = [nbytes, dirty, tensor]
+        line = [nbytes, False, tensor]
+        self._lines[key] = line
         self._lines.move_to_end(key)
         self.used_bytes += nbytes
-        return self._evict()
+        if dirty:
+            line[1] = True
+            self._dirty[key] = None
+            self.dirty_bytes += nbytes
+        return self._evict() + self._write_back_oldest()
+
+    def _clean(self, key: Hashable, line: list) -> None:
+        line[1] = False
+        self._dirty.pop(key, None)
+        self.dirty_bytes -= line[0]
 
     def _evict(self) -> list[tuple[str, float]]:
         written_back = []
         while self.used_bytes > self.capacity_bytes and len(self._lines) > 1:
-            _, (nbytes, dirty, tensor) = self._lines.popitem(last=False)
-            self.used_bytes -= nbytes
-            if dirty:
-                written_back.append((tensor, nbytes))
+            key, line = self._lines.popitem(last=False)
+            self.used_bytes -= line[0]
+            if line[1]:
+                self._clean(key, line)
+                written_back.append((line[2], line[0]))
+        return written_back
+
+    def _write_back_oldest(self) -> list[tuple[str, float]]:
+        """Above the dirty limit, the oldest dirty tiles go to HBM and stay in L2, clean."""
+        written_back = []
+        while self.dirty_limit_bytes is not None and self.dirty_bytes > self.dirty_limit_bytes and len(self._dirty) > 1:
+            key = next(iter(self._dirty))
+            line = self._lines[key]
+            self._clean(key, line)
+            written_back.append((line[2], line[0]))
         return written_back
 
     def flush(self) -> list[tuple[str, float]]:
         """Empty the cache (kernel end); returns the dirty (tensor, bytes) written back."""
         dirty = [(tensor, nbytes) for nbytes, is_dirty, tensor in self._lines.values() if is_dirty]
         self._lines.clear()
+        self._dirty.clear()
         self._inflight.clear()
         self.used_bytes = 0.0
+        self.dirty_bytes = 0.0
         return dirty

@@ -65,7 +65,7 @@ class Machine:
             for unit in self.units.values():
                 unit.busy_intervals = []
         self.smem_bytes_per_s = SMEM_BYTES_PER_CLK_PER_SM * gpu.clock_hz * gpu.sm_count
-        self.l2 = L2Cache(gpu.l2_bytes)
+        self.l2 = L2Cache(gpu.l2_bytes, ceilings.l2_dirty_resident_bytes)
         self.counters = Counters()
 
     def tensor_seconds(self, flops: float, dtype: str) -> float:

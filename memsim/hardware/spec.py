@@ -34,6 +34,9 @@ class Calibration:
     cuda_core_fp32_flops_per_s: float | None = None
     sfu_ops_per_s: float | None = None
     launch_overhead_s: float | None = None
+    # Written bytes an attention kernel leaves dirty in L2 when it ends (ncu does not see them reach HBM). Not a
+    # microbenchmark ceiling: fitted on the calibration subset of validation/results (memsim.writes).
+    l2_dirty_resident_bytes: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -50,6 +53,7 @@ class Ceilings:
     cuda_core_fp32_flops_per_s: float
     sfu_ops_per_s: float
     launch_overhead_s: float
+    l2_dirty_resident_bytes: float | None = None  # None: every written byte reaches HBM during the kernel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,4 +130,5 @@ class GPUSpec:
             cuda_core_fp32_flops_per_s=measured("cuda_core_fp32_flops_per_s"),
             sfu_ops_per_s=measured("sfu_ops_per_s"),
             launch_overhead_s=measured("launch_overhead_s"),
+            l2_dirty_resident_bytes=cal.l2_dirty_resident_bytes,
         )
