@@ -78,6 +78,20 @@ def test_cudnn_prefill_runs_on_a_persistent_grid_of_one_cta_per_sm():
     assert (mapped.algo, mapped.order, mapped.ctas) == ("flash3", "persistent", 132)
 
 
+def test_cudnn_causal_prefill_is_scheduled_dynamically_one_cta_per_sm():
+    """Dynamic tile scheduling on a persistent grid of one CTA per SM = first-free-slot dispatch."""
+    from memsim.hardware import load_gpu
+    from memsim.occupancy import occupancy
+    from memsim.schedules.flash3 import forward
+    from memsim.algorithms import flash3
+    mapped = map_case(row("sdpa_cudnn.b2h16k16n16384m16384d128c1.bf16"))
+    assert (mapped.algo, mapped.order, mapped.ctas) == ("flash3", "pid", None)
+    h100 = load_gpu("H100-SXM5-80GB")
+    launch = forward(mapped.shape, flash3.default_tiles(h100, mapped.shape))
+    assert occupancy(h100, launch.smem_bytes_per_cta, launch.warps_per_cta, launch.registers_per_thread,
+                     launch.grid, launch.name).slots == 132
+
+
 def test_failed_cases_are_not_mapped_and_say_why():
     with pytest.raises(Unmapped, match="No available kernel"):
         map_case(row("sdpa_efficient.b1h32k8n4096m4096d128c0.bf16"))

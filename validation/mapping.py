@@ -105,13 +105,21 @@ def map_sdpa_flash(row: dict) -> Mapped:
 
 def map_sdpa_cudnn(row: dict) -> Mapped:
     """cuDNN's sm90 kernel: warp-specialised (384 threads = producer + 2 consumer warpgroups) on a
-    persistent grid of one CTA per SM: memsim's flash3 on a persistent grid. Its decode path is an
-    sm80 split kernel like FA2's."""
+    persistent grid of one CTA per SM: memsim's flash3 on a persistent grid. Causal: tiles of unequal
+    length go to whichever CTA asks next, as FlashAttention-3 does (hopper/flash_fwd_launch_template.h:
+    DynamicPersistentTileScheduler when causal or local, StaticPersistentTileScheduler otherwise); with
+    one CTA per SM that is the hardware's own first-free-slot dispatch, memsim's program-id order (a
+    static stride lets CTAs drift onto many heads at once: 10x the measured HBM reads at N=16384). Its
+    decode path is an sm80 split kernel like FA2's."""
     shape = shape_of(row)
     launches = main_launches(row)
     if shape.q_len == 1:
         return _decode(row, shape, launches, "cuDNN sm80 decode")
     grid = int(launches[0]["launch__grid_size"])
+    if shape.causal:
+        return Mapped("flash3", shape, None, how=f"FA3 tiles (memsim default), tiles handed to whichever of the "
+                                                 f"{grid} persistent CTAs is free (dynamic scheduler): "
+                                                 f"program-id dispatch")
     return Mapped("flash3", shape, None, order="persistent", ctas=grid,
                   how=f"FA3 tiles (memsim default), persistent grid of {grid} CTAs")
 
