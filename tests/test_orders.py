@@ -211,3 +211,24 @@ def test_bad_orders_raise_one_line(call, words):
     assert "\n" not in str(err.value)
     for w in words:
         assert w in str(err.value)
+
+
+def test_causal_persistent_grid_hands_items_to_the_first_free_cta():
+    """FlashAttention-3's DynamicPersistentTileScheduler (causal): with as many CTAs as fit, that is the block
+    scheduler's own dispatch; with fewer, no more than that many ever run at once."""
+    run = run_prediction
+    shape = AttentionShape(batch=1, q_heads=8, q_len=2048, causal=True)
+    pid, _ = run("flash3", shape, engine="des")
+    full, _ = run("flash3", shape, engine="des", order="persistent")
+    assert full.latency_s == pid.latency_s and full.bytes == pid.bytes
+    assert any("next work item when it is free" in note for note in full.assumptions)
+    half, launches = run("flash3", shape, engine="des", order="persistent", ctas=66)
+    assert half.latency_s > pid.latency_s
+    events = sorted([(c.start_s, c.weight) for c in launches[0].cohorts] + [(c.end_s, -c.weight)
+                                                                             for c in launches[0].cohorts],
+                    key=lambda e: (e[0], e[1]))  # ends before starts at the same instant
+    running, most = 0, 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    assert most == 66 and launches[0].occupancy.slots == 66

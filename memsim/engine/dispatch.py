@@ -30,9 +30,9 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
     `on_finish(cohort)` is called as each cohort ends."""
     env = m.env
     free = simpy.Store(env)
-    for _ in range(occ.ctas_per_sm):
-        for sm in range(m.gpu.sm_count):
-            free.put(sm)
+    slots = occ.slots if launch.resident_ctas is None else min(occ.slots, launch.resident_ctas)
+    for slot in range(slots):  # breadth first: one CTA on every SM before a second on any
+        free.put(slot % m.gpu.sm_count)
     order = launch.order or (lambda i: i)
     running: list[simpy.Process] = []
     position = 0

@@ -1,6 +1,8 @@
 """Run a list of kernel launches through the discrete-event model; results per launch."""
 
+import dataclasses
 from dataclasses import dataclass
+from math import ceil
 
 import simpy
 
@@ -46,8 +48,8 @@ def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: boo
     total = sum(launch.grid for launch in launches)
     counted = Progress(progress, total)
     for launch in launches:
-        occ = occupancy(gpu, launch.smem_bytes_per_cta, launch.warps_per_cta, launch.registers_per_thread,
-                        launch.grid, launch.name)
+        occ = resident(launch, occupancy(gpu, launch.smem_bytes_per_cta, launch.warps_per_cta,
+                                         launch.registers_per_thread, launch.grid, launch.name))
         batch = batch_size(longest_loop(launch), fast, occ.waves, launch.grid)
         result = _extrapolated(gpu, ceilings, launch, occ, batch, clock_s, counted) if fast and not trace else None
         if result is None:
@@ -56,6 +58,14 @@ def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: boo
         results.append(result)
         clock_s = result.end_s
     return results
+
+
+def resident(launch: Launch, occ: Occupancy) -> Occupancy:
+    """The launch's occupancy with at most launch.resident_ctas CTAs resident (a dynamic persistent grid)."""
+    cap = launch.resident_ctas
+    if cap is None or cap >= occ.slots:
+        return occ
+    return dataclasses.replace(occ, slots=cap, waves=ceil(launch.grid / cap), limiter="persistent grid")
 
 
 class Progress:

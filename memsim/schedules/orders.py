@@ -81,6 +81,16 @@ def persistent(launch: Launch, ctas: int) -> Launch:
                                loop_iterations=longest)
 
 
+def persistent_dynamic(launch: Launch, ctas: int) -> Launch:
+    """A persistent grid of `ctas` CTAs whose work items go, in dispatch order, to whichever CTA is free
+    (an atomic tile counter: FlashAttention-3's DynamicPersistentTileScheduler, used when causal or local
+    because items differ in length, hopper/flash_fwd_launch_template.h). Item by item this is the block
+    scheduler's own first-free-slot dispatch with at most `ctas` resident (a CTA's next item starts as its
+    last ends, and the per-item launch cost the persistent loop saves is not modelled)."""
+    _positive("persistent CTAs", ctas)
+    return dataclasses.replace(launch, resident_ctas=min(ctas, launch.grid))
+
+
 def _chained_length(launch: Launch, pids: list[int]) -> int:
     """Iterations of the loop `chained` builds from these work items."""
     programs = [launch.program(pid) for pid in pids]
@@ -133,7 +143,9 @@ def reorder(launches: list[Launch], order: str, gpu: GPUSpec, shape: AttentionSh
     swizzle: a row is one (batch, head), its columns the CTAs of that head, since memsim's schedules
     number program ids tile-fastest (pid = tile + tiles * (batch * heads + head)); a launch whose
     grid is not whole rows of q heads (or of K/V heads) keeps program-id order. persistent: `ctas`
-    CTAs, by default as many as fit on the GPU at once."""
+    CTAs, by default as many as fit on the GPU at once, each taking every ctas-th item (static), or,
+    for a causal or windowed shape whose items differ in length, the next item when it is free
+    (dynamic, as FlashAttention-3)."""
     if order not in ORDERS:
         raise MemsimError(f"dispatch order {order!r} is not known; use one of {', '.join(ORDERS)}")
     if order == "pid":
@@ -142,6 +154,8 @@ def reorder(launches: list[Launch], order: str, gpu: GPUSpec, shape: AttentionSh
     for launch in launches:
         if order == "swizzle":
             changed, note = _swizzled(launch, group, shape)
+        elif shape.causal or shape.window is not None:
+            changed, note = _persistent_dynamic(launch, gpu, ctas)
         else:
             changed, note = _persistent(launch, gpu, ctas)
         out.append(changed)
@@ -158,6 +172,15 @@ def _swizzled(launch: Launch, group: int, shape: AttentionShape) -> tuple[Launch
             return (swizzle(launch, group, columns),
                     f"{launch.name}: grouped dispatch, {group} {what} rows of {columns} CTAs at a time")
     return launch, f"{launch.name}: program-id order (its {launch.grid} CTAs are not several per head)"
+
+
+def _persistent_dynamic(launch: Launch, gpu: GPUSpec, ctas: int | None) -> tuple[Launch, str]:
+    fit = occupancy(gpu, launch.smem_bytes_per_cta, launch.warps_per_cta, launch.registers_per_thread,
+                    launch.grid, launch.name).slots
+    n = min(fit if ctas is None else ctas, fit, launch.grid)
+    return (persistent_dynamic(launch, n),
+            f"{launch.name}: persistent grid of {n} CTAs, each taking the next work item when it is free "
+            f"(dynamic: the items differ in length)")
 
 
 def _persistent(launch: Launch, gpu: GPUSpec, ctas: int | None) -> tuple[Launch, str]:

@@ -112,6 +112,9 @@ class Launch:
     # grid / repeat_unit copies of the same work on other data, which lets fast mode simulate a
     # shorter launch and add the rest at its steady rate (memsim.engine.extrapolate).
     repeat_unit: int | None = None
+    # At most this many CTAs resident at once, however many fit: a persistent grid whose work items go to
+    # whichever of its CTAs is free (memsim.schedules.orders.persistent_dynamic). None: as many as fit.
+    resident_ctas: int | None = None
 
     @property
     def smem_bytes_per_cta(self) -> int:
