@@ -232,3 +232,26 @@ def test_causal_persistent_grid_hands_items_to_the_first_free_cta():
         running += change
         most = max(most, running)
     assert most == 66 and launches[0].occupancy.slots == 66
+
+
+def _most_running(cohorts) -> int:
+    events = sorted([(c.start_s, c.weight) for c in cohorts] + [(c.end_s, -c.weight) for c in cohorts],
+                    key=lambda e: (e[0], e[1]))  # ends before starts at the same instant
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(1, 2), st.sampled_from([2, 4]), st.integers(200, 1200), st.integers(1, 140))
+def test_a_dynamic_persistent_grid_never_runs_more_ctas_than_it_has_and_does_the_same_work(batch, heads, n, ctas):
+    shape = AttentionShape(batch=batch, q_heads=heads, q_len=n, causal=True)
+    plain, plain_runs = run_prediction("flash2", shape, engine="des")
+    capped, runs = run_prediction("flash2", shape, engine="des", order="persistent", ctas=ctas)
+    for launch in runs:
+        assert _most_running(launch.cohorts) <= min(ctas, launch.launch.grid)
+    assert capped.flops == plain.flops
+    assert capped.bytes["l2_read"] == pytest.approx(plain.bytes["l2_read"], rel=1e-9)
+    assert capped.latency_s >= plain.latency_s * (1 - 1e-9)  # fewer resident CTAs never help here
