@@ -10,6 +10,7 @@ try:
 except ImportError:  # memsim alone runs without torch
     pass
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # "ci": the CPU suite on every commit, the same examples every run (derandomized) so that a result
@@ -20,3 +21,15 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("gpu", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def memsim_cli(capsys):
+    """Runs the memsim command in-process: memsim_cli("run", "file.yaml") -> (exit code, stdout, stderr)."""
+    from memsim.cli.main import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run

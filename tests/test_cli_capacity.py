@@ -3,27 +3,11 @@ exit 2, no traceback."""
 
 import json
 
-import click
 import pytest
 
-from memsim.cli import main as main_module
-from memsim.cli.capacity import both_units, register
+from memsim.cli.capacity import both_units
 
 from checks import assert_usage_error_on_one_line
-
-
-@pytest.fixture
-def memsim_cli(monkeypatch, capsys):
-    """memsim.cli.main.main on a group holding only capacity and models (registered as the lead will)."""
-    group = click.Group()
-    register(group)
-    monkeypatch.setattr(main_module, "cli", group)
-
-    def run(*args):
-        code = main_module.main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
 
 
 EXAMPLE = ("capacity", "--model", "llama-3-70b", "--gpu", "H100-SXM5-80GB", "--tp", "8", "--context", "32768",

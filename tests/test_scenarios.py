@@ -6,14 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 
 from memsim import AttentionShape, load_gpu, predict
 from memsim.capacity import plan, synthetic_lengths
-from memsim.cli import main as main_module
-from memsim.cli.run import register
 from memsim.predict import resolve_tiles
 from memsim.scenario import STEP_KINDS, check_expected, differences, expected_path, run_scenario, to_json
 
@@ -21,20 +18,6 @@ from checks import assert_usage_error_on_one_line
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 SCENARIOS = sorted(SCENARIO_DIR.glob("*.yaml"))
-
-
-@pytest.fixture
-def memsim_cli(monkeypatch, capsys):
-    """memsim.cli.main.main on a group holding only `run` (registered as the lead will)."""
-    group = click.Group()
-    register(group)
-    monkeypatch.setattr(main_module, "cli", group)
-
-    def run(*args):
-        code = main_module.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
 
 
 def write(folder: Path, name: str, text: str) -> Path:

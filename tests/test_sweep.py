@@ -4,7 +4,6 @@ reported for the SRAM in use; the CLI (sram-fit, sweep) prints and writes what t
 
 import json
 
-import click
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,8 +11,6 @@ from hypothesis import strategies as st
 from memsim import AttentionShape, TileConfig, predict
 from memsim.algorithms import flash2
 from memsim.algorithms.paper import paper_block_sizes
-from memsim.cli import main as main_module
-from memsim.cli.sweep import register
 from memsim.errors import MemsimError
 from memsim.hardware import load_gpu
 from memsim.occupancy import occupancy
@@ -159,20 +156,6 @@ def test_heatmaps_are_written(tmp_path):
 
 
 # ---- the CLI -----------------------------------------------------------------------------------
-
-@pytest.fixture
-def memsim_cli(monkeypatch, capsys):
-    """memsim.cli.main.main on a group holding only sram-fit and sweep (registered as the lead will)."""
-    group = click.Group()
-    register(group)
-    monkeypatch.setattr(main_module, "cli", group)
-
-    def run(*args):
-        code = main_module.main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
-
 
 SHAPE_ARGS = ("--heads", "4", "--kv-heads", "2", "--seq", "512", "--head-dim", "64", "--block-m", "32,64,128",
               "--block-n", "32,64,128", "--stages", "1,2", "--warps", "4")

@@ -30,8 +30,9 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
     `on_finish(cohort)` is called as each cohort ends."""
     env = m.env
     free = simpy.Store(env)
-    slots = occ.slots if launch.resident_ctas is None else min(occ.slots, launch.resident_ctas)
-    for slot in range(slots):  # breadth first: one CTA on every SM before a second on any
+    # Breadth first: one CTA on every SM before a second on any. occ.slots already holds a persistent
+    # grid's cap on resident CTAs (memsim.engine.simulate.resident).
+    for slot in range(occ.slots):
         free.put(slot % m.gpu.sm_count)
     order = launch.order or (lambda i: i)
     running: list[simpy.Process] = []
