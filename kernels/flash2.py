@@ -180,6 +180,13 @@ def _forward_blocks(acc, m_i, l_i, q, K, V, k_offsets, v_offsets, stride_kn, str
 
 
 @triton.jit
+def _program_heads(q_heads, group):
+    """(batch, q head, K/V head) of program axis 1 = batch * q_heads + q head, in int64 for offsets."""
+    head = tl.program_id(1) % q_heads
+    return (tl.program_id(1) // q_heads).to(tl.int64), head.to(tl.int64), (head // group).to(tl.int64)
+
+
+@triton.jit
 def _flash2_fwd(Q, K, V, O, LSE, SLOPES,
                 stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
@@ -190,10 +197,7 @@ def _flash2_fwd(Q, K, V, O, LSE, SLOPES,
     """One (query block, batch * q head): O [BLOCK_M, D] and LSE [BLOCK_M] of its rows."""
     PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
     m0 = tl.program_id(0) * BLOCK_M
-    batch = (tl.program_id(1) // q_heads).to(tl.int64)
-    head = tl.program_id(1) % q_heads
-    kv_head = (head // group).to(tl.int64)
-    head = head.to(tl.int64)
+    batch, head, kv_head = _program_heads(q_heads, group)
     local_m, local_n, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
     rows = m0 + local_m
     d_mask = cols < HEAD_DIM
@@ -401,10 +405,7 @@ def _flash2_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, SLOPES,
     """One (query block, batch * q head): dQ [BLOCK_M, D]; Q, dO, LSE and delta stay on chip."""
     PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
     m0 = tl.program_id(0) * BLOCK_M
-    batch = (tl.program_id(1) // q_heads).to(tl.int64)
-    head = tl.program_id(1) % q_heads
-    kv_head = (head // group).to(tl.int64)
-    head = head.to(tl.int64)
+    batch, head, kv_head = _program_heads(q_heads, group)
     local_m, local_n, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
     rows = m0 + local_m
     d_mask = cols < HEAD_DIM

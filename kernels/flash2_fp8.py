@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from kernels.flash2 import (LN2, LOG2E, MAX_HEAD_DIM, MIN_HEAD_DIM, _check_out, _check_tensor, _key_blocks,
-                            _load_rows, _mask_bounds, _padded_head_dim, _store_rows, _visible)
+                            _load_rows, _mask_bounds, _padded_head_dim, _program_heads, _store_rows, _visible)
 from kernels.launch import INTERPRETING, LaunchConfig
 
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
@@ -153,10 +153,7 @@ def _flash2_fp8_fwd(Q, K, V, QS, KS, VS, O, LSE,
     PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
     q_block = tl.program_id(0)
     m0 = q_block * BLOCK_M
-    batch = (tl.program_id(1) // q_heads).to(tl.int64)
-    head = tl.program_id(1) % q_heads
-    kv_head = (head // group).to(tl.int64)
-    head = head.to(tl.int64)
+    batch, head, kv_head = _program_heads(q_heads, group)
     local_m, local_n, cols = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
     rows = m0 + local_m
     d_mask = cols < HEAD_DIM
