@@ -20,6 +20,9 @@ def algorithm(name: str):
     return ALGORITHMS[name]
 
 
+Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
+
+
 def resolve_tiles(gpu: GPUSpec, algo: str, shape: AttentionShape, **overrides) -> TileConfig:
     """The algorithm's default tiles for this GPU and shape, with the given fields replaced."""
     base = algorithm(algo).default_tiles(gpu, shape)
@@ -58,6 +61,9 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if engine != "des" and order != "pid":
         raise MemsimError(f"order {order!r} needs engine 'des': the analytic model has no dispatch order")
     tiles = tiles or alg.default_tiles(spec, shape)
+    if tiles.q_reload and alg.name not in Q_RELOAD_ALGORITHMS:
+        raise MemsimError(f"q_reload applies to {', '.join(Q_RELOAD_ALGORITHMS)} (a kernel that reads its Q tile "
+                          f"again for every key block); {alg.name} keeps Q on chip")
     ceilings = spec.ceilings(calibrated)
     results, notes = [], ()
     if engine == "des":

@@ -37,6 +37,15 @@ def test_tile_overrides_reach_the_prediction(capsys):
     assert (t["block_m"], t["block_n"], t["num_warps"], t["num_stages"]) == (64, 32, 8, 3)
 
 
+def test_reload_q_describes_a_kernel_that_rereads_q_and_is_refused_elsewhere(capsys):
+    _, kept, _ = run(capsys, "predict", "--json", "--engine", "analytic", "--block-n", "128")
+    _, reloaded, _ = run(capsys, "predict", "--json", "--engine", "analytic", "--block-n", "128", "--reload-q")
+    assert json.loads(reloaded)["tiles"]["q_reload"] is True
+    assert json.loads(reloaded)["bytes"]["l2_read"] > json.loads(kept)["bytes"]["l2_read"]
+    code, out, err = run(capsys, "predict", "--algo", "flash3", "--engine", "analytic", "--reload-q")
+    assert code != 0 and "q_reload applies to flash2" in err and "Traceback" not in err + out
+
+
 def test_gpus_lists_presets(capsys):
     code, out, _ = run(capsys, "gpus", "--json")
     names = [g["name"] for g in json.loads(out)]

@@ -2,6 +2,7 @@ import pytest
 
 from memsim import AttentionShape, TileConfig, predict
 from memsim.algorithms.flash2 import forward
+from memsim.errors import MemsimError
 from memsim.hardware import load_gpu
 
 H100 = load_gpu("H100-SXM5-80GB")
@@ -67,3 +68,27 @@ def test_fp32_runs_on_tf32_tensor_cores():
 def test_default_tiles_fit_every_head_dim(d):
     p = predict("flash2", AttentionShape(head_dim=d, q_len=1024), H100)
     assert p.as_dict()["sram"]["fits"]
+
+
+def test_q_reload_reads_a_q_tile_per_key_block_from_l2_not_from_hbm():
+    """CUTLASS memory-efficient attention re-reads Q for every key block (TileConfig.q_reload): measured on the
+    H100 as K/V plus one Q tile per key block of L2 -> SM bytes, Q still read from HBM once."""
+    shape = AttentionShape(batch=1, q_heads=16, q_len=4096, head_dim=128)
+    tiles = TileConfig(block_m=64, block_n=128, num_warps=8, num_stages=1, q_reload=True)
+    kept = forward(H100, shape, TileConfig(block_m=64, block_n=128, num_warps=8, num_stages=1))
+    reloaded = forward(H100, shape, tiles)
+    q_bytes = 16 * 4096 * 128 * 2
+    assert kept.traffic["Q"].l2_read == q_bytes
+    assert reloaded.traffic["Q"].l2_read == q_bytes * 4096 // 128  # one Q tile per key block of 128
+    assert reloaded.traffic["Q"].hbm_read == q_bytes
+    assert reloaded.total.l2_read == 2.5 * 2**30  # recorded: l1tex__m_xbar2l1tex_read_bytes 2,684,354,560
+    des = predict("flash2", shape, tiles=tiles, engine="des")
+    assert des.bytes["l2_read"] == pytest.approx(reloaded.total.l2_read)
+    assert des.bytes["hbm_read"] == pytest.approx(reloaded.total.hbm_read, rel=0.01)
+
+
+def test_q_reload_is_refused_where_the_schedule_keeps_q_on_chip():
+    with pytest.raises(MemsimError, match="q_reload applies to flash2.*flash3 keeps Q on chip"):
+        predict("flash3", AttentionShape(), tiles=TileConfig(q_reload=True))
+    with pytest.raises(MemsimError, match="q_reload = 1 must be true or false"):
+        TileConfig(q_reload=1)

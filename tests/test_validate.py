@@ -137,8 +137,32 @@ def test_measured_fields_sum_every_launch_of_a_case():
     r = row("sdpa_flash.b8h32k8n1m32768d128c0.bf16")  # split kernel + combine kernel
     m = cmp.measured(r)
     assert m["hbm_read"] == pytest.approx(sum(k["dram__bytes_read.sum"] for k in r["launches"]))
-    assert m["l2_read"] == pytest.approx(32 * sum(k["lts__t_sectors_srcunit_tex_op_read.sum"] for k in r["launches"]))
+    lookups = 32 * sum(k["lts__t_sectors_srcunit_tex_op_read.sum"] for k in r["launches"])
+    assert m["l2_read_lookups"] == pytest.approx(lookups)
     assert m["time"] == r["time_s"]
+
+
+def test_l2_traffic_is_what_the_sms_received_over_the_crossbar():
+    """L2 -> SM bytes are the crossbar's (every SM's copy of a shared sector); rows measured before that counter
+    was recorded compare no L2 field rather than the L2's sector lookups under another name."""
+    old = cmp.measured(row("sdpa_flash.b8h32k8n1m32768d128c0.bf16"))
+    assert "l2_read" not in old and "l2_write" not in old
+    new = next(r for r in cmp.load_rows(RESULTS) if r["id"] == "flash2.b1h16k16n4096m4096d128c0.bf16")
+    m = cmp.measured(new)
+    assert m["l2_read"] == sum(k["l1tex__m_xbar2l1tex_read_bytes.sum"] for k in new["launches"])
+    assert m["l2_write"] == sum(k["l1tex__m_l1tex2xbar_write_bytes.sum"] for k in new["launches"])
+    assert m["l2_read"] > 2 * m["l2_read_lookups"]  # 512 CTAs of 16 heads read each K/V tile in near lock-step
+
+
+def test_two_ncu_runs_merge_by_position_in_each_range():
+    first = [{"range": "a", "kernel": "k1", "x": 1.0}, {"range": "a", "kernel": "k2", "x": 2.0},
+             {"range": "b", "kernel": "k1", "x": 3.0}]
+    second = [{"range": "b", "kernel": "k1", "y": 30.0}, {"range": "a", "kernel": "k1", "y": 10.0},
+              {"range": "a", "kernel": "other", "y": 20.0}]
+    merged = ncu.merge([first, second])
+    assert merged == [{"range": "a", "kernel": "k1", "x": 1.0, "y": 10.0}, {"range": "a", "kernel": "k2", "x": 2.0},
+                      {"range": "b", "kernel": "k1", "x": 3.0, "y": 30.0}]
+    assert first[0] == {"range": "a", "kernel": "k1", "x": 1.0}  # the runs themselves are left as they were
 
 
 def test_validate_prints_the_error_table_and_writes_report_and_plots(tmp_path):

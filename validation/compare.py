@@ -3,7 +3,11 @@
     memsim validate --results validation/results/h100 [--engine des] [--plots DIR] [--report FILE] [--json]
 
 Relative error = predicted / measured - 1 per field: HBM bytes read and written (dram__bytes_*),
-L2 -> SM bytes read (lts__t_sectors_srcunit_tex_op_read x 32 B) and time (do_bench median).
+L2 -> SM bytes read and SM -> L2 bytes written (what the SMs received from and sent to L2 over the
+crossbar: l1tex__m_xbar2l1tex_read_bytes, l1tex__m_l1tex2xbar_write_bytes), time (do_bench median) and
+kernel time (ncu's gpu__time_duration). The L2's own sector lookups (lts__t_sectors_srcunit_tex_op_read)
+are kept beside them as `l2_read_lookups`, not compared: the L2 looks a sector up once for several SMs
+that ask for it at nearly the same time, while each of them receives it (validation/l2_read_probe.py).
 Summaries use |error|: median, 90th percentile, worst.
 
 Calibration: memsim's fitted parameters (achievable HBM and L2 bandwidth, tensor-core and CUDA-core
@@ -24,7 +28,7 @@ from validation.mapping import Mapped, Unmapped, map_case
 # time: the do_bench median of the whole call, host included; kernel_time: the GPU time of its launches under
 # ncu (gpu__time_duration, cold L2), which is what memsim models. A call whose host side is slower than its
 # kernels (short launches from Python, a host sync) shows in time and not in kernel_time.
-FIELDS = ("hbm_read", "hbm_write", "l2_read", "time", "kernel_time")
+FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "time", "kernel_time")
 SECTOR_BYTES = 32
 # The named calibration subset: cases of these kernels fitted a model parameter (the H100 preset's
 # l2_dirty_resident_bytes: our flash2 forward rows). Summaries leave them out; every other case is held out.
@@ -75,8 +79,16 @@ def measured(row: dict) -> dict:
         out["kernel_time"] = 1e-9 * sum(k.get("gpu__time_duration.sum") or 0.0 for k in launches)  # ns
         out["hbm_read"] = sum(k.get("dram__bytes_read.sum") or 0.0 for k in launches)
         out["hbm_write"] = sum(k.get("dram__bytes_write.sum") or 0.0 for k in launches)
-        out["l2_read"] = SECTOR_BYTES * sum(k.get("lts__t_sectors_srcunit_tex_op_read.sum") or 0.0 for k in launches)
+        out["l2_read"] = _total(launches, "l1tex__m_xbar2l1tex_read_bytes.sum")  # rows measured before it: none
+        out["l2_write"] = _total(launches, "l1tex__m_l1tex2xbar_write_bytes.sum")
+        out["l2_read_lookups"] = SECTOR_BYTES * _total(launches, "lts__t_sectors_srcunit_tex_op_read.sum")
     return {k: v for k, v in out.items() if v}
+
+
+def _total(launches: list[dict], metric: str) -> float | None:
+    """The metric summed over the case's launches; None when a launch lacks it (measured before it was recorded)."""
+    values = [k.get(metric) for k in launches]
+    return None if any(v is None for v in values) else sum(values)
 
 
 def predicted(mapped: Mapped, gpu: str, engine: str) -> dict:
@@ -89,7 +101,8 @@ def predicted(mapped: Mapped, gpu: str, engine: str) -> dict:
     latency_s = sum(k.latency_s for k in kernels)  # memsim models the GPU: the call's time is its kernels'
     return {"hbm_read": sum(k.bytes["hbm_read"] for k in kernels),
             "hbm_write": sum(k.bytes["hbm_write"] for k in kernels),
-            "l2_read": sum(k.bytes["l2_read"] for k in kernels), "time": latency_s, "kernel_time": latency_s}
+            "l2_read": sum(k.bytes["l2_read"] for k in kernels), "l2_write": sum(k.bytes["l2_write"] for k in kernels),
+            "time": latency_s, "kernel_time": latency_s}
 
 
 def compare_row(args: tuple[dict, str]) -> Row:

@@ -126,13 +126,15 @@ def map_sdpa_cudnn(row: dict) -> Mapped:
 
 def map_sdpa_efficient(row: dict) -> Mapped:
     """CUTLASS memory-efficient attention (xFormers): one CTA per 64 queries looping over key blocks,
-    O in registers ("rf"): the FA2 schedule with the tile from its name (64 x 128 or 64 x 64)."""
+    O in registers ("rf"): the FA2 schedule with the tile from its name (64 x 128 or 64 x 64). Its Q K^T GEMM
+    streams Q from global memory for every key block (TileConfig.q_reload): the crossbar counters show K/V plus
+    one Q tile per key block, to the byte (2.5 GiB at B1 H16 N4096 d128, 12 GiB at B1 H32 N8192 d64)."""
     shape = shape_of(row)
     launch = main_launches(row)[0]
     block_m = q_block_rows(shape, int(launch["launch__grid_size"]))
     block_n = 128 if "64x128" in launch["kernel"] else 64
-    tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch), num_stages=1)
-    return Mapped("flash2", shape, tiles, how="FA2 schedule, tile from the kernel name")
+    tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch), num_stages=1, q_reload=True)
+    return Mapped("flash2", shape, tiles, how="FA2 schedule, tile from the kernel name, Q read per key block")
 
 
 def map_flex(row: dict) -> Mapped:

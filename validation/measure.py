@@ -78,13 +78,17 @@ def profile_pass(cases: list[Case]) -> None:
 
 
 def counters(cases: list[Case], argv: list[str], out: Path) -> dict[str, list[dict]]:
-    metrics = ncu.COUNTERS + ncu.optional_counters()
-    cmd = ncu.command([sys.executable, "-m", "validation.measure", "--profile-pass", *argv], metrics)
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    (out / "ncu.csv").write_text(done.stdout)
-    (out / "ncu.log").write_text(done.stderr)
+    """ncu over the profile pass twice: the counters memsim predicts, then the crossbar counters (ncu.py says why
+    apart). Raw output in out/ncu.csv and out/ncu-crossbar.csv."""
+    runs = []
+    for name, metrics in (("ncu", ncu.COUNTERS + ncu.optional_counters()), ("ncu-crossbar", ncu.CROSSBAR_COUNTERS)):
+        cmd = ncu.command([sys.executable, "-m", "validation.measure", "--profile-pass", *argv], metrics)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        (out / f"{name}.csv").write_text(done.stdout)
+        (out / f"{name}.log").write_text(done.stderr)
+        runs.append(ncu.parse(done.stdout))
     by_case: dict[str, list[dict]] = {c.id: [] for c in cases}
-    for launch in ncu.parse(done.stdout):
+    for launch in ncu.merge(runs):
         if launch["range"] in by_case:
             by_case[launch["range"]].append(launch)
     return by_case

@@ -23,6 +23,20 @@ COUNTERS = [
     "launch__shared_mem_per_block_dynamic",
     "launch__shared_mem_per_block_static",
 ]
+# Bytes the SMs' L1TEX units received from L2 over the crossbar (LDG, LDGSTS and TMA loads alike) and sent to
+# it. Where several SMs read one sector at nearly the same time, the L2 slice looks it up once
+# (lts__t_sectors_srcunit_tex_op_read counts lookups) but every SM receives it: on the H100 our FA2 forward at
+# B1 H16 N4096 d128 received 1,090,519,040 B for 14,181,148 sector lookups (453.8 MB), while 128 CTAs that share
+# nothing received exactly what the slices looked up (results/h100/l2-read-probe-2026-11-22.csv).
+# They are collected in a profiling run of their own: in the same run as COUNTERS, ncu's replay added about
+# 2.3 MB of DRAM writes to every kernel (decode kernels 0.1 -> 2.4 MB; reads unchanged; measured 2026-11-22).
+CROSSBAR_COUNTERS = [
+    "l1tex__m_xbar2l1tex_read_bytes.sum",
+    "l1tex__m_l1tex2xbar_write_bytes.sum",
+    "lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum",
+    "launch__waves_per_multiprocessor",
+    "sm__warps_active.avg.pct_of_peak_sustained_active",
+]
 # Tensor-pipe activity: on Hopper this counts HMMA (mma.sync, FA2) and HGMMA/QGMMA (wgmma, FA3, cuDNN)
 # alike (ncu --query-metrics, 2025.3). Kept only where this ncu knows it (optional_counters), since one
 # unknown metric fails the whole run.
@@ -58,6 +72,24 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+def merge(runs: list[list[dict]]) -> list[dict]:
+    """Launches of several profiling runs of the same program, each run's metrics added to the launch at the
+    same position in the same NVTX range (the program launches the same kernels in the same order each run)."""
+    merged = [dict(launch) for launch in runs[0]] if runs else []
+    for run in runs[1:]:
+        by_range: dict[str, list[dict]] = {}
+        for launch in run:
+            by_range.setdefault(launch["range"], []).append(launch)
+        seen: dict[str, int] = {}
+        for launch in merged:
+            position = seen.get(launch["range"], 0)
+            seen[launch["range"]] = position + 1
+            others = by_range.get(launch["range"], [])
+            if position < len(others) and others[position]["kernel"] == launch["kernel"]:
+                launch.update({k: v for k, v in others[position].items() if k not in ("range", "kernel")})
+    return merged
 
 
 def parse(csv_text: str) -> list[dict]:

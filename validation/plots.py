@@ -5,6 +5,7 @@ from pathlib import Path
 from validation.compare import FIELDS, Row
 
 LABELS = {"hbm_read": "HBM bytes read", "hbm_write": "HBM bytes written", "l2_read": "L2 -> SM bytes read",
+          "l2_write": "SM -> L2 bytes written",
           "time": "time of the call (s)", "kernel_time": "GPU time of its kernels (s)"}
 
 

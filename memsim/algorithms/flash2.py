@@ -67,8 +67,9 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = 
     kv_hbm = shared_hbm_reads(shape.batch * shape.kv_heads, shape.group_size * blocks.t_r, slots, kv_shared,
                               gpu.l2_bytes, kv_streamed, working_set_per_group=2 * kv_shared)  # K and V together
     q_bytes = heads * shape.q_len * d * e
+    q_reads = heads * row_tiles * d * e if tiles.q_reload else q_bytes  # tiles.q_reload: a Q tile per key block
     traffic = {
-        "Q": Traffic.streamed(read=q_bytes),
+        "Q": Traffic.streamed(read=q_reads, hbm_read=q_bytes),
         "K": Traffic.streamed(read=kv_streamed, hbm_read=kv_hbm),
         "V": Traffic.streamed(read=kv_streamed, hbm_read=kv_hbm),
         "O": Traffic.streamed(write=heads * shape.q_len * d * shape.out_element_bytes),

@@ -43,6 +43,8 @@ def cli():
 @click.option("--stages", type=int, help="num_stages: K/V buffers in flight.")
 @click.option("--splits", type=int, help="KV splits (Flash-Decoding).")
 @click.option("--page-size", type=int, help="Tokens per KV-cache page (paged attention).")
+@click.option("--reload-q", is_flag=True, help="flash2: the kernel reads its Q tile again for every key block "
+                                               "(CUTLASS memory-efficient attention) instead of keeping it on chip.")
 @click.option("--pass", "pass_", default="fwd", show_default=True, type=click.Choice(PASSES))
 @click.option("--engine", default="des", show_default=True, type=click.Choice(ENGINES),
               help="des: the discrete-event simulation (seconds to minutes on large causal shapes); "
@@ -59,7 +61,7 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, pass_, engine, peak, compare, order,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, pass_, engine, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
     algos = [a.strip() for a in compare.split(",")] if compare else [algo]
@@ -68,7 +70,7 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                     num_splits=splits, page_size=page_size)
+                     num_splits=splits, page_size=page_size, q_reload=reload_q or None)
     results, runs = [], []
     for a in algos:
         tiles = resolve_tiles(spec, a, shape, **overrides)

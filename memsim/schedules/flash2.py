@@ -1,7 +1,8 @@
 """FlashAttention-2 forward as a schedule: what each CTA loads, computes and stores, in order.
 
 Program id p = q_block + T_r * (batch * q_heads + head), q-block fastest (Triton tutorial
-06 and PyTorch's FA2 grid). The Q tile is loaded once and stays on chip; K and V tiles
+06 and PyTorch's FA2 grid). The Q tile is loaded once and stays on chip (with tiles.q_reload,
+once per key block: CUTLASS memory-efficient attention); K and V tiles
 of the CTA's (batch, kv head) stream through num_stages buffers; O and LSE are stored once.
 """
 
@@ -36,10 +37,13 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
         edge_from = count - int(blocks.edge_tiles[q_block])
         region = (batch, kv_head)
 
+        q_tile = Load("Q", None, 0, rows * d * e)
+
         def loads(i: int) -> tuple[Load, ...]:
             tile = first + i
             keys = min(bn, shape.kv_len - tile * bn)
-            return (Load("K", region, tile, keys * d * kv_e), Load("V", region, tile, keys * d * kv_e))
+            kv = (Load("K", region, tile, keys * d * kv_e), Load("V", region, tile, keys * d * kv_e))
+            return (q_tile, *kv) if tiles.q_reload else kv
 
         def compute(i: int):
             ops = online_softmax(bm * bn, bm * bn if i >= edge_from else 0, rows, 0, d)
@@ -47,7 +51,7 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
 
         final = online_softmax(0, 0, 0, rows, d)
         return CtaProgram(
-            prologue=(Load("Q", None, 0, rows * d * e),),
+            prologue=() if tiles.q_reload else (q_tile,),
             loop=Loop(count, loads, compute, overlap_vector=overlap),
             epilogue=(Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
                       Store("O", None, 0, rows * d * shape.out_element_bytes), Store("LSE", None, 0, rows * ACCUMULATOR_BYTES)),

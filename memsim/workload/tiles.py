@@ -12,7 +12,11 @@ class TileConfig:
     """BLOCK_M query rows and BLOCK_N keys per tile; num_warps per CTA; num_stages of K/V buffers.
 
     `num_splits` cuts the keys of each (batch, head) across CTAs (Flash-Decoding);
-    `page_size` is the tokens per KV-cache page (PagedAttention).
+    `page_size` is the tokens per KV-cache page (PagedAttention);
+    `q_reload` reads the Q tile from global memory again for every key block instead of keeping it on
+    chip (flash2 only): CUTLASS memory-efficient attention (PyTorch SDPA's "efficient" path) streams both
+    operands of Q K^T through its GEMM iterators, so on the H100 its L2 -> SM reads are K/V plus one Q tile
+    per key block (validation/results/h100: 2.5 GiB at B1 H16 N4096 d128, 64 x 128 tiles).
     """
 
     block_m: int = 128
@@ -22,6 +26,7 @@ class TileConfig:
     loop_order: str = "q_outer"
     num_splits: int = 1
     page_size: int = 16
+    q_reload: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "num_warps", "num_stages", "num_splits", "page_size"):
@@ -30,6 +35,8 @@ class TileConfig:
                 raise MemsimError(f"{name} = {value!r} must be a positive whole number")
         if self.num_warps & (self.num_warps - 1):
             raise MemsimError(f"num_warps = {self.num_warps} must be a power of two (1, 2, 4, 8, 16)")
+        if not isinstance(self.q_reload, bool):
+            raise MemsimError(f"q_reload = {self.q_reload!r} must be true or false")
         if self.loop_order not in LOOP_ORDERS:
             raise MemsimError(f"loop_order = {self.loop_order!r} is not known; use one of {', '.join(LOOP_ORDERS)}")
 
