@@ -15,7 +15,8 @@ from validation.cases import Case, suite
 from validation.mapping import Unmapped, map_case, q_block_rows, shape_of
 
 RESULTS = Path(__file__).resolve().parent.parent / "validation" / "results" / "h100"
-THIRD_PARTY = RESULTS / "measurements-third-party-2026-11-22.jsonl"
+THIRD_PARTY = RESULTS / "measurements-third-party-2026-11-22.jsonl"  # before the crossbar counters
+THIRD_PARTY_V2 = RESULTS / "measurements-v2-third-party-1-2026-11-22.jsonl"  # with them
 
 CSV = '''==PROF== Connected to process 1
 "ID","Process ID","Kernel Name","Metric Name","Metric Unit","Metric Value"
@@ -167,7 +168,7 @@ def test_two_ncu_runs_merge_by_position_in_each_range():
 
 def test_validate_prints_the_error_table_and_writes_report_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    result = CliRunner().invoke(cli, ["validate", "--results", str(THIRD_PARTY), "--engine", "analytic",
+    result = CliRunner().invoke(cli, ["validate", "--results", str(THIRD_PARTY_V2), "--engine", "analytic",
                                       "--workers", "1", "--report", str(tmp_path / "r.md"),
                                       "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
@@ -177,13 +178,21 @@ def test_validate_prints_the_error_table_and_writes_report_and_plots(tmp_path):
         assert (tmp_path / "plots" / name).stat().st_size > 10_000
 
 
-def test_validate_json_has_summary_and_every_row(tmp_path):
+def test_plots_say_so_where_rows_lack_a_counter(tmp_path):
+    pytest.importorskip("matplotlib")
     result = CliRunner().invoke(cli, ["validate", "--results", str(THIRD_PARTY), "--engine", "analytic",
+                                      "--workers", "1", "--plots", str(tmp_path)])
+    assert result.exit_code == 0, result.output  # rows recorded before the crossbar counters: no L2 panes
+    assert (tmp_path / "predicted_vs_measured.png").stat().st_size > 10_000
+
+
+def test_validate_json_has_summary_and_every_row(tmp_path):
+    result = CliRunner().invoke(cli, ["validate", "--results", str(THIRD_PARTY_V2), "--engine", "analytic",
                                       "--workers", "1", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
     assert set(cmp.FIELDS) <= set(data["summary"])
-    assert len(data["rows"]) == len(recorded())
+    assert len(data["rows"]) == len(THIRD_PARTY_V2.read_text().splitlines())
 
 
 def test_validate_bad_input_is_one_line(tmp_path, capsys):

@@ -36,8 +36,11 @@ def predicted_vs_measured(rows: list[Row], path: Path, title: str) -> Path:
             ax.plot([low, high], [low, high], color="black", linewidth=0.8, label="y = x")
             ax.set_xlim(low, high)
             ax.set_ylim(low, high)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        if points:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "not measured in these rows", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(f"measured {LABELS[name]}")
         ax.set_ylabel(f"predicted {LABELS[name]}")
         ax.grid(True, which="both", alpha=0.25)
