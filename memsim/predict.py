@@ -1,10 +1,12 @@
 """memsim.predict: one algorithm, one shape, one GPU -> bytes, FLOPs, latency, bound."""
 
 import dataclasses
+from typing import Mapping
 
 from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.errors import MemsimError
 from memsim.hardware import DEFAULT_GPU, GPUSpec, load_gpu
+from memsim.resources import with_resources
 from memsim.result import KernelPrediction, Prediction
 from memsim.roofline import kernel_time
 from memsim.schedules.orders import DEFAULT_GROUP, reorder
@@ -33,19 +35,22 @@ def resolve_tiles(gpu: GPUSpec, algo: str, shape: AttentionShape, **overrides) -
 def predict(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec | str = DEFAULT_GPU,
             tiles: TileConfig | None = None, pass_: str = "fwd", engine: str = "analytic",
             calibrated: bool = True, fast: bool = True, order: str = "pid", group: int = DEFAULT_GROUP,
-            ctas: int | None = None) -> Prediction:
+            ctas: int | None = None, resources: Mapping | None = None) -> Prediction:
     """Predict one attention call. `gpu` is a GPUSpec, a preset name or a YAML path; `tiles`
     defaults to the algorithm's own choice; `calibrated` uses measured ceilings where the GPU has them.
     Discrete-event engine only: `fast` merges identical CTAs and batches long loops (`fast=False`
     simulates every tile); `order` dispatches CTAs in program-id order ("pid"), grouped ("swizzle",
-    `group` rows of (batch, head) per group) or on a persistent grid ("persistent", `ctas` CTAs)."""
-    return run(algo, shape, gpu, tiles, pass_, engine, calibrated, fast, order, group, ctas)[0]
+    `group` rows of (batch, head) per group) or on a persistent grid ("persistent", `ctas` CTAs).
+    `resources` maps launch names (or memsim.resources.FIRST_LAUNCH) to memsim.resources.CtaResources: the
+    registers and shared memory a CTA of that launch really holds, in place of memsim's estimates."""
+    return run(algo, shape, gpu, tiles, pass_, engine, calibrated, fast, order, group, ctas,
+               resources=resources)[0]
 
 
 def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec | str = DEFAULT_GPU,
         tiles: TileConfig | None = None, pass_: str = "fwd", engine: str = "analytic", calibrated: bool = True,
         fast: bool = True, order: str = "pid", group: int = DEFAULT_GROUP, ctas: int | None = None,
-        trace: bool = False, progress=None) -> tuple[Prediction, list]:
+        trace: bool = False, progress=None, resources: Mapping | None = None) -> tuple[Prediction, list]:
     """memsim.predict, with the simulated launches behind it (memsim.engine.LaunchResult; none for the
     analytic model). `trace` keeps each unit's busy intervals for memsim.engine.trace; `progress(done,
     total)` hears of CTAs as the discrete-event engine finishes them."""
@@ -70,11 +75,11 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
         from memsim.engine.report import kernel_prediction
 
         results, notes = _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace,
-                                   progress)
+                                   progress, resources)
         kernels = tuple(kernel_prediction(r) for r in results)
     else:
         kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, with_resident_writes(k, ceilings, spec.l2_bytes)))
-                        for k in alg.kernels(spec, shape, tiles, pass_))
+                        for k in with_resources(alg.kernels(spec, shape, tiles, pass_), resources))
     prediction = Prediction(
         gpu=spec.name, algo=alg.name, pass_=pass_, engine=engine, ceilings=ceilings.origin,
         shape=shape.as_dict(), tiles=tiles.as_dict(), kernels=kernels,
@@ -83,11 +88,13 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     return prediction, results
 
 
-def _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace, progress=None):
+def _simulate(alg, spec, ceilings, shape, tiles, pass_, fast, order, group, ctas, trace, progress=None,
+              resources=None):
     from memsim.engine import simulate
 
     if alg.schedule is None:
         raise MemsimError(f"{alg.name} has no discrete-event schedule yet; use --engine analytic")
-    launches, notes = reorder(alg.schedule(shape, tiles, pass_), order, spec, shape, group, ctas)
+    launches, notes = reorder(with_resources(alg.schedule(shape, tiles, pass_), resources), order, spec, shape,
+                              group, ctas)
     return simulate(spec, ceilings, launches, fast=fast, trace=trace, progress=progress), notes
 

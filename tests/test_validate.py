@@ -12,7 +12,8 @@ from memsim.cli.main import cli, main
 from validation import compare as cmp
 from validation import ncu
 from validation.cases import Case, suite
-from validation.mapping import Unmapped, map_case, q_block_rows, shape_of
+from memsim.resources import CtaResources
+from validation.mapping import Unmapped, main_launches, map_case, q_block_rows, shape_of
 
 RESULTS = Path(__file__).resolve().parent.parent / "validation" / "results" / "h100"
 THIRD_PARTY = RESULTS / "measurements-third-party-2026-11-22.jsonl"  # before the crossbar counters
@@ -153,6 +154,17 @@ def test_l2_traffic_is_what_the_sms_received_over_the_crossbar():
     assert m["l2_read"] == sum(k["l1tex__m_xbar2l1tex_read_bytes.sum"] for k in new["launches"])
     assert m["l2_write"] == sum(k["l1tex__m_l1tex2xbar_write_bytes.sum"] for k in new["launches"])
     assert m["l2_read"] > 2 * m["l2_read_lookups"]  # 512 CTAs of 16 heads read each K/V tile in near lock-step
+
+
+def test_validation_gives_memsim_the_registers_and_shared_memory_ncu_reported():
+    new = {r["id"]: r for r in cmp.load_rows(RESULTS)}
+    fa2 = new["sdpa_flash.b1h16k16n4096m4096d128c0.bf16"]
+    mapped = map_case(fa2)
+    (launch,) = main_launches(fa2)
+    assert mapped.resources == {"flash2_fwd": CtaResources(int(launch["launch__registers_per_thread"]),
+                                                           int(launch["launch__shared_mem_per_block_dynamic"]))}
+    math = map_case(new["sdpa_math.b1h16k16n1024m1024d128c0.bf16"])  # casts and copies: no one-to-one pairing
+    assert math.resources == {}
 
 
 def test_two_ncu_runs_merge_by_position_in_each_range():

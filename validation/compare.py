@@ -93,7 +93,7 @@ def _total(launches: list[dict], metric: str) -> float | None:
 
 def predicted(mapped: Mapped, gpu: str, engine: str) -> dict:
     p = predict(mapped.algo, mapped.shape, gpu, mapped.tiles, pass_=mapped.pass_, engine=engine, order=mapped.order,
-                ctas=mapped.ctas)
+                ctas=mapped.ctas, resources=mapped.resources)
     kernels = [k for k in p.kernels if mapped.kernels is None or k.name in mapped.kernels]
     if not kernels:
         raise MemsimError(f"{mapped.algo} predicts no launch named {', '.join(mapped.kernels)}; it has "

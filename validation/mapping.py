@@ -12,8 +12,12 @@ from math import ceil
 from memsim.algorithms import ALGORITHMS
 from memsim.algorithms.moba import MOBA_BLOCK_SIZE, MOBA_TOP_K
 from memsim.hardware import load_gpu
+from memsim.resources import CtaResources
 from memsim.workload import AttentionShape, TileConfig
 from memsim.workload.dtypes import bytes_per_element
+
+
+GPU = "H100-SXM5-80GB"  # the preset of the card the suite was measured on (default tiles are fitted to it)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Mapped:
     how: str = ""  # how the tiles were found, for the report
     pass_: str = "fwd"  # memsim.predict's pass_: "bwd" for a case that runs backward kernels only
     kernels: tuple[str, ...] | None = None  # memsim's launches that were measured (None: all of them)
+    resources: dict | None = None  # memsim launch name -> CtaResources as ncu reported them (launch_resources)
 
 
 class Unmapped(Exception):
@@ -162,9 +167,34 @@ def map_case(row: dict) -> Mapped:
     if row.get("error") or not row.get("launches"):
         raise Unmapped(row.get("error") or "no kernel launches recorded")
     mapper = MAPPERS.get(row["kernel"])
-    if mapper is None:
-        return map_ours(row)
-    return mapper(row)
+    mapped = map_ours(row) if mapper is None else mapper(row)
+    return replace(mapped, resources=launch_resources(mapped, row))
+
+
+def launch_resources(mapped: Mapped, row: dict) -> dict:
+    """memsim launch name -> the registers and shared memory ncu reported for the measured launch of the same grid,
+    so that memsim's occupancy is the launch's. Only where the case's attention launches and memsim's compared
+    launches pair up one to one, in order, with equal grids (a persistent grid: the CTAs memsim was given) and
+    equal threads per CTA; otherwise memsim keeps its own estimates."""
+    gpu = load_gpu(GPU)
+    algorithm = ALGORITHMS[mapped.algo]
+    tiles = mapped.tiles or algorithm.default_tiles(gpu, mapped.shape)
+    ours = [launch for launch in algorithm.schedule(mapped.shape, tiles, mapped.pass_)
+            if mapped.kernels is None or launch.name in mapped.kernels]
+    theirs = main_launches(row)
+    if len(ours) != len(theirs):
+        return {}
+    out = {}
+    for launch, measured in zip(ours, theirs):
+        grid = mapped.ctas if mapped.order == "persistent" else launch.grid
+        registers = measured.get("launch__registers_per_thread")
+        smem = (measured.get("launch__shared_mem_per_block_dynamic") or 0) + \
+            (measured.get("launch__shared_mem_per_block_static") or 0)
+        threads = measured.get("launch__block_size")
+        if grid != measured.get("launch__grid_size") or not registers or threads != 32 * launch.warps_per_cta:
+            return {}  # not the same launch shape (e.g. cuDNN's 3 warpgroups against memsim's FA3 CTA)
+        out[launch.name] = CtaResources(int(registers), int(smem) or None)
+    return out
 
 
 # Our kernel -> the launch whose tiles memsim's main kernel takes, where it is not the first with a BLOCK_M tile:
@@ -214,7 +244,7 @@ def _check_moba(row: dict) -> None:
                        f"{MOBA_BLOCK_SIZE}, top-{MOBA_TOP_K}")
 
 
-def map_ours(row: dict, gpu: str = "H100-SXM5-80GB") -> Mapped:
+def map_ours(row: dict, gpu: str = GPU) -> Mapped:
     """Our kernels record the launch configs they ran from (kernels.launch.LaunchConfig) in the row, with the
     memsim algorithm and pass that model them: the main kernel's tiles (_main_config) replace the memsim
     algorithm's defaults, which keep the rest (loop order)."""

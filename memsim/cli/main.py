@@ -10,6 +10,7 @@ from memsim.errors import MemsimError
 from memsim.explain import explain
 from memsim.hardware import DEFAULT_GPU, load_gpu
 from memsim.predict import ENGINES, resolve_tiles, run
+from memsim.resources import FIRST_LAUNCH, CtaResources
 from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
@@ -45,6 +46,10 @@ def cli():
 @click.option("--page-size", type=int, help="Tokens per KV-cache page (paged attention).")
 @click.option("--reload-q", is_flag=True, help="flash2: the kernel reads its Q tile again for every key block "
                                                "(CUTLASS memory-efficient attention) instead of keeping it on chip.")
+@click.option("--registers", type=int, help="Registers per thread of the pass's first launch, as ncu reports it "
+                                             "(launch__registers_per_thread); default: memsim's estimate.")
+@click.option("--smem-bytes", type=int, help="Shared memory per CTA of the pass's first launch, dynamic + static, as "
+                                              "ncu reports it; default: the tiles' buffers.")
 @click.option("--pass", "pass_", default="fwd", show_default=True, type=click.Choice(PASSES))
 @click.option("--engine", default="des", show_default=True, type=click.Choice(ENGINES),
               help="des: the discrete-event simulation (seconds to minutes on large causal shapes); "
@@ -61,7 +66,7 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, reload_q, pass_, engine, peak, compare, order,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, registers, smem_bytes, pass_, engine, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
     algos = [a.strip() for a in compare.split(",")] if compare else [algo]
@@ -71,12 +76,13 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                      num_splits=splits, page_size=page_size, q_reload=reload_q or None)
+    resources = {FIRST_LAUNCH: CtaResources(registers, smem_bytes)} if registers or smem_bytes else None
     results, runs = [], []
     for a in algos:
         tiles = resolve_tiles(spec, a, shape, **overrides)
         with ctas_progress(f"simulating {a}", enabled=engine == "des") as progress:
             p, runs = run(a, shape, spec, tiles, pass_, engine, not peak, order=order, group=swizzle_group,
-                          ctas=persistent_ctas, trace=bool(trace_path), progress=progress)
+                          ctas=persistent_ctas, trace=bool(trace_path), progress=progress, resources=resources)
         results.append(p)
     if trace_path:
         from memsim.engine.trace import write_trace
