@@ -60,6 +60,14 @@ def test_case_ids_are_stable_and_carry_no_slash():
         suite("everything")
 
 
+def test_a_case_id_reads_back_into_its_case_and_a_bad_one_names_the_form():
+    ours = ("flash2", "flash_decoding", "paged", "ring", "moba", "flash2_fp8", "flash2_bwd")
+    for case in suite("full", ours):
+        assert Case.from_id(case.id) == case
+    with pytest.raises(ValueError, match="is not KERNEL.bBhHkKnNmMdDcC.DTYPE"):
+        Case.from_id("flash2.b1h16")
+
+
 def test_fa2_launch_config_read_from_ncu_gives_its_tiles():
     """README's worked example: grid 512 = 32 q-blocks x 16 heads -> BLOCK_M 128; 64 KiB shared memory less
     the 32 KiB Q tile holds one 64-key K and V tile -> BLOCK_N 64; 128 threads -> 4 warps."""

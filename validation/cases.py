@@ -14,7 +14,10 @@ Kernels:
   "flex_attention", whose code memsim has never seen: launch configs are read from ncu.
 """
 
+import re
 from dataclasses import asdict, dataclass
+
+ID_PATTERN = re.compile(r"(\w+)\.b(\d+)h(\d+)k(\d+)n(\d+)m(\d+)d(\d+)c([01])\.(\w+)")  # Case.id, read back
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,16 @@ class Case:
     def id(self) -> str:
         return (f"{self.kernel}.b{self.batch}h{self.q_heads}k{self.kv_heads}n{self.q_len}m{self.kv_len}"
                 f"d{self.head_dim}c{int(self.causal)}.{self.dtype}")
+
+    @staticmethod
+    def from_id(text: str) -> "Case":
+        """The case whose id is `text`; ValueError naming the form when it is not one."""
+        match = ID_PATTERN.fullmatch(text)
+        if match is None:
+            raise ValueError(f"case {text!r} is not KERNEL.bBhHkKnNmMdDcC.DTYPE "
+                             f"(e.g. flash2.b1h16k16n4096m4096d128c0.bf16)")
+        kernel, b, h, k, n, m, d, c, dtype = match.groups()
+        return Case(kernel, int(b), int(h), int(k), int(n), int(m), int(d), c == "1", dtype)
 
     @property
     def is_decode(self) -> bool:

@@ -81,7 +81,8 @@ def measured(row: dict) -> dict:
         out["hbm_write"] = sum(k.get("dram__bytes_write.sum") or 0.0 for k in launches)
         out["l2_read"] = _total(launches, "l1tex__m_xbar2l1tex_read_bytes.sum")  # rows measured before it: none
         out["l2_write"] = _total(launches, "l1tex__m_l1tex2xbar_write_bytes.sum")
-        out["l2_read_lookups"] = SECTOR_BYTES * _total(launches, "lts__t_sectors_srcunit_tex_op_read.sum")
+        lookups = _total(launches, "lts__t_sectors_srcunit_tex_op_read.sum")
+        out["l2_read_lookups"] = None if lookups is None else SECTOR_BYTES * lookups
     return {k: v for k, v in out.items() if v}
 
 
@@ -99,10 +100,8 @@ def predicted(mapped: Mapped, gpu: str, engine: str) -> dict:
         raise MemsimError(f"{mapped.algo} predicts no launch named {', '.join(mapped.kernels)}; it has "
                           f"{', '.join(k.name for k in p.kernels)}")
     latency_s = sum(k.latency_s for k in kernels)  # memsim models the GPU: the call's time is its kernels'
-    return {"hbm_read": sum(k.bytes["hbm_read"] for k in kernels),
-            "hbm_write": sum(k.bytes["hbm_write"] for k in kernels),
-            "l2_read": sum(k.bytes["l2_read"] for k in kernels), "l2_write": sum(k.bytes["l2_write"] for k in kernels),
-            "time": latency_s, "kernel_time": latency_s}
+    moved = {key: sum(k.bytes[key] for k in kernels) for key in ("hbm_read", "hbm_write", "l2_read", "l2_write")}
+    return {**moved, "time": latency_s, "kernel_time": latency_s}
 
 
 def compare_row(args: tuple[dict, str]) -> Row:

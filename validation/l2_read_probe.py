@@ -16,7 +16,6 @@ kernels it compiled (cp.async .ca/.cg, bulk tensor copies, plain global loads).
 import argparse
 import collections
 import pathlib
-import re
 import sys
 
 import torch
@@ -28,13 +27,10 @@ PTX_OPS = ("cp.async.ca", "cp.async.cg", "cp.async.bulk", "ld.global", "mma.sync
 
 
 def parse_case(text: str) -> Case:
-    """A case id as validation.cases writes it: KERNEL.bBhHkKnNmMdDcC.DTYPE."""
-    match = re.fullmatch(r"(\w+)\.b(\d+)h(\d+)k(\d+)n(\d+)m(\d+)d(\d+)c([01])\.(\w+)", text)
-    if match is None:
-        raise SystemExit(f"l2_read_probe: case {text!r} is not KERNEL.bBhHkKnNmMdDcC.DTYPE "
-                         f"(e.g. flash2.b1h16k16n4096m4096d128c0.bf16)")
-    kernel, b, h, k, n, m, d, c, dtype = match.groups()
-    return Case(kernel, int(b), int(h), int(k), int(n), int(m), int(d), c == "1", dtype)
+    try:
+        return Case.from_id(text)
+    except ValueError as err:
+        raise SystemExit(f"l2_read_probe: {err}") from None
 
 
 def ptx_counts(cache_dir: pathlib.Path) -> dict[str, dict[str, int]]:
