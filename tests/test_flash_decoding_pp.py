@@ -113,7 +113,10 @@ def test_rare_overflow_is_never_slower_than_flash_decoding():
     plain_a = analytic_s(fd.kernels(H100, shape, tiles, "fwd"))
     assert analytic_s(fdpp.ALGORITHM.kernels(H100, shape, tiles, "fwd")) <= plain_a
     pp_d = sum(r.latency_s for r in simulated(fdpp.ALGORITHM.schedule(shape, tiles, "fwd")))
-    assert pp_d <= sum(r.latency_s for r in simulated(fd_sched.forward(shape, tiles)))
+    # FlashDecoding++'s combine divides by the summed denominators after its loop: one dependent step more
+    # than Flash-Decoding's, whose weights are normalised up front (memsim.engine.sharing)
+    one_step_s = CEILINGS.dependent_step_latency_s
+    assert pp_d <= sum(r.latency_s for r in simulated(fd_sched.forward(shape, tiles))) + one_step_s
 
 
 @pytest.mark.parametrize("p, batch, kv_heads, groups", [

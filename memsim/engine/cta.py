@@ -1,7 +1,7 @@
 """A CTA (or a cohort of identical CTAs, weight > 1) running its program on the machine.
 
 The processes read like the kernel: `load_tiles` (through L2, from HBM on a miss),
-`mma` on tensor cores, `softmax` on CUDA cores and the SFU, `store_tile` into L2.
+`compute` on the SM pipes (tensor cores, CUDA cores, SFU, shared memory), `store_tile` into L2.
 A cohort of w CTAs started together, doing equal work on the same shared tiles, is
 simulated once with weight w; its private tiles (region None) count w times.
 """
@@ -136,37 +136,56 @@ def _fetch_line(m: Machine, key, nbytes: float, tensor: str):
     fetched.succeed()
 
 
-def mma(m: Machine, step: Mma, weight: int):
-    m.counters.tensor_flops += step.flops * weight
-    yield m.units["tensor"].use(m.tensor_seconds(step.flops, step.dtype), weight)
+COMPUTE = (Mma, Vector, SmemRoundTrip)
 
 
-def softmax(m: Machine, step: Vector, weight: int):
-    m.counters.cuda_ops += (step.cuda_ops + step.exp_ops) * weight
-    m.counters.exp_ops += step.exp_ops * weight
-    yield _both(m.env, m.units["cuda"].use(m.cuda_seconds(step.cuda_ops), weight),
-                m.units["sfu"].use(m.sfu_seconds(step.exp_ops), weight))
-
-
-def smem_round_trip(m: Machine, step: SmemRoundTrip, weight: int):
-    m.counters.smem_bytes += step.bytes * weight
-    yield m.units["smem"].use(step.bytes / m.smem_bytes_per_s, weight)
+def compute(m: Machine, steps: list[Step], weight: int):
+    """Steps that depend on one another (QK^T, softmax, PV) as one request on the SM pipes: each
+    pipe does its share, and the whole takes at least the steps one after another at one SM's
+    rates (memsim.engine.sharing)."""
+    demand_s = {"tensor": 0.0, "cuda": 0.0, "sfu": 0.0, "smem": 0.0}
+    chain_s, dependent = 0.0, 0
+    c = m.counters
+    for step in steps:
+        if isinstance(step, Mma):
+            seconds = m.tensor_seconds(step.flops, step.dtype)
+            demand_s["tensor"] += seconds
+            c.tensor_flops += step.flops * weight
+        elif isinstance(step, Vector):
+            cuda_s, sfu_s = m.cuda_seconds(step.cuda_ops), m.sfu_seconds(step.exp_ops)
+            demand_s["cuda"] += cuda_s
+            demand_s["sfu"] += sfu_s
+            seconds = max(cuda_s, sfu_s)  # CUDA cores and SFU work side by side
+            c.cuda_ops += (step.cuda_ops + step.exp_ops) * weight
+            c.exp_ops += step.exp_ops * weight
+        else:
+            seconds = step.bytes / m.smem_bytes_per_s
+            demand_s["smem"] += seconds
+            c.smem_bytes += step.bytes * weight
+        chain_s += seconds
+        dependent += seconds > 0  # a step with no work (nothing to normalise) waits on nothing
+    chain_s = chain_s * m.gpu.sm_count + dependent * m.ceilings.dependent_step_latency_s  # GPU- to SM-seconds
+    yield m.pipes.use(demand_s, chain_s, weight)
 
 
 def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort):
+    """Loads and stores one by one; each run of consecutive compute steps as one request."""
+    pending: list[Step] = []
     for step in steps:
+        if isinstance(step, COMPUTE):
+            pending.append(step)
+            continue
+        if pending:
+            yield from compute(m, pending, cohort.weight)
+            pending = []
         if isinstance(step, Load):
             yield from load_tiles(m, [(step,)], cohort)
         elif isinstance(step, (Store, Atomic)):
             yield from store_tile(m, step, cohort)
-        elif isinstance(step, Mma):
-            yield from mma(m, step, cohort.weight)
-        elif isinstance(step, Vector):
-            yield from softmax(m, step, cohort.weight)
-        elif isinstance(step, SmemRoundTrip):
-            yield from smem_round_trip(m, step, cohort.weight)
         else:
             raise TypeError(f"unknown step {step!r}")
+    if pending:
+        yield from compute(m, pending, cohort.weight)
 
 
 def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[Step, ...]:

@@ -1,9 +1,10 @@
 """The GPU as SimPy sees it: shared units with rates, an L2 of finite size, and counters.
 
-Every SM-local unit (tensor cores, CUDA cores, SFU, shared memory) is a pool over all
-SMs whose work is measured in GPU-seconds (work / whole-GPU rate), shared fairly by the
-resident CTAs, with no CTA taking more than one SM's share (cap = 1 / sm_count). With
-CTAs spread over SMs as the hardware does (breadth first), this equals one unit per SM.
+Every SM pipe (tensor cores, CUDA cores, SFU, shared memory) is a pool over all SMs whose
+work is measured in GPU-seconds (work / whole-GPU rate), shared by the resident CTAs
+(memsim.engine.sharing), with no CTA taking more than one SM's share. With CTAs spread over
+SMs as the hardware does (breadth first), this equals one set of pipes per SM. HBM and L2
+bandwidth are shared by every transfer in flight (memsim.engine.fluid).
 """
 
 from collections import defaultdict
@@ -13,11 +14,14 @@ import simpy
 
 from memsim.engine.fluid import FluidResource
 from memsim.engine.l2cache import L2Cache
+from memsim.engine.sharing import SharedPipes
 from memsim.errors import MemsimError
 from memsim.hardware.spec import Ceilings, GPUSpec
 
 SMEM_BYTES_PER_CLK_PER_SM = 128  # 32 banks x 4 bytes per clock (CUDA C++ Programming Guide, Shared Memory)
-UNITS = ("tensor", "cuda", "sfu", "smem", "hbm", "l2")
+PIPES = ("tensor", "cuda", "sfu", "smem")  # per SM, shared by its resident CTAs
+MEMORY = ("hbm", "l2")  # shared by the whole GPU
+UNITS = PIPES + MEMORY
 BYTE_KEYS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
 
 
@@ -52,12 +56,8 @@ class Counters:
 class Machine:
     def __init__(self, env: simpy.Environment, gpu: GPUSpec, ceilings: Ceilings, trace: bool = False):
         self.env, self.gpu, self.ceilings = env, gpu, ceilings
-        per_sm = 1.0 / gpu.sm_count
+        self.pipes = SharedPipes(env, PIPES, trace=trace)
         self.units = {
-            "tensor": FluidResource(env, "tensor", 1.0, per_sm),
-            "cuda": FluidResource(env, "cuda", 1.0, per_sm),
-            "sfu": FluidResource(env, "sfu", 1.0, per_sm),
-            "smem": FluidResource(env, "smem", 1.0, per_sm),
             "hbm": FluidResource(env, "hbm", ceilings.hbm_bandwidth_bytes_per_s),
             "l2": FluidResource(env, "l2", ceilings.l2_bandwidth_bytes_per_s),
         }
@@ -67,6 +67,18 @@ class Machine:
         self.smem_bytes_per_s = SMEM_BYTES_PER_CLK_PER_SM * gpu.clock_hz * gpu.sm_count
         self.l2 = L2Cache(gpu.l2_bytes, ceilings.l2_dirty_resident_bytes)
         self.counters = Counters()
+
+    def busy_s(self) -> dict:
+        """Seconds of full utilisation of each unit so far."""
+        busy = {u: self.pipes.busy_until_now(u) for u in PIPES}
+        busy.update({u: self.units[u].busy_until_now() for u in MEMORY})
+        return busy
+
+    def busy_intervals(self) -> dict:
+        """unit -> [(start, end)] of each stretch it was in use (when tracing)."""
+        intervals = dict(self.pipes.busy_intervals or {})
+        intervals.update({u: self.units[u].busy_intervals or [] for u in MEMORY})
+        return intervals
 
     def tensor_seconds(self, flops: float, dtype: str) -> float:
         rate = self.ceilings.tensor_flops_per_s.get(dtype)

@@ -9,7 +9,7 @@ import simpy
 from memsim.engine import extrapolate
 from memsim.engine.cta import batch_size
 from memsim.engine.dispatch import longest_loop, run_launch
-from memsim.engine.machine import BYTE_KEYS, UNITS, Machine
+from memsim.engine.machine import BYTE_KEYS, Machine
 from memsim.hardware.spec import Ceilings, GPUSpec
 from memsim.occupancy import Occupancy, occupancy
 from memsim.schedules.steps import Launch
@@ -104,8 +104,7 @@ def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, watch: bool = 
     m.counters.flush(m.l2.flush())  # the next kernel starts cold, as under ncu
     result = LaunchResult(
         launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
-        counters=m.counters, busy_s={u: m.units[u].busy_until_now() for u in UNITS}, cohorts=cohorts,
-        unit_intervals={u: m.units[u].busy_intervals or [] for u in UNITS},
+        counters=m.counters, busy_s=m.busy_s(), cohorts=cohorts, unit_intervals=m.busy_intervals(),
     )
     return result, snapshots
 
@@ -114,7 +113,7 @@ def _snapshot(m: Machine, done_ctas: int) -> extrapolate.Snapshot:
     c = m.counters
     flat = {(group, tensor): value for group in BYTE_KEYS for tensor, value in getattr(c, group).items()}
     flat.update({("scalar", name): getattr(c, name) for name in _SCALARS})
-    return extrapolate.Snapshot(done_ctas, m.env.now, flat, {u: m.units[u].busy_until_now() for u in UNITS})
+    return extrapolate.Snapshot(done_ctas, m.env.now, flat, m.busy_s())
 
 
 def _extrapolated(gpu, ceilings, launch, occ, batch, clock_s, counted=None) -> LaunchResult | None:

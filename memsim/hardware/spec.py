@@ -37,6 +37,10 @@ class Calibration:
     # Written bytes an attention kernel leaves dirty in L2 when it ends (ncu does not see them reach HBM). Not a
     # microbenchmark ceiling: fitted on the calibration subset of validation/results (memsim.writes).
     l2_dirty_resident_bytes: float | None = None
+    # What one dependent compute step (a matmul, a softmax) adds to a CTA's chain beyond its work: issue,
+    # pipeline and reduction latency that the CTA's own warps cannot hide (memsim.engine.sharing). Fitted on
+    # the calibration subset of validation/results like l2_dirty_resident_bytes (validation/fit_step_latency.py).
+    dependent_step_latency_s: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -54,6 +58,7 @@ class Ceilings:
     sfu_ops_per_s: float
     launch_overhead_s: float
     l2_dirty_resident_bytes: float | None = None  # None: every written byte reaches HBM during the kernel
+    dependent_step_latency_s: float = 0.0  # 0 where nothing was fitted: a chain of steps costs only their work
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,4 +136,5 @@ class GPUSpec:
             sfu_ops_per_s=measured("sfu_ops_per_s"),
             launch_overhead_s=measured("launch_overhead_s"),
             l2_dirty_resident_bytes=cal.l2_dirty_resident_bytes,
+            dependent_step_latency_s=cal.dependent_step_latency_s or 0.0,
         )

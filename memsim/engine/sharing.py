@@ -1,0 +1,161 @@
+"""The SM pipes (tensor cores, CUDA cores, SFU, shared memory) shared by every resident CTA.
+
+A CTA's compute between two waits (e.g. one loop iteration's QK^T, softmax and PV) is one
+request with a demand on each pipe. On the GPU the warps of co-resident CTAs interleave at
+instruction granularity, so one CTA's softmax runs on the CUDA cores while another's matmul
+runs on the tensor cores; within one CTA the steps depend on each other and run one after
+another. So a request is limited by:
+
+- its chain: it cannot finish sooner than its steps one after another at a whole SM's rates
+  (`chain_s`), which is also the most one CTA can take from any pipe (one SM's share);
+- the pipes: the resident CTAs together never use more of a pipe than there is.
+
+Within those limits the pipes are shared by dominant-resource fairness (Ghodsi et al.,
+"Dominant Resource Fairness", NSDI 2011): every request progresses at the same rate in
+its dominant pipe's share, raised together (progressive filling) until a pipe saturates or
+a request reaches its chain limit. With one pipe this is processor sharing.
+
+Each pipe is pooled over all SMs and measured in GPU-seconds (work / whole-GPU rate, capacity
+1 per second), as in memsim.engine.machine. Requests whose demands point the same way and
+have the same chain limit share a class and progress in step, so each class keeps one service
+clock (virtual time, as memsim.engine.fluid does per unit) and a change costs O(classes x pipes).
+A request of weight w stands for w identical CTAs started together.
+"""
+
+import heapq
+import math
+
+import simpy
+
+_DONE = 1e-9  # relative remainder at which a request counts as served (float rounding)
+_CLOCK_RESOLUTION = 1e-12  # relative: a remainder needing less time than this cannot move the clock
+_KEY_DIGITS = 12  # significant digits that make two requests' directions and limits the same class
+
+
+class _Class:
+    """Requests whose demands are proportional and whose chain limits per amount are equal."""
+
+    __slots__ = ("direction", "cap", "queue", "weight", "clock", "rate")
+
+    def __init__(self, direction: tuple[float, ...], cap: float):
+        self.direction = direction  # share of each pipe used per unit of dominant-share rate (max 1)
+        self.cap = cap  # the most dominant-share rate one member may take (its chain limit)
+        self.queue: list = []  # heap of (finish on the class clock, id, weight, event, amount)
+        self.weight = 0.0
+        self.clock = 0.0  # dominant-seconds served per member
+        self.rate = 0.0
+
+
+class SharedPipes:
+    def __init__(self, env: simpy.Environment, names: tuple[str, ...], trace: bool = False):
+        self.env, self.names = env, names
+        self._classes: dict = {}
+        self._active: list[_Class] = []
+        self._next_id = 0
+        self._last_s = env.now
+        self._version = 0
+        self.busy_s = dict.fromkeys(names, 0.0)  # integral of each pipe's utilisation (0..1) over time
+        self.served = dict.fromkeys(names, 0.0)  # GPU-seconds of work per pipe, weights included
+        self._use = dict.fromkeys(names, 0.0)  # utilisation now
+        self.busy_intervals = {name: [] for name in names} if trace else None
+
+    def use(self, demand_s: dict[str, float], chain_s: float, weight: float = 1.0) -> simpy.Event:
+        """An event that fires once every pipe has done `demand_s` (GPU-seconds per member) of this
+        request, and no sooner than `chain_s` after it started."""
+        done = self.env.event()
+        scale = max(demand_s.values(), default=0.0)  # seconds on its dominant pipe, alone on the GPU
+        if scale <= 0 or weight <= 0:
+            return done.succeed()
+        self._advance()
+        direction = tuple(round(demand_s.get(n, 0.0) / scale, _KEY_DIGITS) for n in self.names)
+        cap = float(f"{scale / chain_s:.{_KEY_DIGITS}g}") if chain_s > 0 else math.inf
+        cls = self._classes.get((direction, cap))
+        if cls is None:
+            cls = self._classes[(direction, cap)] = _Class(direction, cap)
+        if not cls.queue:
+            self._active.append(cls)
+        heapq.heappush(cls.queue, (cls.clock + scale, self._next_id, weight, done, scale))
+        self._next_id += 1
+        cls.weight += weight
+        for n in self.names:
+            self.served[n] += demand_s.get(n, 0.0) * weight
+        self._rebalance()
+        return done
+
+    def busy_until_now(self, name: str) -> float:
+        self._advance()
+        return self.busy_s[name]
+
+    def _advance(self) -> None:
+        dt = self.env.now - self._last_s
+        if dt > 0 and self._active:
+            for cls in self._active:
+                cls.clock += cls.rate * dt
+            for n in self.names:
+                self.busy_s[n] += dt * min(1.0, self._use[n])
+        self._last_s = self.env.now
+
+    def _rebalance(self) -> None:
+        """Progressive filling: raise every request's rate together until a pipe fills or a
+        request reaches its chain limit; freeze those; go on with the rest."""
+        pipes = range(len(self.names))
+        used = [0.0] * len(self.names)
+        rising = list(self._active)
+        while rising:
+            level = min(cls.cap for cls in rising)
+            full = None
+            for p in pipes:
+                demand = sum(cls.weight * cls.direction[p] for cls in rising)
+                if demand > 0 and (1.0 - used[p]) / demand < level:
+                    level, full = max(0.0, (1.0 - used[p]) / demand), p
+            if full is None:
+                frozen = [cls for cls in rising if cls.cap <= level]
+            else:
+                frozen = [cls for cls in rising if cls.direction[full] > 0]
+            for cls in frozen:
+                cls.rate = min(level, cls.cap)
+                for p in pipes:
+                    used[p] += cls.weight * cls.rate * cls.direction[p]
+            rising = [cls for cls in rising if cls not in frozen]
+        self._trace_changes(used)
+        self._use = dict(zip(self.names, used))
+        self._reschedule()
+
+    def _trace_changes(self, used: list[float]) -> None:
+        if self.busy_intervals is None:
+            return
+        for n, now_used in zip(self.names, used):
+            was, intervals = self._use[n] > 0, self.busy_intervals[n]
+            if now_used > 0 and not was:
+                intervals.append((self.env.now, math.nan))
+            elif was and now_used <= 0:
+                intervals[-1] = (intervals[-1][0], self.env.now)
+
+    def _reschedule(self) -> None:
+        self._version += 1
+        delay_s = min(((cls.queue[0][0] - cls.clock) / cls.rate for cls in self._active if cls.rate > 0),
+                      default=math.inf)
+        if delay_s == math.inf:
+            return
+        version = self._version
+        timer = self.env.timeout(max(delay_s, 0.0))
+        timer.callbacks.append(lambda _event: self._on_timer(version))
+
+    def _on_timer(self, version: int) -> None:
+        if version != self._version:
+            return  # superseded by a later arrival or departure
+        self._advance()
+        tiny_s = _CLOCK_RESOLUTION * max(self.env.now, 1e-9)
+        for cls in self._active:
+            queue = cls.queue
+            while queue:
+                remaining = queue[0][0] - cls.clock
+                if remaining > _DONE * queue[0][4] and (cls.rate <= 0 or remaining / cls.rate > tiny_s):
+                    break
+                _, _, weight, done, _ = heapq.heappop(queue)
+                cls.weight -= weight
+                done.succeed()
+            if not queue:
+                cls.weight = 0.0
+        self._active = [cls for cls in self._active if cls.queue]
+        self._rebalance()
