@@ -69,7 +69,7 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if tiles.q_reload and alg.name not in Q_RELOAD_ALGORITHMS:
         raise MemsimError(f"q_reload applies to {', '.join(Q_RELOAD_ALGORITHMS)} (a kernel that reads its Q tile "
                           f"again for every key block); {alg.name} keeps Q on chip")
-    ceilings = spec.ceilings(calibrated)
+    ceilings = spec.ceilings(calibrated, tiles.mma)
     results, notes = [], ()
     if engine == "des":
         from memsim.engine.report import kernel_prediction

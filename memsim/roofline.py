@@ -18,8 +18,7 @@ plus one launch overhead. The bound is the class of the largest term.
 
 from dataclasses import dataclass
 
-from memsim.errors import MemsimError
-from memsim.hardware.spec import Ceilings, GPUSpec
+from memsim.hardware.spec import Ceilings, GPUSpec, matrix_rate
 from memsim.kernel import KernelCost
 from memsim.occupancy import Occupancy, occupancy
 
@@ -40,14 +39,6 @@ class KernelTime:
         return BOUND_OF[self.critical]
 
 
-def _tensor_rate(gpu: GPUSpec, ceilings: Ceilings, dtype: str) -> float:
-    rate = ceilings.tensor_flops_per_s.get(dtype)
-    if not rate:
-        have = ", ".join(sorted(k for k, v in gpu.tensor_flops_per_s.items() if v))
-        raise MemsimError(f"{gpu.name} has no {dtype} tensor cores; it has {have}")
-    return rate
-
-
 def wave_tail(grid_ctas: int, sm_count: int) -> float:
     """How much longer than a perfectly balanced run the compute takes (>= 1).
 
@@ -62,8 +53,10 @@ def kernel_time(gpu: GPUSpec, ceilings: Ceilings, cost: KernelCost) -> KernelTim
     occ = occupancy(gpu, cost.smem_bytes_per_cta, cost.warps_per_cta, cost.registers_per_thread, cost.grid_ctas,
                     cost.name)
     tail = wave_tail(cost.grid_ctas, gpu.sm_count)
-    tensor_s = cost.tensor_flops / _tensor_rate(gpu, ceilings, cost.tensor_dtype) if cost.tensor_flops else 0.0
+    tensor_s = cost.tensor_flops / matrix_rate(gpu, ceilings, cost.tensor_dtype) if cost.tensor_flops else 0.0
     cuda_s = (cost.cuda_ops - cost.exp_ops) / (ceilings.cuda_core_fp32_flops_per_s / 2)
+    if ceilings.mma_pipe == "cuda":  # the matrix products are FMA on the CUDA cores too
+        tensor_s, cuda_s = 0.0, cuda_s + tensor_s
     sfu_s = cost.exp_ops / ceilings.sfu_ops_per_s
     vector_s = cuda_s + sfu_s
     compute_s = max(tensor_s, vector_s) if cost.softmax_overlaps_mma else tensor_s + vector_s

@@ -39,7 +39,7 @@ TENSOR_ARCH = {
 SFU_RESULTS_PER_CLK_PER_SM = 16
 
 _TEXT_FIELDS = {"name", "vendor", "architecture"}
-_NESTED_FIELDS = {"tensor_flops_per_s", "links", "calibration", "sources"}
+_NESTED_FIELDS = {"tensor_flops_per_s", "mma_sync_flops_per_s", "links", "calibration", "sources"}
 NUMBER_FIELDS = sorted({f.name for f in dataclasses.fields(GPUSpec)} - _TEXT_FIELDS - _NESTED_FIELDS)
 
 
@@ -55,6 +55,7 @@ def _numeric_keys(spec: GPUSpec) -> list[str]:
     """Every number the spec holds, named the way load.py files its citation in spec.sources."""
     keys = list(NUMBER_FIELDS)
     keys += [f"tensor_flops_per_s.{dtype}" for dtype in spec.tensor_flops_per_s]
+    keys += [f"mma_sync_flops_per_s.{dtype}" for dtype in spec.mma_sync_flops_per_s or {}]
     for name in spec.links:
         keys += [f"links.{name}.bandwidth_bytes_per_s", f"links.{name}.latency_s"]
     cal = spec.calibration

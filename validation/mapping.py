@@ -6,9 +6,11 @@ stages from the dynamic shared memory. The kernel family (which memsim algorithm
 schedule) is named per backend below, with the reason.
 """
 
+import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import ceil
+from pathlib import Path
 
 from memsim.algorithms import ALGORITHMS
 from memsim.algorithms.moba import MOBA_BLOCK_SIZE, MOBA_TOP_K
@@ -162,8 +164,11 @@ def map_flex(row: dict) -> Mapped:
 
 
 def map_sdpa_math(row: dict) -> Mapped:
-    """The math path: Q K^T, softmax and P V as separate kernels (plus casts): memsim's standard attention."""
-    return Mapped("standard", shape_of(row), None, how="three-kernel standard attention (casts not modelled)")
+    """The math path: Q K^T, softmax and P V as separate kernels (plus casts): memsim's standard attention, in fp32,
+    as its GEMMs run (sm80_xmma_gemm_f32f32_..._ffma: fp32 operands, FMA on the CUDA cores, TF32 off)."""
+    shape = replace(shape_of(row), dtype="fp32")
+    return Mapped("standard", shape, None, how="three-kernel standard attention in fp32 (the casts from and to "
+                                               f"{row['dtype']} are not modelled)")
 
 
 MAPPERS = {"sdpa_flash": map_sdpa_flash, "sdpa_cudnn": map_sdpa_cudnn, "sdpa_efficient": map_sdpa_efficient,
@@ -175,7 +180,53 @@ def map_case(row: dict) -> Mapped:
         raise Unmapped(row.get("error") or "no kernel launches recorded")
     mapper = MAPPERS.get(row["kernel"])
     mapped = map_ours(row) if mapper is None else mapper(row)
+    mapped = with_mma(mapped, matrix_instruction(row))
     return replace(mapped, resources=launch_resources(mapped, row))
+
+
+# The matrix instruction each measured launch compiled to (memsim's TileConfig.mma). Triton kernels: read from their
+# PTX (validation/mma_instructions.py over the suite's Triton caches on the H100, results/h100/mma-instructions-*).
+# Others: from the name ncu reports. cuDNN's sm90 kernels say wgmma; FlashAttention-2 (pytorch_flash::) and
+# CUTLASS's fmha_cutlassF_*_sm80 are sm_80 code, as is cuDNN's sm80 decode kernel (wmma): mma.sync; the math path's
+# GEMMs say ffma (fp32 operands on the CUDA cores; ncu shows the tensor pipe idle).
+RESULTS = Path(__file__).parent / "results" / "h100"
+
+
+@lru_cache(maxsize=None)
+def _triton_instructions() -> dict[str, str]:
+    """Triton kernel name -> "fastest", "mma_sync" or None (no matrix products), from the newest PTX record."""
+    files = sorted(RESULTS.glob("mma-instructions-*.json"))
+    if not files:
+        return {}
+    path = {"warpgroup": "fastest", "warp": "mma_sync", "none": None}
+    return {r["kernel"]: path[r["mma"]] for r in json.loads(files[-1].read_text())}
+
+
+def launch_instruction(kernel: str) -> str | None:
+    """The matrix instruction of one launch by its name; None for a launch with no matrix products (or unknown)."""
+    triton = _triton_instructions()
+    if kernel in triton:
+        return triton[kernel]
+    if "wgmma" in kernel:
+        return "fastest"
+    if "ffma" in kernel:
+        return "fma"
+    if "sm80" in kernel or "pytorch_flash::" in kernel:
+        return "mma_sync"
+    return None
+
+
+def matrix_instruction(row: dict) -> str:
+    """The case's matrix instruction: the slowest that any of its attention launches uses."""
+    found = {launch_instruction(k["kernel"]) for k in main_launches(row)}
+    return next((path for path in ("fma", "mma_sync") if path in found), "fastest")
+
+
+def with_mma(mapped: Mapped, mma: str) -> Mapped:
+    if mma == "fastest" and (mapped.tiles is None or mapped.tiles.mma == mma):
+        return mapped
+    tiles = mapped.tiles or ALGORITHMS[mapped.algo].default_tiles(_gpu(GPU), mapped.shape)
+    return replace(mapped, tiles=replace(tiles, mma=mma), how=f"{mapped.how}; matrix products on {mma}")
 
 
 def launch_resources(mapped: Mapped, row: dict) -> dict:

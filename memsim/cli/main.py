@@ -9,6 +9,7 @@ from rich.console import Console
 from memsim.errors import MemsimError
 from memsim.explain import explain
 from memsim.hardware import DEFAULT_GPU, load_gpu
+from memsim.hardware.spec import MMA_PATHS
 from memsim.predict import ENGINES, resolve_tiles, run
 from memsim.resources import FIRST_LAUNCH, CtaResources
 from memsim.algorithms import ALGORITHMS, PASSES
@@ -46,6 +47,9 @@ def cli():
 @click.option("--page-size", type=int, help="Tokens per KV-cache page (paged attention).")
 @click.option("--reload-q", is_flag=True, help="flash2: the kernel reads its Q tile again for every key block "
                                                "(CUTLASS memory-efficient attention) instead of keeping it on chip.")
+@click.option("--mma", type=click.Choice(MMA_PATHS), help="The instruction the kernel's matrix products compile to: "
+              "fastest (the GPU's own, wgmma on Hopper; default), mma_sync (sm_80 code such as FlashAttention-2) "
+              "or fma (CUDA cores, no tensor cores).")
 @click.option("--registers", type=int, help="Registers per thread of the pass's first launch, as ncu reports it "
                                              "(launch__registers_per_thread); default: memsim's estimate.")
 @click.option("--smem-bytes", type=int, help="Shared memory per CTA of the pass's first launch, dynamic + static, as "
@@ -66,7 +70,7 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, reload_q, registers, smem_bytes, pass_, engine, peak, compare, order,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, mma, registers, smem_bytes, pass_, engine, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
     algos = [a.strip() for a in compare.split(",")] if compare else [algo]
@@ -75,7 +79,7 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                     num_splits=splits, page_size=page_size, q_reload=reload_q or None)
+                     num_splits=splits, page_size=page_size, q_reload=reload_q or None, mma=mma)
     resources = {FIRST_LAUNCH: CtaResources(registers, smem_bytes)} if registers or smem_bytes else None
     results, runs = [], []
     for a in algos:

@@ -139,18 +139,23 @@ def _fetch_line(m: Machine, key, nbytes: float, tensor: str):
 COMPUTE = (Mma, Vector, SmemRoundTrip)
 
 
-def compute(m: Machine, steps: list[Step], weight: int):
+def compute(m: Machine, steps: list[Step], weight: int, repeats: int = 1):
     """Steps that depend on one another (QK^T, softmax, PV) as one request on the SM pipes: each
     pipe does its share, and the whole takes at least the steps one after another at one SM's
-    rates (memsim.engine.sharing)."""
+    rates (memsim.engine.sharing), plus one dependent-step latency per step. `repeats`: the
+    steps stand for that many iterations merged position by position (merge_steps), each of
+    which pays its own latencies."""
     demand_s = {"tensor": 0.0, "cuda": 0.0, "sfu": 0.0, "smem": 0.0}
     chain_s, dependent = 0.0, 0
     c = m.counters
     for step in steps:
         if isinstance(step, Mma):
             seconds = m.tensor_seconds(step.flops, step.dtype)
-            demand_s["tensor"] += seconds
-            c.tensor_flops += step.flops * weight
+            demand_s[m.ceilings.mma_pipe] += seconds
+            if m.ceilings.mma_pipe == "tensor":
+                c.tensor_flops += step.flops * weight
+            else:  # FMA on the CUDA cores: one operation per multiply-add
+                c.cuda_ops += step.flops / 2 * weight
         elif isinstance(step, Vector):
             cuda_s, sfu_s = m.cuda_seconds(step.cuda_ops), m.sfu_seconds(step.exp_ops)
             demand_s["cuda"] += cuda_s
@@ -164,19 +169,20 @@ def compute(m: Machine, steps: list[Step], weight: int):
             c.smem_bytes += step.bytes * weight
         chain_s += seconds
         dependent += seconds > 0  # a step with no work (nothing to normalise) waits on nothing
-    chain_s = chain_s * m.gpu.sm_count + dependent * m.ceilings.dependent_step_latency_s  # GPU- to SM-seconds
+    chain_s = chain_s * m.gpu.sm_count + dependent * repeats * m.ceilings.dependent_step_latency_s  # GPU- to SM-seconds
     yield m.pipes.use(demand_s, chain_s, weight)
 
 
-def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort):
-    """Loads and stores one by one; each run of consecutive compute steps as one request."""
+def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 1):
+    """Loads and stores one by one; each run of consecutive compute steps as one request.
+    `repeats`: iterations merged into these steps (merge_steps)."""
     pending: list[Step] = []
     for step in steps:
         if isinstance(step, COMPUTE):
             pending.append(step)
             continue
         if pending:
-            yield from compute(m, pending, cohort.weight)
+            yield from compute(m, pending, cohort.weight, repeats)
             pending = []
         if isinstance(step, Load):
             yield from load_tiles(m, [(step,)], cohort)
@@ -185,16 +191,17 @@ def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort):
         else:
             raise TypeError(f"unknown step {step!r}")
     if pending:
-        yield from compute(m, pending, cohort.weight)
+        yield from compute(m, pending, cohort.weight, repeats)
 
 
-def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[Step, ...]:
-    """The compute of several iterations as one: amounts summed position by position where the
-    iterations have the same steps; otherwise the steps one after another."""
+def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[tuple[Step, ...], int]:
+    """The compute of several iterations as one, and how many iterations each step stands for:
+    amounts summed position by position where the iterations have the same steps (each step then
+    stands for all of them); otherwise the steps one after another (each stands for itself)."""
     first = iterations[0]
     if len(iterations) == 1 or any(len(it) != len(first) or any(type(a) is not type(b) for a, b in zip(it, first))
                                    for it in iterations):
-        return tuple(s for it in iterations for s in it)
+        return tuple(s for it in iterations for s in it), 1
     merged = []
     for position in zip(*iterations):
         s = position[0]
@@ -206,7 +213,7 @@ def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[Step, ...]:
             merged.append(SmemRoundTrip(sum(p.bytes for p in position)))
         else:
             merged.extend(position)  # stores and loads keep their own tiles
-    return tuple(merged)
+    return tuple(merged), len(iterations)
 
 
 def spans(iterations: int, batch: int) -> list[tuple[int, int]]:
@@ -242,26 +249,26 @@ def run_loop(m: Machine, loop: Loop, cohort: Cohort, stages: int, batch: int):
             yield from fetch(a, b)
         else:
             yield fetches[j]
-        steps = merge_steps([loop.compute(i) for i in range(a, b)])
+        steps, repeats = merge_steps([loop.compute(i) for i in range(a, b)])
         if loop.overlap_vector:
-            vector_chain = yield from _overlapped(m, steps, cohort, vector_chain)
+            vector_chain = yield from _overlapped(m, steps, cohort, vector_chain, repeats)
         else:
-            yield from run_steps(m, steps, cohort)
+            yield from run_steps(m, steps, cohort, repeats)
         if stages > 1 and j + stages < len(spans_):
             fetches.append(env.process(fetch(*spans_[j + stages])))
     if vector_chain is not None:
         yield vector_chain
 
 
-def _overlapped(m: Machine, steps: tuple[Step, ...], cohort: Cohort, previous_vector):
+def _overlapped(m: Machine, steps: tuple[Step, ...], cohort: Cohort, previous_vector, repeats: int):
     """FlashAttention-3 ping-pong: this iteration's matmuls run while the previous softmax finishes."""
-    yield from run_steps(m, [s for s in steps if not isinstance(s, Vector)], cohort)
+    yield from run_steps(m, [s for s in steps if not isinstance(s, Vector)], cohort, repeats)
     vectors = [s for s in steps if isinstance(s, Vector)]
 
     def chained():
         if previous_vector is not None:
             yield previous_vector
-        yield from run_steps(m, vectors, cohort)
+        yield from run_steps(m, vectors, cohort, repeats)
 
     return m.env.process(chained())
 

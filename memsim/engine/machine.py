@@ -15,8 +15,7 @@ import simpy
 from memsim.engine.fluid import FluidResource
 from memsim.engine.l2cache import L2Cache
 from memsim.engine.sharing import SharedPipes
-from memsim.errors import MemsimError
-from memsim.hardware.spec import Ceilings, GPUSpec
+from memsim.hardware.spec import Ceilings, GPUSpec, matrix_rate
 
 SMEM_BYTES_PER_CLK_PER_SM = 128  # 32 banks x 4 bytes per clock (CUDA C++ Programming Guide, Shared Memory)
 PIPES = ("tensor", "cuda", "sfu", "smem")  # per SM, shared by its resident CTAs
@@ -81,11 +80,7 @@ class Machine:
         return intervals
 
     def tensor_seconds(self, flops: float, dtype: str) -> float:
-        rate = self.ceilings.tensor_flops_per_s.get(dtype)
-        if not rate:
-            raise MemsimError(f"{self.gpu.name} has no {dtype} tensor cores; it has "
-                              f"{', '.join(sorted(self.gpu.tensor_flops_per_s))}")
-        return flops / rate
+        return flops / matrix_rate(self.gpu, self.ceilings, dtype)
 
     def cuda_seconds(self, ops: float) -> float:
         return ops / (self.ceilings.cuda_core_fp32_flops_per_s / 2)  # one simple op per lane per clock

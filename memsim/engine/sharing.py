@@ -97,26 +97,51 @@ class SharedPipes:
 
     def _rebalance(self) -> None:
         """Progressive filling: raise every request's rate together until a pipe fills or a
-        request reaches its chain limit; freeze those; go on with the rest."""
+        request reaches its chain limit; freeze those; go on with the rest.
+
+        All rising classes share one level, so each pipe's load is its frozen use plus the level
+        times the rising classes' demand. Classes reach their chain limits in the order of their
+        caps, and at most one pipe fills per round: O(classes x pipes + classes x log classes)."""
         pipes = range(len(self.names))
-        used = [0.0] * len(self.names)
-        rising = list(self._active)
-        while rising:
-            level = min(cls.cap for cls in rising)
-            full = None
+        used = [0.0] * len(self.names)  # by frozen classes
+        demand = [0.0] * len(self.names)  # per unit of level, by rising classes
+        users = [0] * len(self.names)  # rising classes with work on each pipe
+        for cls in self._active:
+            cls.rate = -1.0  # rising
             for p in pipes:
-                demand = sum(cls.weight * cls.direction[p] for cls in rising)
-                if demand > 0 and (1.0 - used[p]) / demand < level:
-                    level, full = max(0.0, (1.0 - used[p]) / demand), p
+                if cls.direction[p] > 0:
+                    demand[p] += cls.weight * cls.direction[p]
+                    users[p] += 1
+        by_cap = sorted(self._active, key=lambda cls: cls.cap)
+        rising, next_cap = len(by_cap), 0
+
+        def freeze(cls, rate):
+            cls.rate = rate
+            for p in pipes:
+                if cls.direction[p] > 0:
+                    share = cls.weight * cls.direction[p]
+                    used[p] += share * rate
+                    demand[p] -= share
+                    users[p] -= 1
+
+        while rising:
+            while by_cap[next_cap].rate >= 0:
+                next_cap += 1
+            level, full = by_cap[next_cap].cap, None
+            for p in pipes:
+                if users[p] and (1.0 - used[p]) < level * demand[p]:
+                    level, full = max(0.0, (1.0 - used[p]) / demand[p]), p
             if full is None:
-                frozen = [cls for cls in rising if cls.cap <= level]
+                while next_cap < len(by_cap) and by_cap[next_cap].cap <= level:
+                    if by_cap[next_cap].rate < 0:
+                        freeze(by_cap[next_cap], by_cap[next_cap].cap)
+                        rising -= 1
+                    next_cap += 1
             else:
-                frozen = [cls for cls in rising if cls.direction[full] > 0]
-            for cls in frozen:
-                cls.rate = min(level, cls.cap)
-                for p in pipes:
-                    used[p] += cls.weight * cls.rate * cls.direction[p]
-            rising = [cls for cls in rising if cls not in frozen]
+                for cls in by_cap:
+                    if cls.rate < 0 and cls.direction[full] > 0:
+                        freeze(cls, min(level, cls.cap))
+                        rising -= 1
         self._trace_changes(used)
         self._use = dict(zip(self.names, used))
         self._reschedule()

@@ -24,8 +24,8 @@ PRESET_DIR = resources.files("memsim.hardware") / "presets"
 DEFAULT_GPU = "H100-SXM5-80GB"
 
 _TEXT_FIELDS = {"name", "vendor", "architecture"}
-_NESTED_FIELDS = {"tensor_flops_per_s", "links", "calibration", "sources"}
-_OPTIONAL_FIELDS = {"links", "calibration", "sources", "aliases", "references", "notes"}
+_NESTED_FIELDS = {"tensor_flops_per_s", "mma_sync_flops_per_s", "links", "calibration", "sources"}
+_OPTIONAL_FIELDS = {"links", "calibration", "sources", "aliases", "references", "notes", "mma_sync_flops_per_s"}
 _INT_FIELDS = {f.name for f in dataclasses.fields(GPUSpec) if f.type is int or f.type == "int"}
 _NUMBER_FIELDS = {f.name for f in dataclasses.fields(GPUSpec)} - _TEXT_FIELDS - _NESTED_FIELDS
 TENSOR_DTYPES = ("fp64", "tf32", "fp16", "bf16", "fp8", "int8", "fp4")
@@ -118,11 +118,14 @@ def spec_from_dict(data: object, where: str) -> GPUSpec:
     reader = _Reader(where, references)
     numbers = {k: reader.number(data[k], k, integer=k in _INT_FIELDS) for k in sorted(_NUMBER_FIELDS)}
     tensor = _tensor_rates(reader, data["tensor_flops_per_s"], "tensor_flops_per_s")
+    mma_sync = None
+    if data.get("mma_sync_flops_per_s") is not None:
+        mma_sync = _tensor_rates(reader, data["mma_sync_flops_per_s"], "mma_sync_flops_per_s")
     links = _links(reader, data.get("links") or {})
     calibration = _calibration(reader, data["calibration"]) if data.get("calibration") else None
     spec = GPUSpec(
         name=str(data["name"]), vendor=str(data["vendor"]), architecture=str(data["architecture"]),
-        tensor_flops_per_s=tensor, links=links, calibration=calibration,
+        tensor_flops_per_s=tensor, mma_sync_flops_per_s=mma_sync, links=links, calibration=calibration,
         sources=MappingProxyType(dict(reader.sources)), **numbers,
     )
     _check_consistent(spec, where)
@@ -130,6 +133,11 @@ def spec_from_dict(data: object, where: str) -> GPUSpec:
 
 
 def _check_consistent(spec: GPUSpec, where: str) -> None:
+    for dtype, rate in (spec.mma_sync_flops_per_s or {}).items():
+        if rate > spec.tensor_flops_per_s.get(dtype, 0.0):
+            raise MemsimError(f"{where}: mma_sync_flops_per_s.{dtype} = {rate:.4g} must not exceed "
+                              f"tensor_flops_per_s.{dtype} = {spec.tensor_flops_per_s.get(dtype, 0.0):.4g} "
+                              f"(the fastest matrix instruction's rate)")
     if spec.smem_per_block_optin_bytes > spec.smem_per_sm_bytes:
         raise MemsimError(
             f"{where}: smem_per_block_optin_bytes = {spec.smem_per_block_optin_bytes} exceeds "

@@ -2,13 +2,18 @@
 
 Datasheet peaks live in `GPUSpec`; measured achievable ceilings live apart in
 `Calibration`, and `GPUSpec.ceilings()` says which of the two a prediction uses.
-This module imports nothing else of memsim.
+This module imports nothing else of memsim but its error type.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
+from memsim.errors import MemsimError
+
+# Which instruction a kernel's matrix products compile to (TileConfig.mma): the GPU's fastest (wgmma on Hopper),
+# the warp-level mma.sync of sm_80 code, or FMA on the CUDA cores (no tensor cores: an fp32 GEMM with TF32 off).
+MMA_PATHS = ("fastest", "mma_sync", "fma")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +64,8 @@ class Ceilings:
     launch_overhead_s: float
     l2_dirty_resident_bytes: float | None = None  # None: every written byte reaches HBM during the kernel
     dependent_step_latency_s: float = 0.0  # 0 where nothing was fitted: a chain of steps costs only their work
+    mma: str = "fastest"  # the matrix instruction tensor_flops_per_s is the rate of (MMA_PATHS)
+    mma_pipe: str = "tensor"  # the SM pipe matrix work runs on: "cuda" for FMA on the CUDA cores
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +93,9 @@ class GPUSpec:
     hbm_latency_s: float
     # arithmetic
     tensor_flops_per_s: Mapping[str, float]  # dense, by input dtype (tf32, fp16, bf16, fp8, int8)
+    # The warp-level mma.sync's peak by dtype, where the GPU has a faster matrix instruction (Hopper's wgmma) and
+    # it was measured; None where it was not (on GPUs before Hopper mma.sync is the fastest path).
+    mma_sync_flops_per_s: Mapping[str, float] | None = None
     cuda_core_fp32_flops_per_s: float  # an FMA counts two
     sfu_ops_per_s: float  # special-function unit: exp2, log2, rcp per second, whole GPU
     launch_overhead_s: float
@@ -103,8 +113,12 @@ class GPUSpec:
         """Issue rate of simple fp32 instructions (max, add, mul): one per lane per clock, half the FMA FLOP rate."""
         return self.cuda_core_fp32_flops_per_s / 2
 
-    def ceilings(self, calibrated: bool = True) -> Ceilings:
-        """Datasheet peaks, with measured values put in where a calibration has them and `calibrated` is set."""
+    def ceilings(self, calibrated: bool = True, mma: str = "fastest") -> Ceilings:
+        """Datasheet peaks, with measured values put in where a calibration has them and `calibrated` is set,
+        for matrix products on the `mma` path (MMA_PATHS)."""
+        return _for_mma(self, self._ceilings(calibrated), mma)
+
+    def _ceilings(self, calibrated: bool) -> Ceilings:
         cal = self.calibration if calibrated else None
         if cal is None:
             return Ceilings(
@@ -138,3 +152,36 @@ class GPUSpec:
             l2_dirty_resident_bytes=cal.l2_dirty_resident_bytes,
             dependent_step_latency_s=cal.dependent_step_latency_s or 0.0,
         )
+
+
+def _for_mma(gpu: GPUSpec, ceilings: Ceilings, mma: str) -> Ceilings:
+    """The ceilings of matrix products on another instruction than the fastest.
+
+    mma_sync: each dtype's tensor rate scaled by mma.sync's peak over the fastest one's (a calibrated rate keeps
+    its measured efficiency); fma: every matrix FLOP at the CUDA cores' FMA rate, on the CUDA-core pipe."""
+    if mma not in MMA_PATHS:
+        raise MemsimError(f"mma = {mma!r} is not known; use one of {', '.join(MMA_PATHS)}")
+    if mma == "fastest":
+        return ceilings
+    if mma == "fma":
+        rates = dict.fromkeys(ceilings.tensor_flops_per_s, ceilings.cuda_core_fp32_flops_per_s)
+        return replace(ceilings, tensor_flops_per_s=MappingProxyType(rates), mma=mma, mma_pipe="cuda",
+                       origin=f"{ceilings.origin}; matrix products as FMA on the CUDA cores")
+    if gpu.mma_sync_flops_per_s is None:
+        raise MemsimError(f"{gpu.name} has no measured mma.sync rate (mma_sync_flops_per_s in its preset); on a GPU "
+                          f"before Hopper mma.sync is the fastest path: use mma fastest")
+    rates = {dtype: rate * gpu.mma_sync_flops_per_s[dtype] / gpu.tensor_flops_per_s[dtype]
+             for dtype, rate in ceilings.tensor_flops_per_s.items()
+             if dtype in gpu.mma_sync_flops_per_s and gpu.tensor_flops_per_s.get(dtype)}
+    return replace(ceilings, tensor_flops_per_s=MappingProxyType(rates), mma=mma,
+                   origin=f"{ceilings.origin}; matrix products on mma.sync")
+
+
+def matrix_rate(gpu: GPUSpec, ceilings: Ceilings, dtype: str) -> float:
+    """FLOP/s of matrix products on `dtype` inputs at these ceilings (on their mma path)."""
+    rate = ceilings.tensor_flops_per_s.get(dtype)
+    if not rate:
+        have = ", ".join(sorted(k for k, v in ceilings.tensor_flops_per_s.items() if v))
+        path = "" if ceilings.mma == "fastest" else f" on the {ceilings.mma} path"
+        raise MemsimError(f"{gpu.name} has no {dtype} tensor-core rate{path}; it has {have}")
+    return rate

@@ -3,6 +3,7 @@
 from dataclasses import asdict, dataclass
 
 from memsim.errors import MemsimError
+from memsim.hardware.spec import MMA_PATHS
 
 LOOP_ORDERS = ("q_outer", "kv_outer")  # FlashAttention-2 order / FlashAttention-1 order
 
@@ -16,7 +17,12 @@ class TileConfig:
     `q_reload` reads the Q tile from global memory again for every key block instead of keeping it on
     chip (flash2 only): CUTLASS memory-efficient attention (PyTorch SDPA's "efficient" path) streams both
     operands of Q K^T through its GEMM iterators, so on the H100 its L2 -> SM reads are K/V plus one Q tile
-    per key block (validation/results/h100: 2.5 GiB at B1 H16 N4096 d128, 64 x 128 tiles).
+    per key block (validation/results/h100: 2.5 GiB at B1 H16 N4096 d128, 64 x 128 tiles);
+    `mma` is the instruction the kernel's matrix products compile to: "fastest" (the GPU's own: wgmma on
+    Hopper), "mma_sync" (sm_80 code such as FlashAttention-2 and CUTLASS's sm80 kernels, or a Triton dot it
+    cannot put on wgmma; on the H100 it peaks at 0.66 of wgmma's rate, validation/mma_sync_peak.cu) or "fma"
+    (no tensor cores: an fp32 GEMM with TF32 off runs on the CUDA cores). The PTX shows which
+    (validation/mma_instructions.py).
     """
 
     block_m: int = 128
@@ -27,6 +33,7 @@ class TileConfig:
     num_splits: int = 1
     page_size: int = 16
     q_reload: bool = False
+    mma: str = "fastest"
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "num_warps", "num_stages", "num_splits", "page_size"):
@@ -37,6 +44,8 @@ class TileConfig:
             raise MemsimError(f"num_warps = {self.num_warps} must be a power of two (1, 2, 4, 8, 16)")
         if not isinstance(self.q_reload, bool):
             raise MemsimError(f"q_reload = {self.q_reload!r} must be true or false")
+        if self.mma not in MMA_PATHS:
+            raise MemsimError(f"mma = {self.mma!r} is not known; use one of {', '.join(MMA_PATHS)}")
         if self.loop_order not in LOOP_ORDERS:
             raise MemsimError(f"loop_order = {self.loop_order!r} is not known; use one of {', '.join(LOOP_ORDERS)}")
 
