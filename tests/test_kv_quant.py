@@ -1,13 +1,18 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from memsim import AttentionShape, TileConfig
 from memsim.algorithms import flash_decoding, paged
-from memsim.algorithms.kv_quant import dequant_ops, kv_load_ops
+from memsim.algorithms.kv_quant import (DEQUANT_OPS_PER_ELEMENT, SFU_OPS_PER_ELEMENT, dequant_ops, kv_load_ops,
+                                        kv_load_work)
 from memsim.errors import MemsimError
 from memsim.hardware import load_gpu
 
 H100 = load_gpu("H100-SXM5-80GB")
 TILES = TileConfig(block_m=16, block_n=128, num_splits=8)
+RESULTS = Path(__file__).parent.parent / "validation" / "results" / "h100"
 
 
 def decode_shape(kv_dtype: str) -> AttentionShape:
@@ -48,3 +53,26 @@ def test_quantised_kv_cuts_kv_bytes_and_adds_dequant(module, kv_dtype, expected_
     elements = 2 * 4 * 8 * 16384 * 128  # K and V, batch x kv heads x keys x d, each loaded once
     assert quant.cuda_ops - base.cuda_ops == pytest.approx(dequant_ops(elements, kv_dtype))
     assert quant.tensor_flops == base.tensor_flops
+    assert quant.exp_ops - base.exp_ops == pytest.approx(elements * SFU_OPS_PER_ELEMENT[kv_dtype])
+
+
+def test_the_integer_convert_shares_the_special_function_unit_as_measured():
+    """validation/convert_peak.cu on the H100: cvt.rn.f32.s16 (what a Triton int8 dequantisation compiles to) runs
+    at exp2's rate, far below the FMA's, and the two interleaved reach that rate together: one unit."""
+    record = json.loads(sorted(RESULTS.glob("convert-peak-*.json"))[-1].read_text())["instructions"]
+    rate = {name: r["per_clk_per_sm"] for name, r in record.items()}
+    assert rate["cvt.rn.f32.s16"] == pytest.approx(rate["ex2.approx.ftz.f32"], rel=0.05)
+    assert rate["ex2.approx.ftz.f32 + cvt.rn.f32.s16"] == pytest.approx(rate["ex2.approx.ftz.f32"], rel=0.05)
+    assert rate["cvt.rn.f32.s16"] < rate["fma.rn.f32"] / 4
+    # fp8's convert is not on that unit: it runs at CUDA-core rates (two elements per instruction)
+    assert rate["cvt.rn.f16x2.e4m3x2"] > 2 * rate["ex2.approx.ftz.f32"]
+    assert set(SFU_OPS_PER_ELEMENT) == {"int8", "int4"}
+    assert all(SFU_OPS_PER_ELEMENT[k] <= DEQUANT_OPS_PER_ELEMENT[k] for k in SFU_OPS_PER_ELEMENT)
+
+
+@pytest.mark.parametrize("kv_dtype, sfu", [("int8", 1), ("int4", 1), ("fp8", 0), ("bf16", 0)])
+def test_kv_load_work_splits_the_converts_off(kv_dtype, sfu):
+    shape = decode_shape(kv_dtype)
+    work = kv_load_work(shape, 1000)
+    assert work.cuda_ops == kv_load_ops(shape, 1000)  # every op, converts included (VectorOps' convention)
+    assert work.exp_ops == 1000 * sfu

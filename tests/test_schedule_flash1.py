@@ -15,10 +15,12 @@ from checks import assert_engine_within_factor_of_roofline, assert_fast_matches_
 
 H100 = load_gpu("H100-SXM5-80GB")
 CEILINGS = H100.ceilings()
-# Engine / roofline: 1.3x - 3.1x on the shapes sampled. The engine times the split-K exchange (66 KB of
-# shared memory per inner step at d = 128) and a load latency per inner step of the single-buffered
-# loop; the roofline has neither, so the engine runs slower the more steps a CTA takes.
-LATENCY_FACTOR = 4.0
+# Engine / roofline: 1.3x - 4.0x on the shapes sampled (4.02x at the default B1 H32 N4096 d128, where fast
+# mode now equals faithful mode: 12082.6 us against 12082.4). The engine times the split-K exchange (66 KB of
+# shared memory per inner step at d = 128), a load latency per inner step of the single-buffered loop and the
+# fitted latency of each dependent step; the roofline has none of them, so the engine runs slower the more
+# steps a CTA takes (and the H100 slower still: validation/results/h100, flash1 rows, 33-50% over memsim).
+LATENCY_FACTOR = 4.5
 
 
 def run(shape, tiles, fast=True):

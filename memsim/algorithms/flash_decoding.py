@@ -21,7 +21,7 @@ import numpy as np
 
 from memsim.algorithms.base import Algorithm, fit_shared_memory, registers_estimate, require_forward
 from memsim.algorithms.flash2 import smem_buffers
-from memsim.algorithms.kv_quant import kv_load_ops
+from memsim.algorithms.kv_quant import kv_load_work
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
 from memsim.errors import MemsimError
@@ -169,7 +169,7 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
 
     scores = m_blocks * bm * bn * plan.tiles
     vector = online_softmax(scores, m_blocks * bm * bn * plan.edge_tiles, rows * plan.tiles, rows * s, d)
-    dequant = kv_load_ops(shape, 2 * m_blocks * plan.keys * d)
+    dequant = kv_load_work(shape, 2 * m_blocks * plan.keys * d)
     e, kv_e = shape.element_bytes, shape.kv_element_bytes
     kv_bytes = groups * m_blocks * plan.keys * d * kv_e
     kv_hbm = shared_hbm_reads(groups * s, m_blocks, slots, plan.keys * d * kv_e / s, gpu.l2_bytes)
@@ -184,7 +184,8 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
     return KernelCost(
         name=name, grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem, registers_per_thread=regs,
         tensor_flops=4.0 * groups * m_blocks * bm * bn * d * plan.tiles, tensor_dtype=tensor_core_dtype(shape.dtype),
-        cuda_ops=groups * (vector.cuda_ops + dequant), exp_ops=groups * vector.exp_ops, traffic=traffic,
+        cuda_ops=groups * (vector.cuda_ops + dequant.cuda_ops), exp_ops=groups * (vector.exp_ops + dequant.exp_ops),
+        traffic=traffic,
         inflight_bytes_per_cta=tiles.num_stages * 2 * bn * d * kv_e, notes=_split_notes(shape, tiles, plan),
     )
 

@@ -22,7 +22,7 @@ from math import ceil, floor
 
 from memsim.algorithms import flash_decoding as fd
 from memsim.algorithms.base import Algorithm, require_forward
-from memsim.algorithms.kv_quant import kv_load_ops
+from memsim.algorithms.kv_quant import kv_load_work
 from memsim.algorithms.softmax import PER_SCORE_OPS, VectorOps
 from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
@@ -97,9 +97,10 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: s
     groups = shape.batch * shape.kv_heads
     vector = async_softmax(m_blocks * bm * bn * plan.tiles, m_blocks * bm * bn * plan.edge_tiles, rows * plan.tiles,
                            rows * s, d, normalise=s == 1)
-    dequant = kv_load_ops(shape, 2 * m_blocks * plan.keys * d)
+    dequant = kv_load_work(shape, 2 * m_blocks * plan.keys * d)
     note = f"unified max phi: no running max or rescaling; {vector.cuda_ops * groups:.4g} vector ops"
-    return dataclasses.replace(base, cuda_ops=groups * (vector.cuda_ops + dequant), exp_ops=groups * vector.exp_ops,
+    return dataclasses.replace(base, cuda_ops=groups * (vector.cuda_ops + dequant.cuda_ops),
+                               exp_ops=groups * (vector.exp_ops + dequant.exp_ops),
                                traffic=_renamed(dict(base.traffic)), notes=base.notes + (note,))
 
 

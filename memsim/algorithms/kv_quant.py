@@ -14,8 +14,17 @@ instruction = one op, as memsim.algorithms.softmax counts:
 Narrowing the product to the matmul's input type is taken as folded into the convert
 (cvt.rn.bf16x2.f32 packs two results per instruction). Loading the scale itself is one
 load per group of elements, not counted.
+
+The integer-to-float convert is not a CUDA-core op: a Triton int8 dequantisation compiles it to
+cvt.rn.f32.s16 (I2F.S16 in SASS), which on the H100 runs 16 per clock per SM on the same unit as
+exp2 (MUFU.EX2): both alone and the two interleaved reach 16 per clock together, against 116 for
+the fp32 FMA (validation/convert_peak.cu, results/h100/convert-peak-2026-11-22.json). So
+int8's and int4's convert counts as special-function work (the exp_ops of VectorOps, on the SFU
+pipe); fp8's e4m3x2 -> f16x2 convert runs 50 per clock per SM, two elements each, and stays a
+CUDA-core op.
 """
 
+from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
 from memsim.workload.dtypes import KV_DTYPES
 from memsim.workload.shape import AttentionShape
@@ -31,6 +40,9 @@ DEQUANT_OPS_PER_ELEMENT = {
 }
 
 CAST_OPS_PER_ELEMENT = 1  # a float cache of another width than the compute type: one convert
+
+# Of DEQUANT_OPS_PER_ELEMENT, the integer-to-float converts, which run on the special-function unit
+SFU_OPS_PER_ELEMENT = {"int8": 1, "int4": 1}
 
 
 def dequant_ops(elements: float, kv_dtype: str) -> float:
@@ -50,3 +62,10 @@ def kv_load_ops(shape: AttentionShape, elements: float) -> float:
     if DEQUANT_OPS_PER_ELEMENT[shape.kv_dtype]:
         return dequant_ops(elements, shape.kv_dtype)
     return float(elements) * CAST_OPS_PER_ELEMENT
+
+
+def kv_load_work(shape: AttentionShape, elements: float) -> VectorOps:
+    """kv_load_ops as VectorOps: every op, with the integer-to-float converts as its SFU part (exp_ops)."""
+    ops = kv_load_ops(shape, elements)
+    sfu = float(elements) * SFU_OPS_PER_ELEMENT.get(shape.kv_dtype, 0) if ops else 0.0
+    return VectorOps(ops, sfu)

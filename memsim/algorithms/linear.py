@@ -28,7 +28,7 @@ CTAs of its q heads. phi = elu + 1 and the normaliser are CUDA-core work.
 from math import ceil
 
 from memsim.algorithms.base import Algorithm, registers_estimate, require_forward
-from memsim.algorithms.kv_quant import kv_load_ops
+from memsim.algorithms.kv_quant import kv_load_work
 from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
@@ -147,13 +147,13 @@ def chunked_causal(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name:
         **(extra_traffic or {}),
     }
     vector = scaled(per_chunk, chunks) + per_cta
-    dequant = kv_load_ops(shape, n * (d + w))
+    dequant = kv_load_work(shape, n * (d + w))
     state_kib = d * w * ACCUMULATOR_BYTES / 1024
     return KernelCost(
         name=name, grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem, registers_per_thread=regs,
         tensor_flops=grid * chunks * causal_tensor_flops_per_chunk(c, d, w),
-        tensor_dtype=tensor_core_dtype(shape.dtype), cuda_ops=grid * (vector.cuda_ops + dequant),
-        exp_ops=grid * vector.exp_ops, traffic=traffic,
+        tensor_dtype=tensor_core_dtype(shape.dtype), cuda_ops=grid * (vector.cuda_ops + dequant.cuda_ops),
+        exp_ops=grid * (vector.exp_ops + dequant.exp_ops), traffic=traffic,
         inflight_bytes_per_cta=tiles.num_stages * c * (d + w) * kv_e + c * d * e,
         notes=(f"{chunks} chunks of C = {c}; value dimension split {s} way(s): each CTA holds S of "
                f"{d} x {w} fp32 ({state_kib:.0f} KiB) on chip",
@@ -214,11 +214,13 @@ def state_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Kern
         state = Traffic(l2_write=grid * per_head, hbm_read=lines, hbm_write=lines)
         how = f"{s} partial states per head reduced by fp32 atomic adds in L2 (after a memset of the buffer)"
     elements = chunks * bn * d  # whole tiles
-    cuda = kv_heads * (elements * (PHI_OPS + 1) + kv_load_ops(shape, 2 * shape.kv_len * d))
+    dequant = kv_load_work(shape, 2 * shape.kv_len * d)
+    cuda = kv_heads * (elements * (PHI_OPS + 1) + dequant.cuda_ops)
     return KernelCost(
         name="linear_state", grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem,
         registers_per_thread=regs, tensor_flops=2.0 * kv_heads * chunks * bn * d * d,
-        tensor_dtype=tensor_core_dtype(shape.dtype), cuda_ops=cuda, exp_ops=kv_heads * elements * PHI_EXP,
+        tensor_dtype=tensor_core_dtype(shape.dtype), cuda_ops=cuda,
+        exp_ops=kv_heads * (elements * PHI_EXP + dequant.exp_ops),
         traffic={"K": Traffic.streamed(read=kv_bytes), "V": Traffic.streamed(read=kv_bytes), "KV_state": state},
         inflight_bytes_per_cta=tiles.num_stages * 2 * bn * d * kv_e, notes=(how,),
     )

@@ -24,7 +24,7 @@ import numpy as np
 from memsim.algorithms import flash_decoding as fd
 from memsim.algorithms.base import registers_estimate
 from memsim.algorithms.flash2 import smem_buffers
-from memsim.algorithms.kv_quant import kv_load_ops
+from memsim.algorithms.kv_quant import kv_load_ops, kv_load_work
 from memsim.algorithms.softmax import VectorOps, online_softmax
 from memsim.algorithms.tiling import q_block_tiles
 from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector
@@ -146,7 +146,7 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
             softmax_step = vector(softmax.tile(bm * bn, masked, rows_here))
             if not dequantises:
                 return (matmul, softmax_step, matmul)
-            convert = Vector(kv_load_ops(shape, keys * d), 0.0)  # K before QK^T, V before PV
+            convert = vector(kv_load_work(shape, keys * d))  # K before QK^T, V before PV
             return (convert, matmul, softmax_step, convert, matmul)
 
         return CtaProgram(

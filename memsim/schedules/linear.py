@@ -24,7 +24,7 @@ from math import ceil
 
 from memsim.algorithms import linear
 from memsim.algorithms.base import registers_estimate
-from memsim.algorithms.kv_quant import kv_load_ops
+from memsim.algorithms.kv_quant import kv_load_work
 from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
 from memsim.schedules.steps import Atomic, CtaProgram, Launch, Load, Loop, Mma, Store, Vector
@@ -81,7 +81,7 @@ def chunked_causal(shape: AttentionShape, tiles: TileConfig, name: str, before: 
         def compute(i: int):
             rows = min(c, n - i * c)
             out = (Store("O", None, i, rows * cols * e),) if cols else ()
-            return (vector(before, kv_load_ops(shape, rows * (d + w))), intra, half_inter, vector(after)) \
+            return (vector(before + kv_load_work(shape, rows * (d + w))), intra, half_inter, vector(after)) \
                 + out + (half_inter,)
 
         prologue = (Load("decay", "rates", head, ACCUMULATOR_BYTES),) if decay else ()
@@ -138,7 +138,7 @@ def state_kernel(shape: AttentionShape, tiles: TileConfig) -> Launch:
             return (Load("K", region, first + i, rows(i) * d * kv_e), Load("V", region, first + i, rows(i) * d * kv_e))
 
         def compute(i: int):
-            return (vector(per_chunk, kv_load_ops(shape, 2 * rows(i) * d)), update)
+            return (vector(per_chunk + kv_load_work(shape, 2 * rows(i) * d)), update)
 
         return CtaProgram(loop=Loop(last - first, loads, compute), epilogue=(reduce("KV_state", region, 0, per_head),))
 
