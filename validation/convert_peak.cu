@@ -17,14 +17,7 @@
 #include <vector>
 #include <cuda_runtime.h>
 
-#define CHECK(call)                                                                        \
-    do {                                                                                   \
-        cudaError_t err_ = (call);                                                         \
-        if (err_ != cudaSuccess) {                                                         \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(err_));   \
-            return 1;                                                                      \
-        }                                                                                  \
-    } while (0)
+#include "cuda_check.cuh"
 
 enum Op { FFMA, I2F_S32, I2F_S16, F2F_F16_TO_F32, F2FP_BF16X2, F2FP_F16X2, E4M3X2_TO_F16X2, EX2, EX2_AND_I2F_S16,
           N_OPS };

@@ -19,14 +19,7 @@
 #include <vector>
 #include <cuda_runtime.h>
 
-#define CHECK(call)                                                                   \
-    do {                                                                              \
-        cudaError_t err_ = (call);                                                    \
-        if (err_ != cudaSuccess) {                                                    \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(err_)); \
-            return 1;                                                                 \
-        }                                                                             \
-    } while (0)
+#include "cuda_check.cuh"
 
 enum Dtype { BF16 = 0, FP16 = 1, FP8 = 2 };
 static const char* kDtypeName[] = {"bf16", "fp16", "fp8"};

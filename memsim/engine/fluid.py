@@ -21,6 +21,22 @@ _DONE = 1e-9  # relative remainder at which a request counts as served (float ro
 _CLOCK_RESOLUTION = 1e-12  # relative: a remainder needing less time than this cannot move the clock
 
 
+def serve_due(queue: list, clock: float, rate: float, now_s: float) -> float:
+    """Pop and succeed every request of `queue` (a heap of (finish on the service clock, id, weight, event,
+    amount)) that the service clock has reached, or would reach in less time than the clock can resolve at
+    `rate` per second; returns the weight that left."""
+    tiny_s = _CLOCK_RESOLUTION * max(now_s, 1e-9)
+    left = 0.0
+    while queue:
+        remaining = queue[0][0] - clock
+        if remaining > _DONE * queue[0][4] and (rate <= 0 or remaining / rate > tiny_s):
+            break
+        _, _, weight, done, _ = heapq.heappop(queue)
+        left += weight
+        done.succeed()
+    return left
+
+
 class FluidResource:
     def __init__(self, env: simpy.Environment, name: str, rate: float, cap: float = math.inf):
         if rate <= 0:
@@ -87,16 +103,8 @@ class FluidResource:
         if version != self._version:
             return  # superseded by a later arrival or departure
         self._advance()
-        tiny_s = _CLOCK_RESOLUTION * max(self.env.now, 1e-9)
-        r = self._unit_rate()
         queue = self._queue
-        while queue:
-            remaining = queue[0][0] - self._served_per_weight
-            if remaining > _DONE * queue[0][4] and remaining / r > tiny_s:
-                break
-            _, _, weight, done, _ = heapq.heappop(queue)
-            self._weight -= weight
-            done.succeed()
+        self._weight -= serve_due(queue, self._served_per_weight, self._unit_rate(), self.env.now)
         if not queue:
             self._weight = 0.0
             if self.busy_intervals is not None:

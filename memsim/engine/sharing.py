@@ -27,8 +27,8 @@ import math
 
 import simpy
 
-_DONE = 1e-9  # relative remainder at which a request counts as served (float rounding)
-_CLOCK_RESOLUTION = 1e-12  # relative: a remainder needing less time than this cannot move the clock
+from memsim.engine.fluid import serve_due
+
 _KEY_DIGITS = 12  # significant digits that make two requests' directions and limits the same class
 
 
@@ -170,17 +170,9 @@ class SharedPipes:
         if version != self._version:
             return  # superseded by a later arrival or departure
         self._advance()
-        tiny_s = _CLOCK_RESOLUTION * max(self.env.now, 1e-9)
         for cls in self._active:
-            queue = cls.queue
-            while queue:
-                remaining = queue[0][0] - cls.clock
-                if remaining > _DONE * queue[0][4] and (cls.rate <= 0 or remaining / cls.rate > tiny_s):
-                    break
-                _, _, weight, done, _ = heapq.heappop(queue)
-                cls.weight -= weight
-                done.succeed()
-            if not queue:
+            cls.weight -= serve_due(cls.queue, cls.clock, cls.rate, self.env.now)
+            if not cls.queue:
                 cls.weight = 0.0
         self._active = [cls for cls in self._active if cls.queue]
         self._rebalance()
