@@ -114,3 +114,27 @@ def test_a_case_takes_the_slowest_instruction_of_its_launches():
     assert matrix_instruction(row) == "fma"
     row["launches"] = row["launches"][1:]
     assert matrix_instruction(row) == "fastest"
+
+
+SCENARIO = """description: the matrix instruction from a scenario
+steps:
+  - kind: predict
+    name: fa2
+    gpu: H100-SXM5-80GB
+    algos: [flash2]
+    shape: {{batch: 1, q_heads: 16, q_len: 4096, head_dim: 128}}
+    tiles: {{block_m: 128, block_n: 64, num_warps: 4, num_stages: 1, mma: {mma}}}
+    engine: analytic
+"""
+
+
+def test_cli_and_scenarios_take_the_instruction(memsim_cli, tmp_path):
+    code, out, _ = memsim_cli("predict", "--engine", "analytic", "--json", "--mma", "mma_sync")
+    assert code == 0 and json.loads(out)["tiles"]["mma"] == "mma_sync"
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(SCENARIO.format(mma="mma_sync"))
+    bad.write_text(SCENARIO.format(mma="wgmma2"))
+    code, out, _ = memsim_cli("run", good)
+    assert code == 0 and "mma.sync" in out
+    code, out, err = memsim_cli("run", bad)
+    assert code != 0 and "tiles.mma = 'wgmma2' is not a known matrix instruction" in err and "Traceback" not in out + err

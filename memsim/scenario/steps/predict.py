@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.cli.render import compare_table, prediction_table
 from memsim.hardware import GPUSpec
+from memsim.hardware.spec import MMA_PATHS
 from memsim.plots.roofline import roofline_plot
 from memsim.predict import predict, resolve_tiles
 from memsim.result import Prediction
@@ -17,6 +18,7 @@ from memsim.workload.shape import AttentionShape
 # Tile overrides, named as memsim.TileConfig's fields; what is left out is the algorithm's own choice.
 TILE_FIELDS = {name: Field(whole(1, example), OMIT) for name, example in (
     ("block_m", 128), ("block_n", 64), ("num_warps", 4), ("num_stages", 2), ("num_splits", 8), ("page_size", 16))}
+TILE_FIELDS["mma"] = Field(one_of(MMA_PATHS, "matrix instruction"), OMIT)  # TileConfig.mma
 
 FIELDS = {
     "gpu": GPU,
