@@ -3,13 +3,15 @@
 Writes land in L2, a write-back cache: dirty lines reach HBM when they are evicted, or after the kernel
 ends, and Nsight Compute's dram__bytes_write counts only the first (DESIGN.md: ncu flushes between
 kernels). Two limits on what is still dirty at the end (`hbm_write_deferred`):
-- LRU: writes spread over the kernel, and a line written at fraction x of it survives only if less than
-  the L2's capacity was brought in after it (the kernel's HBM reads and writes, (1 - x) of them); so a
-  fraction min(1, L2 bytes / (HBM reads + writes)) of the writes survives. A decode streaming gigabytes
-  through L2 keeps almost none of its output there.
-- the GPU's `l2_dirty_resident_bytes`, where its ceilings have one (calibrated: see its source), caps it.
-Without that ceiling every written byte counts as written during the kernel. The discrete-event engine
-follows the tiles themselves through its LRU, under the same cap (memsim.engine.l2cache).
+- lifetime: writes spread over the kernel, and a line written at fraction x of it is still dirty only if
+  less than the GPU's `l2_dirty_lifetime_bytes` was brought into L2 after it (the kernel's HBM reads and
+  writes, (1 - x) of them); so a fraction min(1, lifetime / (HBM reads + writes)) of the writes survives.
+  A decode streaming gigabytes through L2 keeps almost none of its output there. Without a calibrated
+  lifetime, the L2's capacity (plain LRU). On the H100 the fitted lifetime is about 2/3 of the capacity
+  (validation/fit_l2_dirty_lifetime.py).
+- the GPU's `l2_dirty_resident_bytes` caps it (measured by a store-only kernel: validation/l2_write_back.py).
+Without either ceiling every written byte counts as written during the kernel. The discrete-event engine
+follows the tiles themselves through its L2 under the same two limits (memsim.engine.l2cache).
 """
 
 import dataclasses
@@ -20,20 +22,26 @@ from memsim.kernel import KernelCost, Traffic
 
 
 def resident_writes(traffic: Mapping[str, Traffic], resident_bytes: float | None,
-                    l2_bytes: float = float("inf")) -> dict[str, Traffic]:
+                    lifetime_bytes: float | None = None) -> dict[str, Traffic]:
     """`traffic` with the writes still dirty in L2 at the end (module docstring) moved to hbm_write_deferred,
-    shared among the written tensors in proportion to what each writes (they are written side by side)."""
+    shared among the written tensors in proportion to what each writes (they are written side by side).
+    `resident_bytes`: the cap on dirty data; `lifetime_bytes`: the traffic a dirty line outlives (None: no limit)."""
     total = sum(t.hbm_write for t in traffic.values())
-    if not resident_bytes or total <= 0:
+    if (resident_bytes is None and lifetime_bytes is None) or total <= 0:
         return dict(traffic)
     brought_in = total + sum(t.hbm_read for t in traffic.values())
-    surviving = total * min(1.0, l2_bytes / brought_in)
-    kept = min(surviving, resident_bytes) / total
+    surviving = total if lifetime_bytes is None else total * min(1.0, lifetime_bytes / brought_in)
+    kept = (surviving if resident_bytes is None else min(surviving, resident_bytes)) / total
     return {name: dataclasses.replace(t, hbm_write=t.hbm_write * (1 - kept),
                                       hbm_write_deferred=t.hbm_write_deferred + t.hbm_write * kept)
             for name, t in traffic.items()}
 
 
 def with_resident_writes(cost: KernelCost, ceilings: Ceilings, l2_bytes: float) -> KernelCost:
+    """The kernel's writes under the GPU's calibrated dirty-data ceilings (none: every write reaches HBM in it);
+    with a cap but no lifetime, dirty lines live as long as plain LRU over `l2_bytes` keeps them."""
+    if ceilings.l2_dirty_resident_bytes is None and ceilings.l2_dirty_lifetime_bytes is None:
+        return cost
+    lifetime = min(ceilings.l2_dirty_lifetime_bytes or l2_bytes, l2_bytes)  # LRU evicts at capacity regardless
     return dataclasses.replace(cost, traffic=resident_writes(cost.traffic, ceilings.l2_dirty_resident_bytes,
-                                                             l2_bytes))
+                                                             lifetime))

@@ -1,4 +1,4 @@
-"""What a kernel's writes leave dirty in L2 at its end (memsim.writes, and the engine's L2 under the same cap)."""
+"""What a kernel's writes leave dirty in L2 at its end (memsim.writes, and the engine's L2 under the same limits)."""
 
 import pytest
 from hypothesis import given, strategies as st
@@ -13,19 +13,25 @@ MB = 1e6
 
 def test_no_ceiling_means_every_write_reaches_hbm_during_the_kernel():
     traffic = {"O": Traffic.streamed(write=17 * MB), "K": Traffic.streamed(read=30 * MB)}
-    assert resident_writes(traffic, None, 50 * MB) == traffic
+    assert resident_writes(traffic, None, None) == traffic
 
 
-def test_the_calibrated_cap_binds_on_a_prefill():
-    """FA2, B=1 H=16 N=4096: 17 MB of O after 50 MB of Q, K, V: LRU alone would keep 12.7 MB; the cap 8.8 MB."""
-    out = resident_writes({"O": Traffic.streamed(write=17 * MB), "QKV": Traffic(hbm_read=50 * MB)}, 8.8 * MB, 50 * MB)
-    assert out["O"].hbm_write_deferred == pytest.approx(8.8 * MB)
-    assert out["O"].hbm_write == pytest.approx(8.2 * MB)
+def test_the_lifetime_decides_on_a_prefill():
+    """FA2, B=1 H=16 N=4096: 17 MB of O among 67 MB brought into L2: a line survives if less than the 34.6 MB
+    lifetime came after it, so 17 x 34.6 / 67 = 8.8 MB stay dirty (measured on the H100: 8.3-9.6 MB)."""
+    out = resident_writes({"O": Traffic.streamed(write=17 * MB), "QKV": Traffic(hbm_read=50 * MB)}, 24.7 * MB, 34.6 * MB)
+    assert out["O"].hbm_write_deferred == pytest.approx(17 * MB * 34.6 / 67)
+    assert out["O"].hbm_write == pytest.approx(17 * MB * (1 - 34.6 / 67))
+
+
+def test_the_cap_decides_when_a_kernel_only_writes():
+    out = resident_writes({"O": Traffic.streamed(write=100 * MB)}, 24.7 * MB, 34.6 * MB)
+    assert out["O"].hbm_write_deferred == pytest.approx(24.7 * MB)
 
 
 def test_a_decode_streaming_far_more_than_l2_keeps_almost_none_of_its_output():
-    out = resident_writes({"O": Traffic.streamed(write=0.5 * MB), "KV": Traffic(hbm_read=537 * MB)}, 8.8 * MB, 50 * MB)
-    assert out["O"].hbm_write_deferred == pytest.approx(0.5 * MB * 50 / 537.5)
+    out = resident_writes({"O": Traffic.streamed(write=0.5 * MB), "KV": Traffic(hbm_read=537 * MB)}, 24.7 * MB, 34.6 * MB)
+    assert out["O"].hbm_write_deferred == pytest.approx(0.5 * MB * 34.6 / 537.5)
     assert out["O"].hbm_write > 0.9 * 0.5 * MB
 
 
@@ -41,12 +47,24 @@ def test_written_bytes_are_conserved_and_the_cap_holds(tensors, cap, l2):
     assert deferred <= min(cap, l2) * (1 + 1e-9) + 1e-6
 
 
-def test_predictions_defer_what_stays_dirty_only_with_calibrated_ceilings():
+@pytest.mark.parametrize("engine", ["analytic", "des"])
+def test_predictions_defer_what_stays_dirty_only_with_calibrated_ceilings(engine):
+    """FA2 forward, B=1 H=16 N=4096 d=128 on the H100: 17 MB written among 67 MB brought into L2; measured 6.5-9.6
+    MB of it still dirty at the end over four such rows (validation/results/h100). The analytic model spreads the
+    writes evenly: 17 x 34.6 / 67 = 8.8 MB. The engine follows the tiles: its CTAs run in two clean waves and
+    write O as each ends, so the first wave's O has 33.6 MB brought in after it, under the lifetime, and stays
+    (11.8 MB: more than measured). Without calibrated ceilings the analytic model sends every write to HBM in
+    the kernel, the engine's L2 keeps what plain LRU keeps."""
     shape = AttentionShape(q_heads=16, q_len=4096)
-    calibrated, peak = predict("flash2", shape), predict("flash2", shape, calibrated=False)
-    assert peak.bytes["hbm_write_deferred"] == 0
-    assert calibrated.bytes["hbm_write_deferred"] == pytest.approx(8.8 * MB)
-    assert calibrated.bytes["hbm_write"] + calibrated.bytes["hbm_write_deferred"] == pytest.approx(peak.bytes["hbm_write"])
+    calibrated = predict("flash2", shape, engine=engine)
+    peak = predict("flash2", shape, calibrated=False, engine=engine)
+    written = peak.bytes["hbm_write"] + peak.bytes["hbm_write_deferred"]
+    if engine == "analytic":
+        assert peak.bytes["hbm_write_deferred"] == 0
+        assert calibrated.bytes["hbm_write_deferred"] == pytest.approx(written * 34.6e6 / (written + 50.4e6), rel=0.02)
+    else:
+        assert 8.8 * MB <= calibrated.bytes["hbm_write_deferred"] <= 12.5 * MB
+    assert calibrated.bytes["hbm_write"] + calibrated.bytes["hbm_write_deferred"] == pytest.approx(written)
 
 
 def test_l2_writes_back_its_oldest_dirty_tiles_above_the_limit_and_keeps_them_clean():
@@ -57,6 +75,27 @@ def test_l2_writes_back_its_oldest_dirty_tiles_above_the_limit_and_keeps_them_cl
     assert written == [("O", 10), ("O", 10), ("O", 10)]  # tiles 0, 1, 2, oldest first
     assert l2.dirty_bytes == 20 and l2.lookup(("O", 0)) is True  # still there, clean
     assert l2.flush() == [("O", 10), ("O", 10)]
+
+
+def test_l2_writes_back_dirty_tiles_once_the_lifetime_has_been_brought_in_after_them():
+    l2 = L2Cache(capacity_bytes=1000, dirty_lifetime_bytes=30)
+    assert l2.insert(("O", 0), 10, "O", dirty=True) == []
+    assert l2.insert(("K", 0), 20, "K", dirty=False) == []  # 20 after O0: under the lifetime
+    assert l2.insert(("K", 1), 10, "K", dirty=False) == []  # 30: not more than the lifetime
+    assert l2.insert(("K", 2), 1, "K", dirty=False) == [("O", 10)]  # 31: O0 reaches HBM
+    assert l2.lookup(("O", 0)) is True and l2.dirty_bytes == 0  # and stays, clean
+    assert l2.flush() == []
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 30), st.booleans()), max_size=60), st.integers(10, 200),
+       st.integers(1, 300))
+def test_no_dirty_tile_outlives_the_lifetime(ops, limit, lifetime):
+    """Every dirty tile but the newest was written within the last `lifetime` bytes brought in, so together they
+    hold at most the lifetime plus the oldest one's bytes (it may have started before that window)."""
+    l2 = L2Cache(capacity_bytes=150, dirty_limit_bytes=limit, dirty_lifetime_bytes=lifetime)
+    for key, nbytes, dirty in ops:
+        l2.insert(key, nbytes, "T", dirty)
+        assert l2.dirty_bytes <= lifetime + 2 * 30 + 1e-9
 
 
 @given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 30), st.booleans()), max_size=60), st.integers(10, 200))

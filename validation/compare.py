@@ -13,8 +13,9 @@ Summaries use |error|: median, 90th percentile, worst.
 Calibration: memsim's ceilings (achievable HBM and L2 bandwidth, tensor-core and CUDA-core rates,
 latencies, launch overhead) come from the microbenchmarks (validation/microbench.py,
 calibration-*.json). Two parameters no microbenchmark gives are fitted on a named calibration subset
-(CALIBRATION_KERNELS): the H100's l2_dirty_resident_bytes and dependent_step_latency_s
-(validation/fit_step_latency.py). Summaries report that subset apart; every other case is held out.
+(CALIBRATION_KERNELS): the H100's l2_dirty_lifetime_bytes and dependent_step_latency_s
+(validation/fit_l2_dirty_lifetime.py, validation/fit_step_latency.py). Summaries report that subset
+apart; every other case is held out.
 """
 
 import json
@@ -33,11 +34,11 @@ from validation.mapping import Mapped, Unmapped, map_case
 FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "time", "kernel_time")
 SECTOR_BYTES = 32
 # The named calibration subset: cases of these kernels fitted model parameters (the H100 preset's
-# l2_dirty_resident_bytes and dependent_step_latency_s: our flash2 forward rows). Summaries leave them out;
+# l2_dirty_lifetime_bytes and dependent_step_latency_s: our flash2 forward rows). Summaries leave them out;
 # every other case is held out.
 CALIBRATION_KERNELS = ("flash2",)
 HELD_OUT = ("every case but the calibration subset (our flash2 forward rows, which fitted the H100's "
-            "l2_dirty_resident_bytes and dependent_step_latency_s); every other parameter comes from "
+            "l2_dirty_lifetime_bytes and dependent_step_latency_s); every other parameter comes from "
             "microbenchmarks")
 GPU_BY_DEVICE = {"NVIDIA H100 80GB HBM3": "H100-SXM5-80GB"}
 

@@ -4,10 +4,12 @@ Granularity is the tile a schedule names, not the 128-byte line: CTAs that read 
 same tile read the same lines. A request for a tile whose fetch from HBM is still in
 flight waits for that fetch and counts as a hit (the miss-status registers merge it).
 Dirty tiles are written back to HBM when evicted, or when the kernel ends (ncu flushes
-the cache between kernels, so each kernel starts cold: DESIGN.md). With `dirty_limit_bytes`
-(the GPU's calibrated `l2_dirty_resident_bytes`), no more than that stays dirty: the oldest
-dirty tiles are written back, and stay clean, as newer ones are written (memsim.writes says
-the same for the analytic model).
+the cache between kernels, so each kernel starts cold: DESIGN.md). Two calibrated limits
+(memsim.writes says the same for the analytic model), under which the oldest dirty tiles are
+written back and stay in L2, clean:
+- `dirty_lifetime_bytes` (the GPU's `l2_dirty_lifetime_bytes`): a dirty tile reaches HBM once
+  that many bytes have been put into L2 after it (tiles filled from HBM and tiles written);
+- `dirty_limit_bytes` (`l2_dirty_resident_bytes`): no more than that stays dirty.
 """
 
 from collections import OrderedDict
@@ -17,11 +19,15 @@ import simpy
 
 
 class L2Cache:
-    def __init__(self, capacity_bytes: float, dirty_limit_bytes: float | None = None):
+    def __init__(self, capacity_bytes: float, dirty_limit_bytes: float | None = None,
+                 dirty_lifetime_bytes: float | None = None):
         self.capacity_bytes = capacity_bytes
         self.dirty_limit_bytes = dirty_limit_bytes
+        self.dirty_lifetime_bytes = dirty_lifetime_bytes
         self._lines: OrderedDict[Hashable, list] = OrderedDict()  # key -> [bytes, dirty, tensor]
-        self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # dirty keys, oldest write first
+        # dirty keys, oldest write first -> filled_bytes when written
+        self._dirty: OrderedDict[Hashable, float] = OrderedDict()
+        self.filled_bytes = 0.0  # bytes put into L2 so far (filled from HBM or written): the age of a dirty tile
         self._inflight: dict[Hashable, simpy.Event] = {}
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
@@ -47,16 +53,16 @@ class L2Cache:
         line = self._lines.get(key)
         if line is not None:
             self.used_bytes -= line[0]
-            if line[1]:
+            if line[1]:  # rewritten: it counts as written now (a clean fill never lands on a present tile)
                 self._clean(key, line)
-            dirty = dirty or line[1]
         line = [nbytes, False, tensor]
         self._lines[key] = line
         self._lines.move_to_end(key)
         self.used_bytes += nbytes
+        self.filled_bytes += nbytes
         if dirty:
             line[1] = True
-            self._dirty[key] = None
+            self._dirty[key] = self.filled_bytes
             self.dirty_bytes += nbytes
         return self._evict() + self._write_back_oldest()
 
@@ -76,10 +82,15 @@ class L2Cache:
         return written_back
 
     def _write_back_oldest(self) -> list[tuple[str, float]]:
-        """Above the dirty limit, the oldest dirty tiles go to HBM and stay in L2, clean."""
+        """Dirty tiles older than the dirty lifetime, then the oldest above the dirty limit, go to HBM and stay
+        in L2, clean. Under the limit the newest dirty tile always stays (one tile may be larger than it)."""
         written_back = []
-        while self.dirty_limit_bytes is not None and self.dirty_bytes > self.dirty_limit_bytes and len(self._dirty) > 1:
-            key = next(iter(self._dirty))
+        lifetime, limit = self.dirty_lifetime_bytes, self.dirty_limit_bytes
+        while self._dirty:
+            key, written_at = next(iter(self._dirty.items()))
+            aged = lifetime is not None and self.filled_bytes - written_at > lifetime
+            if not aged and (limit is None or self.dirty_bytes <= limit or len(self._dirty) == 1):
+                break
             line = self._lines[key]
             self._clean(key, line)
             written_back.append((line[2], line[0]))

@@ -39,12 +39,15 @@ class Calibration:
     cuda_core_fp32_flops_per_s: float | None = None
     sfu_ops_per_s: float | None = None
     launch_overhead_s: float | None = None
-    # Written bytes an attention kernel leaves dirty in L2 when it ends (ncu does not see them reach HBM). Not a
-    # microbenchmark ceiling: fitted on the calibration subset of validation/results (memsim.writes).
+    # The most written data L2 keeps dirty (a store-only kernel's written bytes that ncu never sees reach HBM:
+    # validation/l2_write_back.py), and the L2 traffic after which a dirty line has reached HBM when reads and
+    # writes stream through (not a microbenchmark ceiling: fitted on the calibration subset of validation/results
+    # by validation/fit_l2_dirty_lifetime.py). memsim.writes and memsim.engine.l2cache use both.
     l2_dirty_resident_bytes: float | None = None
+    l2_dirty_lifetime_bytes: float | None = None
     # What one dependent compute step (a matmul, a softmax) adds to a CTA's chain beyond its work: issue,
     # pipeline and reduction latency that the CTA's own warps cannot hide (memsim.engine.sharing). Fitted on
-    # the calibration subset of validation/results like l2_dirty_resident_bytes (validation/fit_step_latency.py).
+    # the calibration subset of validation/results like l2_dirty_lifetime_bytes (validation/fit_step_latency.py).
     dependent_step_latency_s: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -62,7 +65,8 @@ class Ceilings:
     cuda_core_fp32_flops_per_s: float
     sfu_ops_per_s: float
     launch_overhead_s: float
-    l2_dirty_resident_bytes: float | None = None  # None: every written byte reaches HBM during the kernel
+    l2_dirty_resident_bytes: float | None = None  # None (and no lifetime): every written byte reaches HBM in the kernel
+    l2_dirty_lifetime_bytes: float | None = None  # None: a dirty line lives as long as LRU keeps it
     dependent_step_latency_s: float = 0.0  # 0 where nothing was fitted: a chain of steps costs only their work
     mma: str = "fastest"  # the matrix instruction tensor_flops_per_s is the rate of (MMA_PATHS)
     mma_pipe: str = "tensor"  # the SM pipe matrix work runs on: "cuda" for FMA on the CUDA cores
@@ -150,6 +154,7 @@ class GPUSpec:
             sfu_ops_per_s=measured("sfu_ops_per_s"),
             launch_overhead_s=measured("launch_overhead_s"),
             l2_dirty_resident_bytes=cal.l2_dirty_resident_bytes,
+            l2_dirty_lifetime_bytes=cal.l2_dirty_lifetime_bytes,
             dependent_step_latency_s=cal.dependent_step_latency_s or 0.0,
         )
 
