@@ -23,6 +23,7 @@ def algorithm(name: str):
 
 
 Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
+DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
 
 
 def resolve_tiles(gpu: GPUSpec, algo: str, shape: AttentionShape, **overrides) -> TileConfig:
@@ -69,6 +70,11 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if tiles.q_reload and alg.name not in Q_RELOAD_ALGORITHMS:
         raise MemsimError(f"q_reload applies to {', '.join(Q_RELOAD_ALGORITHMS)} (a kernel that reads its Q tile "
                           f"again for every key block); {alg.name} keeps Q on chip")
+    if tiles.dq != "atomic" and alg.name not in DQ_ALGORITHMS:
+        raise MemsimError(f"dq applies to the backward of {', '.join(DQ_ALGORITHMS)}; {alg.name}'s computes dQ "
+                          f"with atomics, leave dq at 'atomic'")
+    if tiles.dq != "atomic" and "bwd" not in pass_:
+        raise MemsimError(f"dq = {tiles.dq!r} describes a backward pass; pass {pass_!r} has none (use bwd or fwd+bwd)")
     ceilings = spec.ceilings(calibrated, tiles.mma)
     results, notes = [], ()
     if engine == "des":

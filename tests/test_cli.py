@@ -46,6 +46,18 @@ def test_reload_q_describes_a_kernel_that_rereads_q_and_is_refused_elsewhere(cap
     assert code != 0 and "q_reload applies to flash2" in err and "Traceback" not in err + out
 
 
+def test_dq_picks_the_backward_and_is_refused_without_one(capsys):
+    args = ("predict", "--json", "--engine", "analytic", "--pass", "bwd", "--block-m", "32", "--block-n", "128")
+    _, atomic, _ = run(capsys, *args)
+    _, separate, _ = run(capsys, *args, "--dq", "separate")
+    assert [k["name"] for k in json.loads(separate)["kernels"]] == \
+        ["flash2_bwd_delta", "flash2_bwd_dkdv", "flash2_bwd_dq"]
+    assert json.loads(separate)["tiles"]["dq"] == "separate"
+    assert json.loads(separate)["flops"]["tensor"] > json.loads(atomic)["flops"]["tensor"]  # S, dP recomputed
+    code, out, err = run(capsys, "predict", "--engine", "analytic", "--dq", "separate")
+    assert code != 0 and "pass 'fwd' has none" in err and "Traceback" not in err + out
+
+
 def test_gpus_lists_presets(capsys):
     code, out, _ = run(capsys, "gpus", "--json")
     names = [g["name"] for g in json.loads(out)]

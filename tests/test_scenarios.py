@@ -97,6 +97,28 @@ steps:
     assert got["shape"] == shape.as_dict() and got["ceilings"] == "datasheet peak"
 
 
+def test_predict_step_takes_the_backwards_dq_mode(tmp_path):
+    path = write(tmp_path, "bwd.yaml", """
+description: the backward with dQ in its own kernel
+steps:
+  - kind: predict
+    name: bwd
+    algos: [flash2]
+    shape: {q_heads: 4, q_len: 512, head_dim: 64}
+    tiles: {block_m: 32, block_n: 64, dq: separate}
+    pass: bwd
+    engine: analytic
+""")
+    got = run_scenario(path).steps[0].as_dict()["result"]["predictions"][0]
+    assert got["tiles"]["dq"] == "separate"
+    shape = AttentionShape(q_heads=4, q_len=512, head_dim=64)
+    gpu = load_gpu("H100-SXM5-80GB")
+    separate = predict("flash2", shape, gpu, resolve_tiles(gpu, "flash2", shape, block_m=32, block_n=64, dq="separate"),
+                       pass_="bwd")
+    atomic = predict("flash2", shape, gpu, resolve_tiles(gpu, "flash2", shape, block_m=32, block_n=64), pass_="bwd")
+    assert got["bytes"] == separate.bytes and separate.bytes != atomic.bytes
+
+
 def test_shape_from_a_model_is_one_gpus_share_of_one_layer(tmp_path):
     path = write(tmp_path, "m.yaml", """
 description: model shape

@@ -237,8 +237,8 @@ NEW_CASES = [
     (Case("moba", 1, 2, 1, 2048, 2048, 64, True), "moba_attention_kernel", "moba_attn"),
     (Case("flash2_fp8", 1, 2, 1, 200, 200, 64, True, "fp8"), "_flash2_fp8_fwd", "flash2_fwd"),
     (Case("flash2_fp8", 2, 2, 2, 130, 130, 128, False, "fp8"), "_flash2_fp8_fwd", "flash2_fwd"),
-    (Case("flash2_bwd", 1, 2, 2, 96, 96, 64, True), "_flash2_bwd_dkdv", "flash2_bwd"),
-    (Case("flash2_bwd", 2, 1, 1, 80, 80, 128, False), "_flash2_bwd_dkdv", "flash2_bwd"),
+    (Case("flash2_bwd", 1, 2, 2, 96, 96, 64, True), "_flash2_bwd_dkdv", "flash2_bwd_dkdv"),
+    (Case("flash2_bwd", 2, 1, 1, 80, 80, 128, False), "_flash2_bwd_dkdv", "flash2_bwd_dkdv"),
 ]
 
 
@@ -286,6 +286,22 @@ def test_new_kernels_map_to_memsim_launches_with_their_grid_and_tiles(case, conf
     assert mapped.pass_ == ("bwd" if case.kernel == "flash2_bwd" else "fwd")
     assert mapped.shape.dtype == case.dtype
     assert mapped.how.startswith(f"the kernel's own launch config ({config_kernel})")
+
+
+@pytest.mark.parametrize("case", [c for c, _, _ in NEW_CASES if c.kernel == "flash2_bwd"], ids=lambda c: c.id)
+def test_our_backwards_dq_kernel_is_memsims_separate_dq_launch(case):
+    """Our backward computes dQ in its own kernel (TileConfig.dq = "separate"): its grid and tile, the dK/dV
+    tile transposed, are memsim's flash2_bwd_dq launch's."""
+    from memsim.algorithms import ALGORITHMS
+
+    row = described(case)
+    config = next(c for c in row["launch_configs"] if c["kernel"] == "_flash2_bwd_dq")
+    mapped = map_case(row)
+    assert mapped.tiles.dq == "separate"
+    launch = next(x for x in ALGORITHMS["flash2"].schedule(mapped.shape, mapped.tiles, "bwd") if x.name == "flash2_bwd_dq")
+    assert launch.grid == math.prod(config["grid"])
+    assert (mapped.tiles.block_n, mapped.tiles.block_m) == (config["block_m"], config["block_n"])
+    assert (launch.warps_per_cta, launch.num_stages) == (config["num_warps"], config["num_stages"])
 
 
 @pytest.mark.parametrize("engine", ["analytic", "des"])

@@ -269,12 +269,12 @@ NOT_MODELLED = {
             "launch is compared (MEASURED_KERNELS), not its moba_pool and moba_gate",
     "flash2_fp8": "flash2 on fp8 inputs: memsim writes O in fp8 where the kernel writes bf16 (predicted O bytes "
                   "half) and does not count the per-block scales (4 bytes per 128 tokens of Q, K, V)",
-    "flash2_bwd": "memsim's flash2 backward is FlashAttention-2's CUDA one (preprocess, key-block kernel adding dQ "
-                  "with fp32 atomics, dQ convert); ours runs delta, dK/dV (same grid and tiles for MHA) and a dQ "
-                  "kernel that re-reads K and V per query block and recomputes S and dP (7 matmuls per tile pair "
-                  "against memsim's 5); memsim's preprocess takes BLOCK_M rows per CTA, the delta kernel 64",
 }
 
+
+# Our kernel -> the TileConfig fields its structure fixes: our backward computes dQ in a kernel of its own
+# (kernels/flash2.py), memsim.algorithms.flash2_bwd_separate_dq.
+KERNEL_STRUCTURE = {"flash2_bwd": {"dq": "separate"}}
 
 # Our kernel -> memsim's launches that the measurement covers, where it does not cover all of them.
 MEASURED_KERNELS = {"moba": ("moba_attn",)}
@@ -317,7 +317,7 @@ def map_ours(row: dict, gpu: str = GPU) -> Mapped:
     tiles = replace(base, block_m=main["block_m"], block_n=main["block_n"] if main["block_n"] > 1 else base.block_n,
                     num_warps=main["num_warps"],
                     num_stages=main["num_stages"], num_splits=row.get("num_splits") or base.num_splits,
-                    page_size=row.get("page_size") or base.page_size)
+                    page_size=row.get("page_size") or base.page_size, **KERNEL_STRUCTURE.get(row["kernel"], {}))
     how = f"the kernel's own launch config ({main['kernel']})"
     if row["kernel"] in NOT_MODELLED:
         how += f"; {NOT_MODELLED[row['kernel']]}"

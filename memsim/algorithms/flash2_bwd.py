@@ -159,7 +159,11 @@ def convert_dq(shape: AttentionShape, tiles: TileConfig, name: str) -> KernelCos
 def backward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, overlap: bool = False,
              name: str = "flash2_bwd") -> list[KernelCost]:
     """The kernels of one backward call, in launch order. `tiles`: BLOCK_N keys per CTA, BLOCK_M query rows
-    per inner step, num_stages buffers of Q and dO. `overlap`: softmax work hides under the matmuls (FA3)."""
+    per inner step, num_stages buffers of Q and dO. `overlap`: softmax work hides under the matmuls (FA3).
+    With tiles.dq == "separate", the three kernels of memsim.algorithms.flash2_bwd_separate_dq instead."""
+    if tiles.dq == "separate":
+        from memsim.algorithms import flash2_bwd_separate_dq
+        return flash2_bwd_separate_dq.backward(gpu, shape, tiles, name)
     out = [preprocess(shape, tiles, name), main_kernel(gpu, shape, tiles, overlap, name)]
     if shape.group_size > 1:
         out.append(reduce_dkv(shape, name))

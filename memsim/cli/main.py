@@ -16,6 +16,7 @@ from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
+from memsim.workload.tiles import DQ_MODES
 from memsim.cli import capacity as capacity_cli, render, run as run_cli, sweep as sweep_cli, validate
 from memsim.cli.progress import ctas_progress
 
@@ -47,6 +48,9 @@ def cli():
 @click.option("--page-size", type=int, help="Tokens per KV-cache page (paged attention).")
 @click.option("--reload-q", is_flag=True, help="flash2: the kernel reads its Q tile again for every key block "
                                                "(CUTLASS memory-efficient attention) instead of keeping it on chip.")
+@click.option("--dq", type=click.Choice(DQ_MODES), help="flash2 backward: dQ by fp32 atomics in L2 (atomic, "
+              "flash-attention's CUDA kernels; default) or in a kernel of its own that recomputes S and dP (separate, "
+              "the Triton tutorial and kernels/flash2.py).")
 @click.option("--mma", type=click.Choice(MMA_PATHS), help="The instruction the kernel's matrix products compile to: "
               "fastest (the GPU's own, wgmma on Hopper; default), mma_sync (sm_80 code such as FlashAttention-2) "
               "or fma (CUDA cores, no tensor cores).")
@@ -70,7 +74,7 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, reload_q, mma, registers, smem_bytes, pass_, engine, peak, compare, order,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, dq, mma, registers, smem_bytes, pass_, engine, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
     algos = [a.strip() for a in compare.split(",")] if compare else [algo]
@@ -79,7 +83,7 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                     num_splits=splits, page_size=page_size, q_reload=reload_q or None, mma=mma)
+                     num_splits=splits, page_size=page_size, q_reload=reload_q or None, dq=dq, mma=mma)
     resources = {FIRST_LAUNCH: CtaResources(registers, smem_bytes)} if registers or smem_bytes else None
     results, runs = [], []
     for a in algos:

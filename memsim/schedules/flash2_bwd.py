@@ -114,7 +114,10 @@ def main_kernel(shape: AttentionShape, tiles: TileConfig, overlap: bool, name: s
 
 def backward(shape: AttentionShape, tiles: TileConfig, overlap: bool = False, name: str = "flash2_bwd") -> list[Launch]:
     """The launches of one backward call, in the closed form's order: preprocess, main, (GQA) dK/dV
-    reduce, dQ convert."""
+    reduce, dQ convert; with tiles.dq == "separate", memsim.schedules.flash2_bwd_separate_dq's."""
+    if tiles.dq == "separate":
+        from memsim.schedules import flash2_bwd_separate_dq
+        return flash2_bwd_separate_dq.backward(shape, tiles, name)
     out = [pointwise(closed_form.preprocess(shape, tiles, name)), main_kernel(shape, tiles, overlap, name)]
     if shape.group_size > 1:
         out.append(pointwise(closed_form.reduce_dkv(shape, name)))

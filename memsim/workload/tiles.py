@@ -6,6 +6,7 @@ from memsim.errors import MemsimError
 from memsim.hardware.spec import MMA_PATHS
 
 LOOP_ORDERS = ("q_outer", "kv_outer")  # FlashAttention-2 order / FlashAttention-1 order
+DQ_MODES = ("atomic", "separate")  # FlashAttention-2 backward: dQ by fp32 atomics / in its own kernel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,7 +23,11 @@ class TileConfig:
     Hopper), "mma_sync" (sm_80 code such as FlashAttention-2 and CUTLASS's sm80 kernels, or a Triton dot it
     cannot put on wgmma; on the H100 it peaks at 0.66 of wgmma's rate, validation/mma_sync_peak.cu) or "fma"
     (no tensor cores: an fp32 GEMM with TF32 off runs on the CUDA cores). The PTX shows which
-    (validation/mma_instructions.py).
+    (validation/mma_instructions.py);
+    `dq` is how a FlashAttention-2 backward computes dQ: "atomic" (flash-attention's CUDA kernels: the
+    key-block CTA adds dS K into an fp32 accumulator in L2) or "separate" (the Triton tutorial 06 and
+    kernels/flash2.py: no atomics, a second kernel of BLOCK_N-row query tiles over BLOCK_M-key blocks,
+    the key-block kernel's tile transposed, recomputes S and dP; memsim.algorithms.flash2_bwd_separate_dq).
     """
 
     block_m: int = 128
@@ -34,6 +39,7 @@ class TileConfig:
     page_size: int = 16
     q_reload: bool = False
     mma: str = "fastest"
+    dq: str = "atomic"
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "num_warps", "num_stages", "num_splits", "page_size"):
@@ -46,6 +52,8 @@ class TileConfig:
             raise MemsimError(f"q_reload = {self.q_reload!r} must be true or false")
         if self.mma not in MMA_PATHS:
             raise MemsimError(f"mma = {self.mma!r} is not known; use one of {', '.join(MMA_PATHS)}")
+        if self.dq not in DQ_MODES:
+            raise MemsimError(f"dq = {self.dq!r} is not known; use one of {', '.join(DQ_MODES)}")
         if self.loop_order not in LOOP_ORDERS:
             raise MemsimError(f"loop_order = {self.loop_order!r} is not known; use one of {', '.join(LOOP_ORDERS)}")
 

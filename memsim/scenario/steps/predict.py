@@ -14,11 +14,13 @@ from memsim.scenario.schema import OMIT, Field, list_of, mapping, one_of, whole
 from memsim.scenario.shape import build_shape, shape_field
 from memsim.scenario.steps.base import CALIBRATED, ENGINE, GPU, StepKind, prediction_summary
 from memsim.workload.shape import AttentionShape
+from memsim.workload.tiles import DQ_MODES
 
 # Tile overrides, named as memsim.TileConfig's fields; what is left out is the algorithm's own choice.
 TILE_FIELDS = {name: Field(whole(1, example), OMIT) for name, example in (
     ("block_m", 128), ("block_n", 64), ("num_warps", 4), ("num_stages", 2), ("num_splits", 8), ("page_size", 16))}
 TILE_FIELDS["mma"] = Field(one_of(MMA_PATHS, "matrix instruction"), OMIT)  # TileConfig.mma
+TILE_FIELDS["dq"] = Field(one_of(DQ_MODES, "backward dQ mode"), OMIT)  # TileConfig.dq
 
 FIELDS = {
     "gpu": GPU,

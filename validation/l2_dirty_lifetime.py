@@ -1,0 +1,117 @@
+"""How much data brought into an H100's L2 after a write sends the dirty line to HBM.
+
+memsim's `l2_dirty_lifetime_bytes` (memsim.writes) is fitted to the FA2 forward rows of the calibration
+subset (validation/fit_l2_dirty_lifetime.py). This microbenchmark measures the same thing with no attention
+kernel: one kernel whose first CTAs (in program-id order, so they run first) store W bytes into a fresh
+buffer and whose later CTAs then read R bytes of another buffer, each read tile once ("unique"), or R bytes
+over a region of U bytes read again and again ("reuse": L2 hits, nothing new brought in after the first pass).
+Under ncu (--clock-control none; caches flushed before each kernel) dram__bytes_write.sum is what reached HBM
+during the kernel. If dirty lines survive until L bytes have been filled after them, the writes reach HBM
+once R > L - W (all of them once R >= L); if hits do not age them, "reuse" writes as little as R = U.
+
+    python3 validation/l2_dirty_lifetime.py --out DIR         # on the GPU; runs ncu on itself
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 4096  # fp32 elements per CTA: 16 KiB
+MIB = 1 << 20
+WRITES_MIB = (8, 16)
+UNIQUE_READS_MIB = (0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 64, 96)
+REUSE = ((64, 4), (64, 16), (128, 8))  # (R MiB read, over U MiB)
+
+
+@triton.jit
+def write_then_read(out_ptr, src_ptr, sink_ptr, write_ctas, reuse_elements, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    lanes = tl.arange(0, BLOCK)
+    if pid < write_ctas:
+        tl.store(out_ptr + pid.to(tl.int64) * BLOCK + lanes, tl.full([BLOCK], 1.0, tl.float32))
+    else:
+        start = ((pid - write_ctas).to(tl.int64) * BLOCK) % reuse_elements
+        total = tl.sum(tl.load(src_ptr + start + lanes), 0)
+        tl.store(sink_ptr + pid, total, mask=total == -1.0)  # never true: the loads stay, nothing is written
+
+
+def launch(out: torch.Tensor, src: torch.Tensor, sink: torch.Tensor, read_bytes: int, reuse_bytes: int) -> None:
+    write_ctas = out.numel() // BLOCK
+    read_ctas = read_bytes // (4 * BLOCK)
+    write_then_read[(write_ctas + read_ctas,)](out, src, sink, write_ctas, max(BLOCK, reuse_bytes // 4),
+                                              BLOCK=BLOCK, num_warps=8)
+
+
+def cases() -> list[tuple[str, int, int, int]]:
+    """(label, W, R, U) in bytes; U = R for unique reads."""
+    out = [(f"unique_w{w}_r{r}", w * MIB, r * MIB, r * MIB) for w in WRITES_MIB for r in UNIQUE_READS_MIB]
+    out += [(f"reuse_w8_r{r}_u{u}", 8 * MIB, r * MIB, u * MIB) for r, u in REUSE]
+    return out
+
+
+def profile_pass() -> None:
+    """Under ncu: each case once, warmed up outside the profiled region."""
+    src = torch.ones(max(UNIQUE_READS_MIB + tuple(r for r, _ in REUSE)) * MIB // 4, device="cuda")
+    sink = torch.zeros(1 << 16, device="cuda")
+    outs = {w: torch.empty(w * MIB // 4, device="cuda") for w in WRITES_MIB}
+    for _, w, r, u in cases():
+        launch(outs[w // MIB], src, sink, r, u)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for label, w, r, u in cases():
+        torch.cuda.nvtx.range_push(label)
+        launch(outs[w // MIB], src, sink, r, u)
+        torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile-pass", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.profile_pass:
+        profile_pass()
+        return 0
+    if args.out is None:
+        parser.error("--out DIR is required")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from validation import ncu
+
+    metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
+               "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum"]
+    done = subprocess.run(ncu.command([sys.executable, __file__, "--profile-pass"], metrics),
+                          capture_output=True, text=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "l2-dirty-lifetime-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
+    by_label = {label: (w, r, u) for label, w, r, u in cases()}
+    rows = []
+    for launch_row in ncu.parse(done.stdout):
+        label = launch_row["range"]
+        if label not in by_label:
+            continue
+        w, r, u = by_label[label]
+        dram = launch_row["dram__bytes_write.sum"]
+        rows.append({"case": label, "written_bytes": w, "read_bytes": r, "read_region_bytes": u,
+                     "dram_write_bytes": dram, "dram_read_bytes": launch_row["dram__bytes_read.sum"],
+                     "dirty_at_end_bytes": w - dram,
+                     "l2_write_bytes": 32 * launch_row["lts__t_sectors_srcunit_tex_op_write.sum"],
+                     "l2_read_bytes": 32 * launch_row["lts__t_sectors_srcunit_tex_op_read.sum"],
+                     "time_s": launch_row["gpu__time_duration.sum"] * 1e-9})
+        print(f"{label:22s} W {w / MIB:4.0f} MiB, R {r / MIB:4.0f} MiB over {u / MIB:4.0f}: DRAM writes "
+              f"{dram / MIB:7.2f} MiB, DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")
+    (args.out / "l2-dirty-lifetime.json").write_text(json.dumps(
+        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+         "command": "python3 validation/l2_dirty_lifetime.py --out DIR", "rows": rows}, indent=2))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
