@@ -87,6 +87,20 @@ def test_l2_writes_back_dirty_tiles_once_the_lifetime_has_been_brought_in_after_
     assert l2.flush() == []
 
 
+def test_l2_hits_do_not_age_dirty_tiles():
+    """Measured on the H100 (validation/l2_dirty_lifetime.py, l2-dirty-lifetime-2026-11-22.json): after 8 MiB of
+    stores, 64 MiB read over the same 4 MiB (all hits after the first pass) sent 0 bytes to HBM, where 64 MiB of
+    distinct data sent 7.97 MiB: only what is brought into L2 ages a dirty line."""
+    l2 = L2Cache(capacity_bytes=1000, dirty_lifetime_bytes=30)
+    l2.insert(("O", 0), 10, "O", dirty=True)
+    l2.insert(("K", 0), 20, "K", dirty=False)
+    for _ in range(100):
+        assert l2.lookup(("K", 0)) is True
+    assert l2.dirty_bytes == 10 and l2.filled_bytes == 30  # 20 brought in after O0, however often K0 is read
+    assert l2.insert(("K", 1), 10, "K", dirty=False) == []  # 30 after it: not more than the lifetime
+    assert l2.insert(("K", 2), 1, "K", dirty=False) == [("O", 10)]  # 31: O0 reaches HBM
+
+
 @given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 30), st.booleans()), max_size=60), st.integers(10, 200),
        st.integers(1, 300))
 def test_no_dirty_tile_outlives_the_lifetime(ops, limit, lifetime):
