@@ -16,6 +16,7 @@ its source. Every other case stays held out.
 
 import argparse
 import statistics
+from functools import cache
 from pathlib import Path
 
 from rich.console import Console
@@ -32,6 +33,12 @@ def lifetime_bytes(written: float, dram_written: float, dram_read: float) -> flo
     return (written - dram_written) / written * (written + dram_read)
 
 
+@cache
+def dirty_cap_bytes(device: str) -> float | None:
+    """The GPU preset's l2_dirty_resident_bytes for a recorded device name, loaded once per device."""
+    return load_gpu(GPU_BY_DEVICE.get(device, device)).calibration.l2_dirty_resident_bytes
+
+
 def estimates(results: Path) -> list[tuple[str, float, float, float, float | None]]:
     """(case, written, dram written, dram read, lifetime or None where the row says nothing of it)."""
     out = []
@@ -42,10 +49,9 @@ def estimates(results: Path) -> list[tuple[str, float, float, float, float | Non
         written, dram_written, dram_read = m.get("l2_write"), m.get("hbm_write"), m.get("hbm_read")
         if not written or dram_written is None or dram_read is None:
             continue
-        cap = load_gpu(GPU_BY_DEVICE.get(raw.get("device", ""), raw.get("device", ""))).calibration
+        cap = dirty_cap_bytes(raw.get("device", ""))
         kept = written - dram_written
-        informative = dram_written >= MIN_WRITTEN_BACK * written and (
-            cap.l2_dirty_resident_bytes is None or kept < cap.l2_dirty_resident_bytes)
+        informative = dram_written >= MIN_WRITTEN_BACK * written and (cap is None or kept < cap)
         out.append((raw["id"], written, dram_written, dram_read,
                     lifetime_bytes(written, dram_written, dram_read) if informative else None))
     return out

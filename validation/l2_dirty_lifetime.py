@@ -13,6 +13,7 @@ once R > L - W (all of them once R >= L); if hits do not age them, "reuse" write
 """
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -72,6 +73,12 @@ def profile_pass() -> None:
     torch.cuda.cudart().cudaProfilerStop()
 
 
+def driver_version() -> str:
+    done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                          text=True)
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
@@ -108,8 +115,8 @@ def main() -> int:
         print(f"{label:22s} W {w / MIB:4.0f} MiB, R {r / MIB:4.0f} MiB over {u / MIB:4.0f}: DRAM writes "
               f"{dram / MIB:7.2f} MiB, DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")
     (args.out / "l2-dirty-lifetime.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-         "command": "python3 validation/l2_dirty_lifetime.py --out DIR", "rows": rows}, indent=2))
+        {"device": torch.cuda.get_device_name(), "driver": driver_version(), "torch": torch.__version__,
+         "triton": triton.__version__, "date": datetime.date.today().isoformat(), "command": "python3 validation/l2_dirty_lifetime.py --out DIR", "rows": rows}, indent=2))
     return 0 if rows else 1
 
 

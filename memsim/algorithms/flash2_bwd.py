@@ -70,6 +70,11 @@ def smem_buffers(shape: AttentionShape, tiles: TileConfig) -> dict[str, int]:
     }
 
 
+def key_block_registers(shape: AttentionShape, tiles: TileConfig) -> int:
+    """A key-block CTA's registers: the dK, dV accumulators and the S, dP tiles."""
+    return registers_estimate(2 * tiles.block_n * shape.head_dim + 2 * tiles.block_m * tiles.block_n, tiles.threads)
+
+
 def preprocess(shape: AttentionShape, tiles: TileConfig, name: str) -> KernelCost:
     heads = shape.batch * shape.q_heads
     rows = heads * shape.q_len
@@ -91,7 +96,7 @@ def main_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, overlap:
     heads = shape.batch * shape.q_heads
     grid = visits.t_c * heads
     smem = smem_buffers(shape, tiles)
-    regs = registers_estimate(2 * bn * d + 2 * bm * bn, tiles.threads)  # dK, dV accumulators; S, dP tiles
+    regs = key_block_registers(shape, tiles)
     slots = occupancy(gpu, sum(smem.values()), tiles.num_warps, regs, grid, name).slots
 
     rows = heads * float(row_visits(blocks))  # query rows loaded over all (query block, key block) pairs

@@ -71,19 +71,9 @@ def delta(shape: AttentionShape, name: str) -> KernelCost:
 
 
 def dkdv_smem_buffers(shape: AttentionShape, tiles: TileConfig) -> dict[str, int]:
-    bm, bn, d = tiles.block_m, tiles.block_n, shape.head_dim
-    e, kv_e, s = shape.element_bytes, shape.kv_element_bytes, tiles.num_stages
-    return {
-        "K tile": int(bn * d * kv_e),
-        "V tile": int(bn * d * kv_e),
-        "Q tiles": int(s * bm * d * e),
-        "dO tiles": int(s * bm * d * e),
-        "LSE, D": s * 2 * bm * ACCUMULATOR_BYTES,
-    }
-
-
-def dkdv_registers(shape: AttentionShape, tiles: TileConfig) -> int:
-    return registers_estimate(2 * tiles.block_n * shape.head_dim + 2 * tiles.block_m * tiles.block_n, tiles.threads)
+    """The atomic backward's key-block buffers but P and dS, which feed its dV and dK matmuls from shared
+    memory (kernels/flash2.py keeps them in registers)."""
+    return {name: size for name, size in atomic.smem_buffers(shape, tiles).items() if name not in ("P tile", "dS tile")}
 
 
 def dkdv_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str) -> KernelCost:
@@ -95,7 +85,7 @@ def dkdv_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: st
     heads = shape.batch * shape.q_heads
     grid = visits.t_c * kv_heads
     smem = dkdv_smem_buffers(shape, tiles)
-    regs = dkdv_registers(shape, tiles)
+    regs = atomic.key_block_registers(shape, tiles)
     slots = occupancy(gpu, sum(smem.values()), tiles.num_warps, regs, grid, name).slots
 
     rows = heads * float(row_visits(blocks))  # query rows loaded over all (query block, key block) pairs

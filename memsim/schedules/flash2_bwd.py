@@ -17,7 +17,6 @@ it; fast and faithful mode then differ by a few percent (memsim.engine.cta.store
 import numpy as np
 
 from memsim.algorithms import flash2_bwd as closed_form
-from memsim.algorithms.base import registers_estimate
 from memsim.algorithms.kv_blocks import kv_block_visits
 from memsim.algorithms.tiling import QBlockTiles, q_block_tiles
 from memsim.kernel import KernelCost
@@ -106,7 +105,7 @@ def main_kernel(shape: AttentionShape, tiles: TileConfig, overlap: bool, name: s
     return Launch(
         name=name, grid=t_c * shape.batch * shape.q_heads, warps_per_cta=tiles.num_warps,
         smem_buffers=closed_form.smem_buffers(shape, tiles),
-        registers_per_thread=registers_estimate(2 * bn * d + 2 * bm * bn, tiles.threads),
+        registers_per_thread=closed_form.key_block_registers(shape, tiles),
         num_stages=tiles.num_stages, program=program, work_class=lambda pid: pid,  # see Merging above
         loop_iterations=max(len(q_blocks) for q_blocks in seen_by),
     )

@@ -9,7 +9,7 @@ q-side tiles are private, the K/V tiles of the kv head shared by its query-block
 """
 
 from memsim.algorithms import flash2_bwd_separate_dq as closed_form
-from memsim.algorithms.flash2_bwd import MASK_OPS_PER_SCORE
+from memsim.algorithms.flash2_bwd import MASK_OPS_PER_SCORE, key_block_registers
 from memsim.algorithms.kv_blocks import kv_block_visits
 from memsim.algorithms.tiling import q_block_tiles
 from memsim.schedules.flash2_bwd import P_FMA_OPS, edge_pairs, pointwise, visitors
@@ -86,7 +86,7 @@ def dkdv_kernel(shape: AttentionShape, tiles: TileConfig, name: str) -> Launch:
     return Launch(
         name=f"{name}_dkdv", grid=t_c * shape.batch * shape.kv_heads, warps_per_cta=tiles.num_warps,
         smem_buffers=closed_form.dkdv_smem_buffers(shape, tiles),
-        registers_per_thread=closed_form.dkdv_registers(shape, tiles), num_stages=tiles.num_stages,
+        registers_per_thread=key_block_registers(shape, tiles), num_stages=tiles.num_stages,
         program=program, work_class=work_class, loop_iterations=g * max(len(q_blocks) for q_blocks in seen_by),
         repeat_unit=t_c,  # the key-block CTAs of one (batch, kv head): the same work on other heads' data
     )
