@@ -38,6 +38,22 @@ def test_fast_mode_agrees_with_faithful_mode(batch, kv_heads, n, causal, d, bloc
     assert_fast_matches_faithful(fast, faithful)
 
 
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.integers(256, 1100), st.sampled_from([64, 128]),
+       st.sampled_from([(64, 32), (128, 64)]), st.integers(1, 3), st.sampled_from([0.25, 1.0]))
+def test_fast_mode_agrees_with_faithful_mode_under_l2_pressure(heads, n, d, blocks, stages, l2_mb):
+    """A small L2 and a short dirty lifetime, so that merged CTAs' private Q and O tiles are evicted and
+    written back mid-kernel: a cohort's one entry must leave L2 as its members' tiles would."""
+    import dataclasses
+    gpu = dataclasses.replace(H100, l2_bytes=l2_mb * 2**20)
+    ceilings = dataclasses.replace(gpu.ceilings(), l2_dirty_lifetime_bytes=l2_mb * 2**19,
+                                   l2_dirty_resident_bytes=l2_mb * 2**18)
+    shape = AttentionShape(batch=2, q_heads=heads, q_len=n, head_dim=d, dtype="fp16")
+    launch = schedule(shape, TileConfig(block_m=blocks[0], block_n=blocks[1], num_stages=stages))
+    fast, faithful = (simulate(gpu, ceilings, [launch], fast=f)[0] for f in (True, False))
+    assert_fast_matches_faithful(fast, faithful)
+
+
 def test_work_matches_the_closed_form():
     shape = AttentionShape(batch=2, q_heads=4, q_len=1000, causal=True)
     tiles = TileConfig()

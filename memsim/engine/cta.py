@@ -26,11 +26,11 @@ class Cohort:
     end_s: float = 0.0
 
 
-def _key(step, cohort: Cohort) -> tuple[Hashable, float]:
-    """The L2 key of a step's tile and the bytes that key holds."""
-    if step.region is None:  # private to each CTA: one key for the cohort, w times the bytes
-        return (step.tensor, ("cta", cohort.first_pid), step.index), step.bytes * cohort.weight
-    return (step.tensor, step.region, step.index), step.bytes
+def _key(step, cohort: Cohort) -> tuple[Hashable, float, int]:
+    """The L2 key of a step's tile, the bytes that key holds and the members' tiles among them."""
+    if step.region is None:  # private to each CTA: one key for the cohort, one tile per member
+        return (step.tensor, ("cta", cohort.first_pid), step.index), step.bytes * cohort.weight, cohort.weight
+    return (step.tensor, step.region, step.index), step.bytes, 1
 
 
 def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
@@ -49,14 +49,14 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
     for loads in iterations:
         outcome = True
         for load in loads:
-            key, nbytes = _key(load, cohort)
+            key, nbytes, members = _key(load, cohort)
             deliver += load.bytes
             c.l2_read[load.tensor] += load.bytes * cohort.weight
             if key in missed:  # named twice in one batch: fetched once
                 continue
             found = l2.lookup(key)
             if found is False:
-                missed[key] = (nbytes, load.tensor)
+                missed[key] = (nbytes, load.tensor, members)
                 if load.region is None:
                     private_bytes += load.bytes
                 else:
@@ -77,9 +77,9 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
             l2.start_fetch(key, fetched)
         yield env.timeout(latency_s)
         yield _both(env, m.units["hbm"].use(shared_bytes), m.units["hbm"].use(private_bytes, cohort.weight))
-        for key, (nbytes, tensor) in missed.items():
+        for key, (nbytes, tensor, members) in missed.items():
             c.hbm_read[tensor] += nbytes
-            m.write_back(l2.finish_fetch(key, nbytes, tensor))
+            m.write_back(l2.finish_fetch(key, nbytes, tensor, members))
         fetched.succeed()
     elif latency_s:
         yield env.timeout(latency_s)
@@ -111,15 +111,15 @@ def _both(env: simpy.Environment, a: simpy.Event, b: simpy.Event) -> simpy.Event
 def store_tile(m: Machine, step: Store | Atomic, cohort: Cohort):
     """Write into L2 (write-back cache). An atomic (red.global.add) needs its line in L2: a
     missing line comes from HBM, but no data moves to the SM."""
-    key, nbytes = _key(step, cohort)
+    key, nbytes, members = _key(step, cohort)
     if isinstance(step, Atomic):
-        yield from _fetch_line(m, key, nbytes, step.tensor)
+        yield from _fetch_line(m, key, nbytes, step.tensor, members)
     m.counters.l2_write[step.tensor] += step.bytes * cohort.weight
     yield m.units["l2"].use(step.bytes, cohort.weight)
-    m.write_back(m.l2.insert(key, nbytes, step.tensor, dirty=True))
+    m.write_back(m.l2.insert(key, nbytes, step.tensor, dirty=True, members=members))
 
 
-def _fetch_line(m: Machine, key, nbytes: float, tensor: str):
+def _fetch_line(m: Machine, key, nbytes: float, tensor: str, members: int):
     """Bring a tile into L2 for an atomic: wait for a fetch in flight, or fetch it from HBM."""
     found = m.l2.lookup(key)
     if found is True:
@@ -132,7 +132,7 @@ def _fetch_line(m: Machine, key, nbytes: float, tensor: str):
     yield m.env.timeout(m.ceilings.hbm_latency_s)
     yield m.units["hbm"].use(nbytes)
     m.counters.hbm_read[tensor] += nbytes
-    m.write_back(m.l2.finish_fetch(key, nbytes, tensor))
+    m.write_back(m.l2.finish_fetch(key, nbytes, tensor, members))
     fetched.succeed()
 
 

@@ -10,12 +10,32 @@ written back and stay in L2, clean:
 - `dirty_lifetime_bytes` (the GPU's `l2_dirty_lifetime_bytes`): a dirty tile reaches HBM once
   that many bytes have been put into L2 after it (tiles filled from HBM and tiles written);
 - `dirty_limit_bytes` (`l2_dirty_resident_bytes`): no more than that stays dirty.
+
+An entry may hold several equal tiles put in together, one per member of a cohort of CTAs
+(memsim.engine.cta: each member's private Q or O tile, in program-id order). The entry keeps
+them as members, oldest first, and evicts or writes back only as many members as each limit
+needs, each with its own age: exactly what the members' tiles one by one would do.
 """
 
 from collections import OrderedDict
+from math import ceil, floor
 from typing import Hashable
 
 import simpy
+
+_BYTE_ROUNDING = 1e-9  # relative: a fraction of a member this small is float rounding, not a member
+
+
+class _Entry:
+    __slots__ = ("member_bytes", "members", "dirty", "tensor")
+
+    def __init__(self, member_bytes: float, members: int, tensor: str):
+        self.member_bytes, self.members, self.tensor = member_bytes, members, tensor
+        self.dirty = 0  # the newest `dirty` members are dirty; older ones are clean
+
+    @property
+    def nbytes(self) -> float:
+        return self.member_bytes * self.members
 
 
 class L2Cache:
@@ -24,8 +44,8 @@ class L2Cache:
         self.capacity_bytes = capacity_bytes
         self.dirty_limit_bytes = dirty_limit_bytes
         self.dirty_lifetime_bytes = dirty_lifetime_bytes
-        self._lines: OrderedDict[Hashable, list] = OrderedDict()  # key -> [bytes, dirty, tensor]
-        # dirty keys, oldest write first -> filled_bytes when written
+        self._lines: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
+        # keys with dirty members, oldest write first -> filled_bytes when the entry's newest member was written
         self._dirty: OrderedDict[Hashable, float] = OrderedDict()
         self.filled_bytes = 0.0  # bytes put into L2 so far (filled from HBM or written): the age of a dirty tile
         self._inflight: dict[Hashable, simpy.Event] = {}
@@ -34,8 +54,7 @@ class L2Cache:
 
     def lookup(self, key: Hashable) -> bool | simpy.Event:
         """True on a hit (and the tile becomes most recent), the pending fetch's event, or False on a miss."""
-        line = self._lines.get(key)
-        if line is not None:
+        if key in self._lines:
             self._lines.move_to_end(key)
             return True
         return self._inflight.get(key, False)
@@ -43,42 +62,79 @@ class L2Cache:
     def start_fetch(self, key: Hashable, event: simpy.Event) -> None:
         self._inflight[key] = event
 
-    def finish_fetch(self, key: Hashable, nbytes: float, tensor: str) -> list[tuple[str, float]]:
-        """Install a fetched tile; returns the dirty (tensor, bytes) it evicted."""
+    def finish_fetch(self, key: Hashable, nbytes: float, tensor: str, members: int = 1) -> list[tuple[str, float]]:
+        """Install a fetched tile (or `members` equal tiles); returns the dirty (tensor, bytes) it evicted."""
         self._inflight.pop(key, None)
-        return self.insert(key, nbytes, tensor, dirty=False)
+        return self.insert(key, nbytes, tensor, dirty=False, members=members)
 
-    def insert(self, key: Hashable, nbytes: float, tensor: str, dirty: bool) -> list[tuple[str, float]]:
-        """Install or overwrite a tile; returns the dirty (tensor, bytes) written back to make room."""
-        line = self._lines.get(key)
-        if line is not None:
-            self.used_bytes -= line[0]
-            if line[1]:  # rewritten: it counts as written now (a clean fill never lands on a present tile)
-                self._clean(key, line)
-        line = [nbytes, False, tensor]
-        self._lines[key] = line
-        self._lines.move_to_end(key)
+    def insert(self, key: Hashable, nbytes: float, tensor: str, dirty: bool,
+               members: int = 1) -> list[tuple[str, float]]:
+        """Install or overwrite `members` equal tiles of `nbytes` in all, put in one after another;
+        returns the dirty (tensor, bytes) written back to make room."""
+        member_bytes = nbytes / members
+        old = self._lines.get(key)
+        if old is None:
+            self._lines[key] = entry = _Entry(member_bytes, 0, tensor)
+            return self._add_members(key, entry, members, dirty)
+        # Rewritten (a clean fill never lands on a present tile): member by member, each replacing its own old
+        # tile, which counts as written now; the old entry keeps its place until its last member is replaced.
+        new_key = ("rewrite of", key)
+        self._lines[new_key] = entry = _Entry(member_bytes, 0, tensor)
+        written_back = []
+        for k in range(members):
+            if old.members and k >= members - old.members:  # member k's old tile is still there
+                self._drop_oldest(key, old)
+            written_back += self._add_members(new_key, entry, 1, dirty)
+        self._lines.pop(key, None)
+        self._dirty.pop(key, None)
+        self._lines[key] = self._lines.pop(new_key)
+        if new_key in self._dirty:
+            self._dirty[key] = self._dirty.pop(new_key)
+        return written_back
+
+    def _add_members(self, key: Hashable, entry: _Entry, count: int, dirty: bool) -> list[tuple[str, float]]:
+        nbytes = count * entry.member_bytes
+        entry.members += count
         self.used_bytes += nbytes
         self.filled_bytes += nbytes
         if dirty:
-            line[1] = True
-            self._dirty[key] = self.filled_bytes
+            entry.dirty += count
+            self._dirty[key] = self.filled_bytes  # its newest member's write
             self.dirty_bytes += nbytes
         return self._evict() + self._write_back_oldest()
 
-    def _clean(self, key: Hashable, line: list) -> None:
-        line[1] = False
-        self._dirty.pop(key, None)
-        self.dirty_bytes -= line[0]
+    def _drop_oldest(self, key: Hashable, entry: _Entry) -> None:
+        """Its oldest member leaves without a write-back (it is being rewritten)."""
+        if entry.dirty == entry.members:
+            entry.dirty -= 1
+            self.dirty_bytes -= entry.member_bytes
+            if not entry.dirty:
+                self._dirty.pop(key, None)
+        entry.members -= 1
+        self.used_bytes -= entry.member_bytes
+        if not entry.members:
+            del self._lines[key]
 
     def _evict(self) -> list[tuple[str, float]]:
+        """Least recently used first, oldest member first, until the tiles fit (one tile may stay alone)."""
         written_back = []
-        while self.used_bytes > self.capacity_bytes and len(self._lines) > 1:
-            key, line = self._lines.popitem(last=False)
-            self.used_bytes -= line[0]
-            if line[1]:
-                self._clean(key, line)
-                written_back.append((line[2], line[0]))
+        while self.used_bytes > self.capacity_bytes:
+            key, entry = next(iter(self._lines.items()))
+            count = min(entry.members - (len(self._lines) == 1),
+                        _members_covering(self.used_bytes - self.capacity_bytes, entry.member_bytes))
+            if count <= 0:
+                break
+            dirty = max(0, count - (entry.members - entry.dirty))  # the clean members are the oldest
+            if dirty:
+                written_back.append((entry.tensor, dirty * entry.member_bytes))
+                self.dirty_bytes -= dirty * entry.member_bytes
+                entry.dirty -= dirty
+            self.used_bytes -= count * entry.member_bytes
+            entry.members -= count
+            if not entry.members:
+                del self._lines[key]
+            if not entry.dirty:
+                self._dirty.pop(key, None)
         return written_back
 
     def _write_back_oldest(self) -> list[tuple[str, float]]:
@@ -87,21 +143,42 @@ class L2Cache:
         written_back = []
         lifetime, limit = self.dirty_lifetime_bytes, self.dirty_limit_bytes
         while self._dirty:
-            key, written_at = next(iter(self._dirty.items()))
-            aged = lifetime is not None and self.filled_bytes - written_at > lifetime
-            if not aged and (limit is None or self.dirty_bytes <= limit or len(self._dirty) == 1):
+            key, newest_written_at = next(iter(self._dirty.items()))
+            entry = self._lines[key]
+            count = 0
+            if lifetime is not None:  # member k of the dirty ones (0 oldest) was written at newest - (dirty-1-k) bytes
+                past_bytes = self.filled_bytes - lifetime - newest_written_at  # member k aged: > -(dirty-1-k) members
+                count = min(entry.dirty, _members_below(past_bytes / entry.member_bytes + entry.dirty - 1))
+            if limit is not None and self.dirty_bytes > limit:
+                keep = 1 if len(self._dirty) == 1 else 0  # the newest dirty tile stays
+                over = _members_covering(self.dirty_bytes - limit, entry.member_bytes)
+                count = max(count, min(entry.dirty - keep, over))
+            if count <= 0:
                 break
-            line = self._lines[key]
-            self._clean(key, line)
-            written_back.append((line[2], line[0]))
+            written_back.append((entry.tensor, count * entry.member_bytes))
+            self.dirty_bytes -= count * entry.member_bytes
+            entry.dirty -= count
+            if entry.dirty:
+                break  # its newer members are younger than the lifetime and the limit holds
+            del self._dirty[key]
         return written_back
 
     def flush(self) -> list[tuple[str, float]]:
         """Empty the cache (kernel end); returns the dirty (tensor, bytes) written back."""
-        dirty = [(tensor, nbytes) for nbytes, is_dirty, tensor in self._lines.values() if is_dirty]
+        dirty = [(e.tensor, e.dirty * e.member_bytes) for e in self._lines.values() if e.dirty]
         self._lines.clear()
         self._dirty.clear()
         self._inflight.clear()
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
         return dirty
+
+
+def _members_covering(nbytes: float, member_bytes: float) -> int:
+    """The fewest whole members holding at least `nbytes`."""
+    return max(1, ceil(nbytes / member_bytes - _BYTE_ROUNDING))
+
+
+def _members_below(x: float) -> int:
+    """How many of the members k = 0, 1, ... satisfy k < x."""
+    return ceil(x - _BYTE_ROUNDING) if x > 0 else 0
