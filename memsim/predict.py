@@ -24,6 +24,7 @@ def algorithm(name: str):
 
 Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
 DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
+SPILL_ALGORITHMS = ("flash2",)  # forward schedules that model TileConfig.spill_bytes_per_*
 
 
 def resolve_tiles(gpu: GPUSpec, algo: str, shape: AttentionShape, **overrides) -> TileConfig:
@@ -75,6 +76,11 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
                           f"with atomics, leave dq at 'atomic'")
     if tiles.dq != "atomic" and "bwd" not in pass_:
         raise MemsimError(f"dq = {tiles.dq!r} describes a backward pass; pass {pass_!r} has none (use bwd or fwd+bwd)")
+    if tiles.spills and alg.name not in SPILL_ALGORITHMS:
+        raise MemsimError(f"register spills (spill_bytes_per_iteration, spill_bytes_per_cta) are modelled for the "
+                          f"forward of {', '.join(SPILL_ALGORITHMS)}, not {alg.name}; leave them at 0")
+    if tiles.spills and pass_ != "fwd":
+        raise MemsimError(f"register spills describe the forward kernel; pass {pass_!r} has a backward (use pass fwd)")
     ceilings = spec.ceilings(calibrated, tiles.mma)
     results, notes = [], ()
     if engine == "des":

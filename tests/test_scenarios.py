@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memsim import AttentionShape, load_gpu, predict
+from memsim import AttentionShape, TileConfig, load_gpu, predict
 from memsim.capacity import plan, synthetic_lengths
 from memsim.predict import resolve_tiles
 from memsim.scenario import STEP_KINDS, check_expected, differences, expected_path, run_scenario, to_json
@@ -117,6 +117,24 @@ steps:
                        pass_="bwd")
     atomic = predict("flash2", shape, gpu, resolve_tiles(gpu, "flash2", shape, block_m=32, block_n=64), pass_="bwd")
     assert got["bytes"] == separate.bytes and separate.bytes != atomic.bytes
+
+
+def test_predict_step_takes_register_spills(tmp_path):
+    path = write(tmp_path, "spills.yaml", """
+description: SDPA's FA2 forward, which spills registers
+steps:
+  - kind: predict
+    name: fwd
+    algos: [flash2]
+    shape: {q_heads: 4, q_len: 1024, head_dim: 128}
+    tiles: {block_m: 128, block_n: 64, num_stages: 1, spill_bytes_per_iteration: 7158, spill_bytes_per_cta: 8424}
+    engine: analytic
+""")
+    got = run_scenario(path).steps[0].as_dict()["result"]["predictions"][0]
+    assert (got["tiles"]["spill_bytes_per_iteration"], got["tiles"]["spill_bytes_per_cta"]) == (7158, 8424)
+    shape = AttentionShape(q_heads=4, q_len=1024, head_dim=128)
+    plain = predict("flash2", shape, tiles=TileConfig(block_m=128, block_n=64, num_stages=1), engine="analytic")
+    assert got["bytes"]["l2_write"] - plain.bytes["l2_write"] == 4 * 8 * (16 * 7158 + 8424)
 
 
 def test_shape_from_a_model_is_one_gpus_share_of_one_layer(tmp_path):

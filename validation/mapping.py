@@ -85,10 +85,20 @@ def kv_stage_keys(shape: AttentionShape, launch: dict, block_m: int) -> int:
     return max(16, _pow2_at_most(keys)) if keys >= 16 else 64
 
 
+# PyTorch's flash_fwd_kernel spills registers (255 per thread): local-store bytes per CTA per key block and per
+# CTA, by (head_dim, BLOCK_M, BLOCK_N), fitted by `python3 -m validation.fit_spills` on shapes outside the suite
+# (results/h100/spill-probe-ncu-2026-11-23.csv). A kernel property, like its launch config.
+SDPA_FA2_SPILLS = {(64, 128, 128): (3032, 13817), (128, 128, 64): (7158, 8424)}
+
+
 def _fa2_prefill(row: dict, shape: AttentionShape, launch: dict, how: str) -> Mapped:
     block_m = q_block_rows(shape, int(launch["launch__grid_size"]))
     block_n = kv_stage_keys(shape, launch, block_m)
-    tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch), num_stages=1)
+    spills = SDPA_FA2_SPILLS.get((shape.head_dim, block_m, block_n), (0, 0))
+    tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch), num_stages=1,
+                       spill_bytes_per_iteration=spills[0], spill_bytes_per_cta=spills[1])
+    if any(spills):
+        how += f"; register spills {spills[0]} B per key block and {spills[1]} B per CTA (validation.fit_spills)"
     return Mapped("flash2", shape, tiles, how=how)
 
 

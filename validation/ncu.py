@@ -108,6 +108,21 @@ def parse(csv_text: str) -> list[dict]:
     return list(launches.values())
 
 
+def parse_raw(csv_text: str) -> list[dict]:
+    """As `parse`, for `--page raw` output: one row per launch, a column per metric, a row of units first."""
+    lines = csv_text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), None)
+    if start is None:
+        return []
+    rows = list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))[1:]  # the first row holds the units
+    launches = []
+    for row in rows:
+        launch = _names(row.get("Kernel Name", ""))
+        launch.update({name: _number(value) for name, value in row.items() if "__" in name})
+        launches.append(launch)
+    return launches
+
+
 def _names(name: str) -> dict:
     range_, _, kernel = name.partition("/") if "/" in name else ("", "", name)
     return {"range": range_.strip(), "kernel": kernel.strip()}

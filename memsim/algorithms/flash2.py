@@ -47,6 +47,22 @@ def smem_buffers(shape: AttentionShape, tiles: TileConfig) -> dict[str, int]:
     }
 
 
+def spill_traffic(gpu: GPUSpec, ctas: int, slots: int, iterations: float, tiles: TileConfig,
+                  other_hbm_bytes: float) -> Traffic:
+    """Register spills (memsim.schedules.steps.Spill): every store reaches L2 (local stores are write-through),
+    reloads hit L1. Local memory is backed per resident warp, so each CTA slot's lines are rewritten in place
+    by the CTAs that run in it: the lines spilled every key block never age; those spilled once per CTA reach
+    HBM each time a CTA's run brings more than the GPU's dirty lifetime into L2 (`other_hbm_bytes`, the
+    kernel's other HBM traffic, spread over its waves); the last CTAs' lines are still dirty at the end."""
+    waves = max(1.0, ctas / slots)
+    lifetime = gpu.calibration.l2_dirty_lifetime_bytes if gpu.calibration else None
+    aged = lifetime is not None and other_hbm_bytes / waves > lifetime
+    resident = min(ctas, slots) * (tiles.spill_bytes_per_iteration + tiles.spill_bytes_per_cta)
+    rewritten = max(0, ctas - slots) * tiles.spill_bytes_per_cta if aged else 0.0
+    return Traffic(l2_write=iterations * tiles.spill_bytes_per_iteration + ctas * tiles.spill_bytes_per_cta,
+                   hbm_write=resident + rewritten)
+
+
 def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd",
             overlap: bool = False) -> KernelCost:
     bm, bn, d = tiles.block_m, tiles.block_n, shape.head_dim
@@ -75,6 +91,9 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = 
         "O": Traffic.streamed(write=heads * shape.q_len * d * shape.out_element_bytes),
         "LSE": Traffic.streamed(write=heads * shape.q_len * ACCUMULATOR_BYTES),
     }
+    if tiles.spills:
+        other_hbm = sum(t.hbm_read + t.hbm_write for t in traffic.values())
+        traffic["spill"] = spill_traffic(gpu, grid, slots, heads * float(blocks.tiles.sum()), tiles, other_hbm)
     return KernelCost(
         name=name, grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem,
         registers_per_thread=regs, tensor_flops=4.0 * heads * bm * bn * d * blocks.tile_pairs,

@@ -54,6 +54,11 @@ def cli():
 @click.option("--mma", type=click.Choice(MMA_PATHS), help="The instruction the kernel's matrix products compile to: "
               "fastest (the GPU's own, wgmma on Hopper; default), mma_sync (sm_80 code such as FlashAttention-2) "
               "or fma (CUDA cores, no tensor cores).")
+@click.option("--spill-bytes-per-iteration", "spill_iteration", type=int,
+              help="flash2 forward: bytes of registers each CTA spills to local memory every key block (a property of "
+                   "the compiled kernel: ncu's local-store sectors x 32 at two shapes, validation/fit_spills.py).")
+@click.option("--spill-bytes-per-cta", "spill_cta", type=int,
+              help="flash2 forward: bytes of registers each CTA spills to local memory once.")
 @click.option("--registers", type=int, help="Registers per thread of the pass's first launch, as ncu reports it "
                                              "(launch__registers_per_thread); default: memsim's estimate.")
 @click.option("--smem-bytes", type=int, help="Shared memory per CTA of the pass's first launch, dynamic + static, as "
@@ -74,7 +79,8 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, reload_q, dq, mma, registers, smem_bytes, pass_, engine, peak, compare, order,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, dq, mma, spill_iteration, spill_cta, registers,
+                smem_bytes, pass_, engine, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
     algos = [a.strip() for a in compare.split(",")] if compare else [algo]
@@ -83,7 +89,8 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                     num_splits=splits, page_size=page_size, q_reload=reload_q or None, dq=dq, mma=mma)
+                     num_splits=splits, page_size=page_size, q_reload=reload_q or None, dq=dq, mma=mma,
+                     spill_bytes_per_iteration=spill_iteration, spill_bytes_per_cta=spill_cta)
     resources = {FIRST_LAUNCH: CtaResources(registers, smem_bytes)} if registers or smem_bytes else None
     results, runs = [], []
     for a in algos:

@@ -41,8 +41,10 @@ def prediction_table(p: Prediction) -> Table:
     table.add_column("value", justify="right")
     d = p.as_dict()
     t = p.tiles
+    spills = (f" spills {t['spill_bytes_per_iteration']} B/key block + {t['spill_bytes_per_cta']} B/CTA"
+              if t.get("spill_bytes_per_iteration") or t.get("spill_bytes_per_cta") else "")
     table.add_row("tiles", f"BLOCK_M={t['block_m']} BLOCK_N={t['block_n']} warps={t['num_warps']} "
-                           f"stages={t['num_stages']}")
+                           f"stages={t['num_stages']}{spills}")
     table.add_row("latency", human_time(p.latency_s))
     table.add_row("bound", f"{p.bound} ({d['critical_resource']})")
     table.add_row("tensor-core FLOPs", human_count(p.flops["tensor"], "FLOP"))

@@ -13,7 +13,7 @@ from typing import Hashable, Iterable
 import simpy
 
 from memsim.engine.machine import Machine
-from memsim.schedules.steps import Atomic, CtaProgram, Load, Loop, Mma, SmemRoundTrip, Step, Store, Vector
+from memsim.schedules.steps import Atomic, CtaProgram, Load, Loop, Mma, SmemRoundTrip, Spill, Step, Store, Vector
 
 
 @dataclass
@@ -21,9 +21,15 @@ class Cohort:
     first_pid: int
     weight: int
     program: CtaProgram
-    sms: list[int]  # the SM each member runs on (for the trace)
+    slots: list[int]  # the CTA slot each member runs in: slot s is on SM s % sm_count
+    sm_count: int
     start_s: float = 0.0
     end_s: float = 0.0
+
+    @property
+    def sms(self) -> list[int]:
+        """The SM each member runs on (for the trace)."""
+        return [slot % self.sm_count for slot in self.slots]
 
 
 def _key(step, cohort: Cohort) -> tuple[Hashable, float, int]:
@@ -119,6 +125,17 @@ def store_tile(m: Machine, step: Store | Atomic, cohort: Cohort):
     m.write_back(m.l2.insert(key, nbytes, step.tensor, dirty=True, members=members))
 
 
+def spill(m: Machine, step: Spill, cohort: Cohort) -> None:
+    """Local-memory stores into L2; the warps go on without waiting for them. Local memory is backed per
+    resident warp, so a CTA spills into the lines its slot's previous CTA used: rewritten in place, they
+    reach HBM only if the L2 brings in a dirty lifetime's worth of other data between two spills
+    (validation/results/h100/spill-probe-ncu-2026-11-23.csv and the README)."""
+    m.counters.l2_write["spill"] += step.bytes * cohort.weight
+    m.units["l2"].use(step.bytes, cohort.weight)
+    for slot in cohort.slots:
+        m.write_back(m.l2.insert(("spill", slot, step.index), step.bytes, "spill", dirty=True))
+
+
 def _fetch_line(m: Machine, key, nbytes: float, tensor: str, members: int):
     """Bring a tile into L2 for an atomic: wait for a fetch in flight, or fetch it from HBM."""
     found = m.l2.lookup(key)
@@ -188,6 +205,8 @@ def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 
             yield from load_tiles(m, [(step,)], cohort)
         elif isinstance(step, (Store, Atomic)):
             yield from store_tile(m, step, cohort)
+        elif isinstance(step, Spill):
+            spill(m, step, cohort)
         else:
             raise TypeError(f"unknown step {step!r}")
     if pending:

@@ -32,8 +32,8 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
     free = simpy.Store(env)
     # Breadth first: one CTA on every SM before a second on any. occ.slots already holds a persistent
     # grid's cap on resident CTAs (memsim.engine.simulate.resident).
-    for slot in range(occ.slots):
-        free.put(slot % m.gpu.sm_count)
+    for slot in range(occ.slots):  # slot s is on SM s % sm_count
+        free.put(slot)
     order = launch.order or (lambda i: i)
     running: list[simpy.Process] = []
     position = 0
@@ -44,23 +44,23 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
         yield process
         if on_finish is not None:
             on_finish(cohort)
-        for sm in cohort.sms:
-            free.put(sm)
+        for slot in cohort.slots:
+            free.put(slot)
 
     while position < launch.grid:
         first = yield free.get()
         yield env.timeout(0)  # let every CTA ending at this instant hand back its slot
-        sms = [first] + list(free.items)
+        slots = [first] + list(free.items)
         free.items.clear()
-        pids = [order(i) for i in range(position, min(launch.grid, position + len(sms)))]
+        pids = [order(i) for i in range(position, min(launch.grid, position + len(slots)))]
         position += len(pids)
-        for sm in sms[len(pids):]:
-            free.put(sm)
+        for slot in slots[len(pids):]:
+            free.put(slot)
         start = 0
         for _, group in groupby(pids, key=launch.work_class if fast else (lambda pid: pid)):
             members = list(group)
             cohort = Cohort(first_pid=members[0], weight=len(members), program=launch.program(members[0]),
-                            sms=sms[start:start + len(members)])
+                            slots=slots[start:start + len(members)], sm_count=m.gpu.sm_count)
             start += len(members)
             process = env.process(run_cohort(m, cohort, launch.num_stages, lambda n: batch))
             cohorts_out.append(cohort)

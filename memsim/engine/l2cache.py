@@ -8,7 +8,8 @@ the cache between kernels, so each kernel starts cold: DESIGN.md). Two calibrate
 (memsim.writes says the same for the analytic model), under which the oldest dirty tiles are
 written back and stay in L2, clean:
 - `dirty_lifetime_bytes` (the GPU's `l2_dirty_lifetime_bytes`): a dirty tile reaches HBM once
-  that many bytes have been put into L2 after it (tiles filled from HBM and tiles written);
+  that many bytes have been brought into L2 after it (tiles filled from HBM and tiles written that were not
+  there: rewriting a resident tile, as a spill or an atomic does, takes no new line);
 - `dirty_limit_bytes` (`l2_dirty_resident_bytes`): no more than that stays dirty.
 
 An entry may hold several equal tiles put in together, one per member of a cohort of CTAs
@@ -18,7 +19,8 @@ needs, each with its own age: exactly what the members' tiles one by one would d
 """
 
 from collections import OrderedDict
-from math import ceil, floor
+from bisect import bisect_left
+from math import ceil
 from typing import Hashable
 
 import simpy
@@ -27,15 +29,20 @@ _BYTE_ROUNDING = 1e-9  # relative: a fraction of a member this small is float ro
 
 
 class _Entry:
-    __slots__ = ("member_bytes", "members", "dirty", "tensor")
+    __slots__ = ("member_bytes", "members", "stamps", "tensor")
 
     def __init__(self, member_bytes: float, members: int, tensor: str):
         self.member_bytes, self.members, self.tensor = member_bytes, members, tensor
-        self.dirty = 0  # the newest `dirty` members are dirty; older ones are clean
+        # when each dirty member was written (filled_bytes then), oldest first: the newest members are the dirty ones
+        self.stamps: list[float] = []
 
     @property
     def nbytes(self) -> float:
         return self.member_bytes * self.members
+
+    @property
+    def dirty(self) -> int:
+        return len(self.stamps)
 
 
 class L2Cache:
@@ -45,9 +52,8 @@ class L2Cache:
         self.dirty_limit_bytes = dirty_limit_bytes
         self.dirty_lifetime_bytes = dirty_lifetime_bytes
         self._lines: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
-        # keys with dirty members, oldest write first -> filled_bytes when the entry's newest member was written
-        self._dirty: OrderedDict[Hashable, float] = OrderedDict()
-        self.filled_bytes = 0.0  # bytes put into L2 so far (filled from HBM or written): the age of a dirty tile
+        self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # keys with dirty members, least recently written first
+        self.filled_bytes = 0.0  # bytes brought into L2 so far (filled or newly written): the age of a dirty tile
         self._inflight: dict[Hashable, simpy.Event] = {}
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
@@ -82,31 +88,37 @@ class L2Cache:
         self._lines[new_key] = entry = _Entry(member_bytes, 0, tensor)
         written_back = []
         for k in range(members):
-            if old.members and k >= members - old.members:  # member k's old tile is still there
+            resident = old.members > 0 and k >= members - old.members  # member k's old tile is still there
+            if resident:
                 self._drop_oldest(key, old)
-            written_back += self._add_members(new_key, entry, 1, dirty)
+            written_back += self._add_members(new_key, entry, 1, dirty, brought_in=not resident)
         self._lines.pop(key, None)
         self._dirty.pop(key, None)
         self._lines[key] = self._lines.pop(new_key)
         if new_key in self._dirty:
-            self._dirty[key] = self._dirty.pop(new_key)
+            self._dirty.pop(new_key)
+            self._dirty[key] = None
         return written_back
 
-    def _add_members(self, key: Hashable, entry: _Entry, count: int, dirty: bool) -> list[tuple[str, float]]:
-        nbytes = count * entry.member_bytes
+    def _add_members(self, key: Hashable, entry: _Entry, count: int, dirty: bool,
+                     brought_in: bool = True) -> list[tuple[str, float]]:
         entry.members += count
-        self.used_bytes += nbytes
-        self.filled_bytes += nbytes
+        self.used_bytes += count * entry.member_bytes
+        for _ in range(count):
+            if brought_in:
+                self.filled_bytes += entry.member_bytes
+            if dirty:
+                entry.stamps.append(self.filled_bytes)
         if dirty:
-            entry.dirty += count
-            self._dirty[key] = self.filled_bytes  # its newest member's write
-            self.dirty_bytes += nbytes
+            self.dirty_bytes += count * entry.member_bytes
+            self._dirty[key] = None
+            self._dirty.move_to_end(key)
         return self._evict() + self._write_back_oldest()
 
     def _drop_oldest(self, key: Hashable, entry: _Entry) -> None:
         """Its oldest member leaves without a write-back (it is being rewritten)."""
         if entry.dirty == entry.members:
-            entry.dirty -= 1
+            entry.stamps.pop(0)
             self.dirty_bytes -= entry.member_bytes
             if not entry.dirty:
                 self._dirty.pop(key, None)
@@ -128,7 +140,7 @@ class L2Cache:
             if dirty:
                 written_back.append((entry.tensor, dirty * entry.member_bytes))
                 self.dirty_bytes -= dirty * entry.member_bytes
-                entry.dirty -= dirty
+                del entry.stamps[:dirty]
             self.used_bytes -= count * entry.member_bytes
             entry.members -= count
             if not entry.members:
@@ -143,12 +155,11 @@ class L2Cache:
         written_back = []
         lifetime, limit = self.dirty_lifetime_bytes, self.dirty_limit_bytes
         while self._dirty:
-            key, newest_written_at = next(iter(self._dirty.items()))
+            key = next(iter(self._dirty))
             entry = self._lines[key]
             count = 0
-            if lifetime is not None:  # member k of the dirty ones (0 oldest) was written at newest - (dirty-1-k) bytes
-                past_bytes = self.filled_bytes - lifetime - newest_written_at  # member k aged: > -(dirty-1-k) members
-                count = min(entry.dirty, _members_below(past_bytes / entry.member_bytes + entry.dirty - 1))
+            if lifetime is not None:  # aged: written more than the lifetime ago
+                count = bisect_left(entry.stamps, self.filled_bytes - lifetime)
             if limit is not None and self.dirty_bytes > limit:
                 keep = 1 if len(self._dirty) == 1 else 0  # the newest dirty tile stays
                 over = _members_covering(self.dirty_bytes - limit, entry.member_bytes)
@@ -157,11 +168,17 @@ class L2Cache:
                 break
             written_back.append((entry.tensor, count * entry.member_bytes))
             self.dirty_bytes -= count * entry.member_bytes
-            entry.dirty -= count
+            del entry.stamps[:count]
             if entry.dirty:
                 break  # its newer members are younger than the lifetime and the limit holds
             del self._dirty[key]
         return written_back
+
+    def oldest_dirty_age_bytes(self) -> float:
+        """Bytes brought into L2 since the oldest dirty tile was written (0 when none is dirty)."""
+        if not self._dirty:
+            return 0.0
+        return self.filled_bytes - self._lines[next(iter(self._dirty))].stamps[0]
 
     def flush(self) -> list[tuple[str, float]]:
         """Empty the cache (kernel end); returns the dirty (tensor, bytes) written back."""
@@ -177,8 +194,3 @@ class L2Cache:
 def _members_covering(nbytes: float, member_bytes: float) -> int:
     """The fewest whole members holding at least `nbytes`."""
     return max(1, ceil(nbytes / member_bytes - _BYTE_ROUNDING))
-
-
-def _members_below(x: float) -> int:
-    """How many of the members k = 0, 1, ... satisfy k < x."""
-    return ceil(x - _BYTE_ROUNDING) if x > 0 else 0

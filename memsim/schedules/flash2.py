@@ -4,11 +4,13 @@ Program id p = q_block + T_r * (batch * q_heads + head), q-block fastest (Triton
 06 and PyTorch's FA2 grid). The Q tile is loaded once and stays on chip (with tiles.q_reload,
 once per key block: CUTLASS memory-efficient attention); K and V tiles
 of the CTA's (batch, kv head) stream through num_stages buffers; O and LSE are stored once.
+A kernel that spills registers (tiles.spill_bytes_per_cta, _per_iteration) stores them to its CTA's
+local-memory slots once at the start and again after each key block's matmuls.
 """
 
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
-from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector
+from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Spill, Store, Vector
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
@@ -24,6 +26,8 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
     e, kv_e = shape.element_bytes, shape.kv_element_bytes
     uneven = shape.causal or shape.window is not None or shape.q_len % bm != 0
     matmul = Mma(2.0 * bm * bn * d, dtype)
+    spill_once = (Spill(1, tiles.spill_bytes_per_cta),) if tiles.spill_bytes_per_cta else ()
+    spill_each = (Spill(0, tiles.spill_bytes_per_iteration),) if tiles.spill_bytes_per_iteration else ()
 
     def locate(pid: int) -> tuple[int, int, int]:
         q_block, bh = pid % t_r, pid // t_r
@@ -47,11 +51,11 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
 
         def compute(i: int):
             ops = online_softmax(bm * bn, bm * bn if i >= edge_from else 0, rows, 0, d)
-            return (matmul, Vector(ops.cuda_ops - ops.exp_ops, ops.exp_ops), matmul)
+            return (matmul, Vector(ops.cuda_ops - ops.exp_ops, ops.exp_ops), matmul, *spill_each)
 
         final = online_softmax(0, 0, 0, rows, d)
         return CtaProgram(
-            prologue=() if tiles.q_reload else (q_tile,),
+            prologue=spill_once + (() if tiles.q_reload else (q_tile,)),
             loop=Loop(count, loads, compute, overlap_vector=overlap),
             epilogue=(Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
                       Store("O", None, 0, rows * d * shape.out_element_bytes), Store("LSE", None, 0, rows * ACCUMULATOR_BYTES)),

@@ -67,7 +67,18 @@ class SmemRoundTrip:
     bytes: float
 
 
-Step = Load | Store | Atomic | Mma | Vector | SmemRoundTrip
+@dataclass(frozen=True)
+class Spill:
+    """Registers spilled to local memory: each thread stores them through its L1 to L2 (local stores are
+    write-through) and reloads them from L1, where they hit (99.9% on the H100:
+    validation/results/h100/spill-probe-ncu-2026-11-23.csv). The warp does not wait for the stores.
+    `index` names the spill slot: a CTA that spills the same slot again rewrites the same lines."""
+
+    index: int
+    bytes: float
+
+
+Step = Load | Store | Atomic | Mma | Vector | SmemRoundTrip | Spill
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,18 @@ class TileConfig:
     q_reload: bool = False
     mma: str = "fastest"
     dq: str = "atomic"
+    spill_bytes_per_iteration: int = 0
+    spill_bytes_per_cta: int = 0
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "num_warps", "num_stages", "num_splits", "page_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise MemsimError(f"{name} = {value!r} must be a positive whole number")
+        for name in ("spill_bytes_per_iteration", "spill_bytes_per_cta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MemsimError(f"{name} = {value!r} must be a whole number of bytes, 0 or more")
         if self.num_warps & (self.num_warps - 1):
             raise MemsimError(f"num_warps = {self.num_warps} must be a power of two (1, 2, 4, 8, 16)")
         if not isinstance(self.q_reload, bool):
@@ -56,6 +62,10 @@ class TileConfig:
             raise MemsimError(f"dq = {self.dq!r} is not known; use one of {', '.join(DQ_MODES)}")
         if self.loop_order not in LOOP_ORDERS:
             raise MemsimError(f"loop_order = {self.loop_order!r} is not known; use one of {', '.join(LOOP_ORDERS)}")
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_bytes_per_iteration > 0 or self.spill_bytes_per_cta > 0
 
     @property
     def threads(self) -> int:

@@ -21,6 +21,8 @@ TILE_FIELDS = {name: Field(whole(1, example), OMIT) for name, example in (
     ("block_m", 128), ("block_n", 64), ("num_warps", 4), ("num_stages", 2), ("num_splits", 8), ("page_size", 16))}
 TILE_FIELDS["mma"] = Field(one_of(MMA_PATHS, "matrix instruction"), OMIT)  # TileConfig.mma
 TILE_FIELDS["dq"] = Field(one_of(DQ_MODES, "backward dQ mode"), OMIT)  # TileConfig.dq
+TILE_FIELDS["spill_bytes_per_iteration"] = Field(whole(0, 7168), OMIT)  # TileConfig: register spills per key block
+TILE_FIELDS["spill_bytes_per_cta"] = Field(whole(0, 8424), OMIT)  # TileConfig: register spills once per CTA
 
 FIELDS = {
     "gpu": GPU,

@@ -1,0 +1,93 @@
+"""Register spills of SDPA's FlashAttention-2 forward, a property of the compiled kernel.
+
+PyTorch's flash_fwd_kernel runs at 255 registers per thread on the H100 and spills: every thread stores
+some registers to local memory once, and some again every key block (local stores go through L1 to L2,
+so they are SM -> L2 bytes; the reloads hit L1). memsim models them as TileConfig.spill_bytes_per_cta
+and spill_bytes_per_iteration. This fits both per tile shape,
+
+    local-store bytes = per_iteration x (CTAs x key blocks each) + per_cta x CTAs,
+
+by least squares over `validation.l2_read_probe` runs of the kernel at shapes that are not in the
+validation suite (results/h100/spill-probe-ncu-2026-11-23.csv: ncu's
+l1tex__t_sectors_pipe_lsu_mem_local_op_st), so that no row the suite reports is fitted.
+validation.mapping.SDPA_FA2_SPILLS holds the result (a test checks it against this fit).
+
+    python3 -m validation.fit_spills [CSV]
+"""
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from validation.cases import Case
+from validation.ncu import parse_raw
+
+RESULTS = pathlib.Path(__file__).parent / "results" / "h100"
+PROBE = RESULTS / "spill-probe-ncu-2026-11-23.csv"
+LOCAL_STORE_SECTORS = "l1tex__t_sectors_pipe_lsu_mem_local_op_st.sum"
+SECTOR_BYTES = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    case: str
+    tile: tuple[int, int, int]  # head_dim, BLOCK_M, BLOCK_N
+    ctas: int
+    iterations: int  # key blocks over every CTA
+    stored_bytes: float
+
+
+def probes(csv_path: pathlib.Path = PROBE) -> list[Probe]:
+    from memsim.algorithms.tiling import q_block_tiles
+    from validation.mapping import map_sdpa_flash
+    out = []
+    for launch in parse_raw(csv_path.read_text()):
+        case = Case.from_id(launch["range"])
+        row = {**dataclasses.asdict(case), "launches": [launch]}
+        mapped = map_sdpa_flash(row)
+        shape, tiles = mapped.shape, mapped.tiles
+        blocks = q_block_tiles(shape, tiles.block_m, tiles.block_n)
+        out.append(Probe(case.id, (shape.head_dim, tiles.block_m, tiles.block_n), int(launch["launch__grid_size"]),
+                         shape.batch * shape.q_heads * int(blocks.tiles.sum()),
+                         launch[LOCAL_STORE_SECTORS] * SECTOR_BYTES))
+    return out
+
+
+def fit(found: list[Probe]) -> dict[tuple[int, int, int], tuple[int, int]]:
+    """(head_dim, BLOCK_M, BLOCK_N) -> (bytes per CTA per key block, bytes per CTA), whole bytes."""
+    by_tile = defaultdict(list)
+    for p in found:
+        by_tile[p.tile].append(p)
+    out = {}
+    for tile, group in sorted(by_tile.items()):
+        a = np.array([[p.iterations, p.ctas] for p in group], dtype=float)
+        b = np.array([p.stored_bytes for p in group])
+        (per_iteration, per_cta), *_ = np.linalg.lstsq(a, b, rcond=None)
+        out[tile] = (round(per_iteration), round(per_cta))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", nargs="?", type=pathlib.Path, default=PROBE, help="ncu --page raw output")
+    args = parser.parse_args(argv)
+    if not args.csv.is_file():
+        parser.error(f"{args.csv}: no such file")
+    found = probes(args.csv)
+    fitted = fit(found)
+    print("head_dim BLOCK_M BLOCK_N   bytes per key block   bytes per CTA")
+    for (d, bm, bn), (per_iteration, per_cta) in fitted.items():
+        print(f"{d:8d} {bm:7d} {bn:7d}   {per_iteration:19d}   {per_cta:13d}")
+    print("\ncase                                         measured MB   fitted MB")
+    for p in found:
+        per_iteration, per_cta = fitted[p.tile]
+        print(f"{p.case:44s} {p.stored_bytes / 1e6:11.2f}   {(per_iteration * p.iterations + per_cta * p.ctas) / 1e6:9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
