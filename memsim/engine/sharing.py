@@ -24,6 +24,7 @@ A request of weight w stands for w identical CTAs started together.
 
 import heapq
 import math
+import operator
 
 import simpy
 
@@ -35,10 +36,11 @@ _KEY_DIGITS = 12  # significant digits that make two requests' directions and li
 class _Class:
     """Requests whose demands are proportional and whose chain limits per amount are equal."""
 
-    __slots__ = ("direction", "cap", "queue", "weight", "clock", "rate")
+    __slots__ = ("direction", "uses", "cap", "queue", "weight", "clock", "rate")
 
     def __init__(self, direction: tuple[float, ...], cap: float):
         self.direction = direction  # share of each pipe used per unit of dominant-share rate (max 1)
+        self.uses = tuple((p, share) for p, share in enumerate(direction) if share > 0)  # the pipes it needs
         self.cap = cap  # the most dominant-share rate one member may take (its chain limit)
         self.queue: list = []  # heap of (finish on the class clock, id, weight, event, amount)
         self.weight = 0.0
@@ -46,10 +48,24 @@ class _Class:
         self.rate = 0.0
 
 
+def _class_key(demands: tuple[float, ...], chain_s: float) -> tuple[tuple, float]:
+    """((direction, cap), seconds on the dominant pipe) of a request: its class and its amount."""
+    scale = max(demands, default=0.0)  # seconds on its dominant pipe, alone on the GPU
+    if scale <= 0:
+        return ((), 0.0), scale
+    direction = tuple(round(seconds / scale, _KEY_DIGITS) for seconds in demands)
+    cap = float(f"{scale / chain_s:.{_KEY_DIGITS}g}") if chain_s > 0 else math.inf
+    return (direction, cap), scale
+
+
+_by_cap = operator.attrgetter("cap")
+
+
 class SharedPipes:
     def __init__(self, env: simpy.Environment, names: tuple[str, ...], trace: bool = False):
         self.env, self.names = env, names
         self._classes: dict = {}
+        self._keys: dict = {}  # (demands, chain_s) -> (class key, seconds on the dominant pipe): requests repeat
         self._active: list[_Class] = []
         self._next_id = 0
         self._last_s = env.now
@@ -63,22 +79,24 @@ class SharedPipes:
         """An event that fires once every pipe has done `demand_s` (GPU-seconds per member) of this
         request, and no sooner than `chain_s` after it started."""
         done = self.env.event()
-        scale = max(demand_s.values(), default=0.0)  # seconds on its dominant pipe, alone on the GPU
+        demands = tuple(demand_s.get(n, 0.0) for n in self.names)
+        known = self._keys.get((demands, chain_s))
+        if known is None:
+            known = self._keys[(demands, chain_s)] = _class_key(demands, chain_s)
+        key, scale = known
         if scale <= 0 or weight <= 0:
             return done.succeed()
         self._advance()
-        direction = tuple(round(demand_s.get(n, 0.0) / scale, _KEY_DIGITS) for n in self.names)
-        cap = float(f"{scale / chain_s:.{_KEY_DIGITS}g}") if chain_s > 0 else math.inf
-        cls = self._classes.get((direction, cap))
+        cls = self._classes.get(key)
         if cls is None:
-            cls = self._classes[(direction, cap)] = _Class(direction, cap)
+            cls = self._classes[key] = _Class(*key)
         if not cls.queue:
             self._active.append(cls)
         heapq.heappush(cls.queue, (cls.clock + scale, self._next_id, weight, done, scale))
         self._next_id += 1
         cls.weight += weight
-        for n in self.names:
-            self.served[n] += demand_s.get(n, 0.0) * weight
+        for n, seconds in zip(self.names, demands):
+            self.served[n] += seconds * weight
         self._rebalance()
         return done
 
@@ -108,21 +126,19 @@ class SharedPipes:
         users = [0] * len(self.names)  # rising classes with work on each pipe
         for cls in self._active:
             cls.rate = -1.0  # rising
-            for p in pipes:
-                if cls.direction[p] > 0:
-                    demand[p] += cls.weight * cls.direction[p]
-                    users[p] += 1
-        by_cap = sorted(self._active, key=lambda cls: cls.cap)
+            for p, share in cls.uses:
+                demand[p] += cls.weight * share
+                users[p] += 1
+        by_cap = sorted(self._active, key=_by_cap)
         rising, next_cap = len(by_cap), 0
 
         def freeze(cls, rate):
             cls.rate = rate
-            for p in pipes:
-                if cls.direction[p] > 0:
-                    share = cls.weight * cls.direction[p]
-                    used[p] += share * rate
-                    demand[p] -= share
-                    users[p] -= 1
+            for p, share in cls.uses:
+                share = cls.weight * share
+                used[p] += share * rate
+                demand[p] -= share
+                users[p] -= 1
 
         while rising:
             while by_cap[next_cap].rate >= 0:
