@@ -24,6 +24,7 @@ from memsim import AttentionShape, TileConfig, predict
 from memsim.errors import MemsimError
 
 BIG = AttentionShape(batch=1, q_heads=64, q_len=131072, head_dim=128)
+SLOWEST_SHOWN = 8
 FIELDS = ("hbm_read", "hbm_write", "hbm_write_deferred", "l2_read", "l2_write")
 
 
@@ -49,24 +50,36 @@ def sweep_configs(count: int) -> list[tuple[AttentionShape, TileConfig]]:
     return pairs[::step][:count]  # every step-th: the slice keeps the mix of shapes and tiles
 
 
-def _predict_one(pair) -> float | None:
+def _predict_one(pair) -> tuple[float | None, float]:
+    """(predicted latency, or None for a tile that does not fit; seconds the prediction took)."""
     shape, tiles = pair
+    start = time.perf_counter()
     try:
-        return predict("flash2", shape, tiles=tiles, engine="des").latency_s
+        latency = predict("flash2", shape, tiles=tiles, engine="des").latency_s
     except MemsimError:  # a tile that does not fit: refused, as it should be
-        return None
+        latency = None
+    return latency, time.perf_counter() - start
 
 
-def run_sweep(count: int, workers: int, console: Console) -> tuple[float, int, int]:
+def run_sweep(count: int, workers: int, console: Console) -> tuple[float, int, int, list]:
+    """(wall seconds, configurations, refused, [(seconds, shape, tiles)] slowest first)."""
     configs = sweep_configs(count)
     start = time.perf_counter()
-    refused = 0
+    refused, timed = 0, []
     with ProcessPoolExecutor(max_workers=workers) as pool, Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"sweep of {len(configs)} configurations on {workers} processes", total=len(configs))
-        for latency in pool.map(_predict_one, configs, chunksize=8):
+        for (latency, seconds), (shape, tiles) in zip(pool.map(_predict_one, configs, chunksize=8), configs):
             refused += latency is None
+            timed.append((seconds, shape, tiles))
             bar.advance(task)
-    return time.perf_counter() - start, len(configs), refused
+    timed.sort(key=lambda row: -row[0])
+    return time.perf_counter() - start, len(configs), refused, timed
+
+
+def describe(shape: AttentionShape, tiles: TileConfig) -> str:
+    heads = f"H={shape.q_heads}" + (f"/{shape.q_heads // shape.group_size}" if shape.group_size > 1 else "")
+    return (f"B={shape.batch} {heads} N={shape.q_len} d={shape.head_dim}{' causal' if shape.causal else ''}, "
+            f"{tiles.block_m}x{tiles.block_n} {tiles.num_warps} warps {tiles.num_stages} stages")
 
 
 def agreement(shapes: list[AttentionShape]) -> list[tuple[str, float, float, float]]:
@@ -98,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats, count = (1, args.sweep) if args.quick else (3, args.sweep)
 
     one = time_one(BIG, repeats)
-    sweep_s, swept, refused = run_sweep(count, 2, console)
+    sweep_s, swept, refused, timed = run_sweep(count, 2, console)
     # The first merges CTAs over 8 waves with O written back mid-kernel; the second goes tile by tile.
     checks = [AttentionShape(q_heads=32, q_len=4096), AttentionShape(q_heads=4, q_len=4096, causal=True),
               AttentionShape(batch=2, q_heads=8, kv_heads=2, q_len=8192)]
@@ -114,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row(f"sweep of {swept} configs ({refused} refused: tiles too big), 2 processes",
                   f"{sweep_s:.1f} s ({scaled:.1f} s per 1000)", "60 s per 1000", f"{scaled / 60:.2f}x")
     console.print(table)
+
+    slowest = Table(title="slowest configurations of the sweep (seconds in one process)", title_justify="left")
+    for col in ("configuration", "seconds", "share of sweep CPU"):
+        slowest.add_column(col, justify="left" if col == "configuration" else "right")
+    cpu_s = sum(row[0] for row in timed) or 1.0
+    for seconds, shape, tiles in timed[:SLOWEST_SHOWN]:
+        slowest.add_row(describe(shape, tiles), f"{seconds:.1f}", f"{seconds / cpu_s:.0%}")
+    console.print(slowest)
 
     check = Table(title="fast vs faithful mode (flash2 fwd, H100)", title_justify="left")
     for col in ("shape", "fast", "faithful", "speed-up", "worst difference (latency, bytes)"):

@@ -130,23 +130,26 @@ class L2Cache:
     def _evict(self) -> list[tuple[str, float]]:
         """Least recently used first, oldest member first, until the tiles fit (one tile may stay alone)."""
         written_back = []
+        lines = self._lines
         while self.used_bytes > self.capacity_bytes:
-            key, entry = next(iter(self._lines.items()))
-            count = min(entry.members - (len(self._lines) == 1),
+            key = next(iter(lines))
+            entry = lines[key]
+            count = min(entry.members - (len(lines) == 1),
                         _members_covering(self.used_bytes - self.capacity_bytes, entry.member_bytes))
             if count <= 0:
                 break
-            dirty = max(0, count - (entry.members - entry.dirty))  # the clean members are the oldest
-            if dirty:
-                written_back.append((entry.tensor, dirty * entry.member_bytes))
-                self.dirty_bytes -= dirty * entry.member_bytes
-                del entry.stamps[:dirty]
+            if entry.stamps:
+                dirty = max(0, count - (entry.members - len(entry.stamps)))  # the clean members are the oldest
+                if dirty:
+                    written_back.append((entry.tensor, dirty * entry.member_bytes))
+                    self.dirty_bytes -= dirty * entry.member_bytes
+                    del entry.stamps[:dirty]
+                if not entry.stamps:
+                    self._dirty.pop(key, None)
             self.used_bytes -= count * entry.member_bytes
             entry.members -= count
             if not entry.members:
-                del self._lines[key]
-            if not entry.dirty:
-                self._dirty.pop(key, None)
+                lines.popitem(last=False)
         return written_back
 
     def _write_back_oldest(self) -> list[tuple[str, float]]:
@@ -193,4 +196,6 @@ class L2Cache:
 
 def _members_covering(nbytes: float, member_bytes: float) -> int:
     """The fewest whole members holding at least `nbytes`."""
+    if nbytes <= member_bytes:
+        return 1
     return max(1, ceil(nbytes / member_bytes - _BYTE_ROUNDING))
