@@ -24,10 +24,11 @@ def longest_loop(launch: Launch) -> int:
 
 
 def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_out: list,
-               batch: int | None = None, on_finish=None):
+               batch: int | None = None, on_finish=None, cutoff=None):
     """A SimPy process that runs every CTA of `launch` and ends when the last one does.
     `batch`: loop iterations simulated as one (default: from the launch itself);
-    `on_finish(cohort)` is called as each cohort ends."""
+    `on_finish(cohort)` is called as each cohort ends; `cutoff` (memsim.engine.extrapolate.Cutoff), if
+    given, may lower the CTAs dispatched while the launch runs, and is told how many have been."""
     env = m.env
     free = simpy.Store(env)
     # Breadth first: one CTA on every SM before a second on any. occ.slots already holds a persistent
@@ -47,13 +48,18 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
         for slot in cohort.slots:
             free.put(slot)
 
-    while position < launch.grid:
+    def limit() -> int:
+        return launch.grid if cutoff is None else cutoff.limit
+
+    while position < limit():
         first = yield free.get()
         yield env.timeout(0)  # let every CTA ending at this instant hand back its slot
         slots = [first] + list(free.items)
         free.items.clear()
-        pids = [order(i) for i in range(position, min(launch.grid, position + len(slots)))]
+        pids = [order(i) for i in range(position, min(limit(), position + len(slots)))]
         position += len(pids)
+        if cutoff is not None:
+            cutoff.dispatched = position
         for slot in slots[len(pids):]:
             free.put(slot)
         start = 0

@@ -51,9 +51,12 @@ def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: boo
         occ = resident(launch, occupancy(gpu, launch.smem_bytes_per_cta, launch.warps_per_cta,
                                          launch.registers_per_thread, launch.grid, launch.name))
         batch = batch_size(longest_loop(launch), fast, occ.waves, launch.grid)
-        result = _extrapolated(gpu, ceilings, launch, occ, batch, clock_s, counted) if fast and not trace else None
-        if result is None:
-            result, _ = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=counted)
+        cutoff = None
+        if fast and not trace and extrapolate.watched(launch, occ.slots):
+            cutoff = extrapolate.Cutoff(launch, occ.slots, ceilings.l2_dirty_lifetime_bytes)
+        result = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=counted, cutoff=cutoff)
+        if cutoff is not None and cutoff.settled:
+            result = _extended(result, cutoff)
         counted.launch_done(launch.grid)
         results.append(result)
         clock_s = result.end_s
@@ -83,49 +86,40 @@ class Progress:
         self.ctas_done(0)
 
 
-def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, watch: bool = False, counted=None):
-    """Simulate one launch; with `watch`, snapshot the machine each time CTAs finish."""
+def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=None, cutoff=None) -> LaunchResult:
+    """Simulate one launch; with a `cutoff`, it sees the machine each time CTAs finish until it settles."""
     env = simpy.Environment(initial_time=clock_s + ceilings.launch_overhead_s)
     m = Machine(env, gpu, ceilings, trace=trace)
     cohorts: list = []
-    snapshots: list[extrapolate.Snapshot] = []
     done = [0]
 
     def on_finish(cohort):
         done[0] += cohort.weight
-        if watch:
-            snapshots.append(_snapshot(m, done[0]))
+        if cutoff is not None and not cutoff.settled:
+            cutoff.watch(_snapshot(m, done[0]))
         if counted is not None:
             counted.ctas_done(done[0])
 
     start = env.now
-    env.run(env.process(run_launch(m, launch, occ, fast, cohorts, batch, on_finish)))
+    env.run(env.process(run_launch(m, launch, occ, fast, cohorts, batch, on_finish, cutoff)))
     end = env.now
     m.counters.flush(m.l2.flush())  # the next kernel starts cold, as under ncu
-    result = LaunchResult(
+    return LaunchResult(
         launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
         counters=m.counters, busy_s=m.busy_s(), cohorts=cohorts, unit_intervals=m.busy_intervals(),
     )
-    return result, snapshots
 
 
 def _snapshot(m: Machine, done_ctas: int) -> extrapolate.Snapshot:
     c = m.counters
     flat = {(group, tensor): value for group in BYTE_KEYS for tensor, value in getattr(c, group).items()}
     flat.update({("scalar", name): getattr(c, name) for name in _SCALARS})
-    return extrapolate.Snapshot(done_ctas, m.env.now, flat, m.busy_s())
+    return extrapolate.Snapshot(done_ctas, m.env.now, flat, m.busy_s(), m.l2.filled_bytes)
 
 
-def _extrapolated(gpu, ceilings, launch, occ, batch, clock_s, counted=None) -> LaunchResult | None:
-    grid = extrapolate.short_grid(launch, occ.slots)
-    if grid is None:
-        return None
-    result, snapshots = _run(gpu, ceilings, extrapolate.shortened(launch, grid), occ, True, batch, False,
-                             clock_s, watch=True, counted=counted)
-    rate = extrapolate.steady_rate(snapshots, occ.slots)
-    if rate is None:
-        return None
-    extra = launch.grid - grid
+def _extended(result: LaunchResult, cutoff: extrapolate.Cutoff) -> LaunchResult:
+    """The launch as if the CTAs it never dispatched had run at its steady rate."""
+    rate, extra = cutoff.rate, cutoff.grid - cutoff.limit
     c = result.counters
     for (group, key), per_cta in rate.counters.items():
         if group == "scalar":
@@ -133,6 +127,5 @@ def _extrapolated(gpu, ceilings, launch, occ, batch, clock_s, counted=None) -> L
         else:
             getattr(c, group)[key] += extra * per_cta
     busy = {u: result.busy_s[u] + extra * rate.busy_s[u] for u in result.busy_s}
-    return LaunchResult(launch=launch, occupancy=occ, start_s=result.start_s,
-                        end_s=result.end_s + extra * rate.time_s, counters=c, busy_s=busy, cohorts=result.cohorts,
-                        unit_intervals=result.unit_intervals, extrapolated_ctas=extra)
+    return dataclasses.replace(result, end_s=result.end_s + extra * rate.time_s, counters=c, busy_s=busy,
+                               extrapolated_ctas=extra)
