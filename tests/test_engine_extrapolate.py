@@ -84,3 +84,38 @@ def test_no_window_starts_before_the_l2_has_taken_in_a_dirty_lifetime():
         cutoff.watch(_snapshot(done, done * 1e-6, float(done), filled=2e9))
     assert cutoff.settled and cutoff.limit < launch.grid and cutoff.limit % launch.repeat_unit == 0
     assert extrapolate.MIN_WAVES * 264 <= launch.grid
+
+
+def test_causal_launches_are_not_in_lock_step():
+    from memsim.schedules.flash2 import forward
+    assert extrapolate.lockstep(forward(AttentionShape(q_len=8192), TileConfig()))
+    assert not extrapolate.lockstep(forward(AttentionShape(q_len=8192, causal=True), TileConfig()))
+
+
+def _settle(launch, slots: int) -> Cutoff:
+    """A cutoff fed a launch that is steady from the start, CTA for CTA."""
+    cutoff = Cutoff(launch, slots=slots, lifetime_bytes=None)
+    for done in range(slots, launch.grid, slots):
+        cutoff.dispatched = done + slots
+        cutoff.watch(_snapshot(done, done * 1e-6, float(done)))
+        if cutoff.settled:
+            return cutoff
+    raise AssertionError("never settled")
+
+
+def test_a_lockstep_launch_keeps_its_partial_last_wave():
+    from math import lcm
+    from memsim.schedules.flash2 import forward
+    launch = forward(AttentionShape(q_heads=8, q_len=131072), TileConfig())  # 8192 CTAs, units of 1024
+    cutoff = _settle(launch, slots=384)  # 21.3 waves: the last one a third full
+    period = lcm(launch.repeat_unit, 384)
+    assert cutoff.limit < launch.grid and (launch.grid - cutoff.limit) % period == 0
+    assert cutoff.limit >= cutoff.dispatched
+
+
+def test_a_causal_launch_stops_at_the_next_whole_unit():
+    from memsim.schedules.flash2 import forward
+    launch = forward(AttentionShape(q_heads=8, q_len=131072, causal=True), TileConfig())
+    cutoff = _settle(launch, slots=384)
+    assert cutoff.window % launch.repeat_unit == 0 and cutoff.start % launch.repeat_unit == 0
+    assert cutoff.limit == -(-cutoff.dispatched // launch.repeat_unit) * launch.repeat_unit < launch.grid

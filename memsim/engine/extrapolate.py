@@ -21,15 +21,16 @@ to 248 waves against the full simulation).
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from math import ceil
+from math import ceil, lcm
 
 from memsim.schedules.steps import Launch
 
-MIN_WAVES = 16
+MIN_WAVES = 8
 WARM_WAVES = 2  # waves finished before the first window may start
-STEADY_WAVES = 4  # the least length of each window
+STEADY_WAVES = 2  # the least length of each window
 STEADY_TOLERANCE = 0.005  # time per CTA, window against window
 COUNTER_TOLERANCE = 0.01  # every counter per CTA, window against window
+LONG_WAVES = 64  # from here a partial last wave is at most 1/64 of the time: any whole unit may end dispatch
 MIN_SKIPPED = 0.25  # the least share of the launch worth skipping: later, it runs to its end
 
 
@@ -48,18 +49,35 @@ def watched(launch: Launch, slots: int) -> bool:
     return bool(unit) and launch.order is None and launch.grid % unit == 0 and launch.grid >= MIN_WAVES * slots
 
 
+def lockstep(launch: Launch) -> bool:
+    """Whether the CTAs of a unit all do the same work (as their loops' lengths show): started
+    together, they then finish together."""
+    lengths = {_loop_length(launch.program(pid)) for pid in range(launch.repeat_unit)}
+    return len(lengths) == 1
+
+
+def _loop_length(program) -> int:
+    return program.loop.iterations if program.loop is not None else 0
+
+
 class Cutoff:
     """Ends a launch's dispatch once it runs at a steady rate. `limit` is the CTA count to dispatch;
     `rate` is the steady time, counters and busy seconds per CTA once found.
 
-    Windows start and end on whole waves (CTAs started together in lock-step finish together) and
-    hold at least one unit. A window over which the time agrees but a counter does not is too short
-    for that counter's own period (K/V of a new head every unit, write-backs in bursts): it doubles."""
+    In a lock-step launch (every CTA of a unit does the same work: CTAs started together finish
+    together) windows start and end on whole waves and slide a wave at a time. In one whose CTAs differ
+    (causal: each q-block sees its own share of the keys) nothing finishes in waves: windows are whole
+    units, where every unit's mix of light and heavy CTAs repeats, and slide a unit at a time. Either
+    holds at least STEADY_WAVES waves and one unit. A window over which the time agrees but a counter
+    does not is too short for that counter's own period (K/V of a new head every unit, write-backs in
+    bursts): it doubles."""
 
     def __init__(self, launch: Launch, slots: int, lifetime_bytes: float | None):
         self.grid, self.unit, self.slots = launch.grid, launch.repeat_unit, slots
-        self.window = ceil(max(STEADY_WAVES * slots, self.unit) / slots) * slots  # CTAs per window
-        self.start = WARM_WAVES * slots  # where the first window starts
+        self.lockstep = lockstep(launch)
+        self.step = slots if self.lockstep else self.unit  # windows are multiples of this many CTAs
+        self.window = ceil(max(STEADY_WAVES * slots, self.unit) / self.step) * self.step  # CTAs per window
+        self.start = ceil(WARM_WAVES * slots / self.step) * self.step  # where the first window starts
         self.lifetime_bytes = lifetime_bytes or 0.0
         self.limit = launch.grid
         self.dispatched = 0  # CTAs handed out so far (memsim.engine.dispatch.run_launch keeps it)
@@ -71,25 +89,38 @@ class Cutoff:
         return self.rate is not None
 
     def watch(self, snapshot: Snapshot) -> None:
-        """Called as CTAs finish: tries every window pair that has ended, sliding a wave at a time."""
+        """Called as CTAs finish: tries every window pair that has ended, sliding a step at a time."""
         self.snapshots.append(snapshot)
         while self.rate is None and snapshot.done_ctas >= self.start + 2 * self.window:
             a, b, c = (_first_reaching(self.snapshots, self.start + k * self.window) for k in range(3))
             if a.filled_bytes < self.lifetime_bytes:
-                self.start += self.slots
+                self.start += self.step
                 continue
             rate, why = steady_rate(a, b, c)
             if rate is not None:
-                stop = ceil(self.dispatched / self.unit) * self.unit
-                if self.grid - stop >= MIN_SKIPPED * self.grid:
+                stop = self._stop()
+                if stop is not None:
                     self.rate, self.limit = rate, stop
                 else:
-                    self.start = self.grid  # too late to save anything: watch no more
+                    self.start = self.grid  # too late to save enough: watch no more
                 return
             if why == "counters":
                 self.window *= 2
             else:
-                self.start += self.slots
+                self.start += self.step
+
+    def _stop(self) -> int | None:
+        """Where dispatch ends: the next whole unit. In a lock-step launch of fewer than LONG_WAVES waves,
+        also whole waves before the launch's end, so that the shortened launch drains through the same
+        partial last wave as the full one (a last wave of a few CTAs takes as long as a full one). None
+        when that would skip less than MIN_SKIPPED of the launch."""
+        first = ceil(self.dispatched / self.unit) * self.unit
+        if not self.lockstep or self.grid >= LONG_WAVES * self.slots:
+            stop = first
+        else:
+            period = lcm(self.unit, self.slots)
+            stop = self.grid - (self.grid - first) // period * period
+        return stop if self.grid - stop >= MIN_SKIPPED * self.grid else None
 
 
 def steady_rate(a: Snapshot, b: Snapshot, c: Snapshot) -> tuple[Snapshot | None, str]:

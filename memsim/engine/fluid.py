@@ -72,8 +72,11 @@ class FluidResource:
         return done
 
     def busy_until_now(self) -> float:
-        """busy_s including the stretch since the last change."""
-        self._advance()
+        """busy_s including the stretch since the last change; reads without advancing the service
+        clock, so that looking (a snapshot) never moves a result by a rounding."""
+        dt = self.env.now - self._last_s
+        if dt > 0 and self._queue:
+            return self.busy_s + dt * min(1.0, self._unit_rate() * self._weight / self.rate)
         return self.busy_s
 
     def _unit_rate(self) -> float:

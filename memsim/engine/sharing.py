@@ -101,7 +101,11 @@ class SharedPipes:
         return done
 
     def busy_until_now(self, name: str) -> float:
-        self._advance()
+        """busy_s[name] including the stretch since the last change; reads without advancing the
+        clocks, so that looking (a snapshot) never moves a result by a rounding."""
+        dt = self.env.now - self._last_s
+        if dt > 0 and self._active:
+            return self.busy_s[name] + dt * min(1.0, self._use[name])
         return self.busy_s[name]
 
     def _advance(self) -> None:
