@@ -7,8 +7,11 @@ kernels). Two limits on what is still dirty at the end (`hbm_write_deferred`):
   less than the GPU's `l2_dirty_lifetime_bytes` was brought into L2 after it (the kernel's HBM reads and
   writes, (1 - x) of them); so a fraction min(1, lifetime / (HBM reads + writes)) of the writes survives.
   A decode streaming gigabytes through L2 keeps almost none of its output there. Without a calibrated
-  lifetime, the L2's capacity (plain LRU). On the H100 the fitted lifetime is about 2/3 of the capacity
-  (validation/fit_l2_dirty_lifetime.py).
+  lifetime, the L2's capacity (plain LRU). A tensor read by several CTAs (its L2 -> SM reads k times its HBM
+  reads) is kept in both of the L2's partitions and counts `l2_shared_tile_age_weight` times as much once k
+  readers are on both sides (memsim.engine.l2cache says how: 1 + (weight - 1)(1 - 2^(1 - k)) per byte).
+  On the H100 both are measured by microbenchmark (validation/l2_dirty_lifetime.py,
+  validation/fit_l2_dirty_lifetime.py): 44.2 MB of data read once, and a weight of 1.85.
 - the GPU's `l2_dirty_resident_bytes` caps it (measured by a store-only kernel: validation/l2_write_back.py).
 Without either ceiling every written byte counts as written during the kernel. The discrete-event engine
 follows the tiles themselves through its L2 under the same two limits (memsim.engine.l2cache).
@@ -22,19 +25,30 @@ from memsim.kernel import KernelCost, Traffic
 
 
 def resident_writes(traffic: Mapping[str, Traffic], resident_bytes: float | None,
-                    lifetime_bytes: float | None = None) -> dict[str, Traffic]:
+                    lifetime_bytes: float | None = None, shared_age_weight: float = 1.0) -> dict[str, Traffic]:
     """`traffic` with the writes still dirty in L2 at the end (module docstring) moved to hbm_write_deferred,
     shared among the written tensors in proportion to what each writes (they are written side by side).
-    `resident_bytes`: the cap on dirty data; `lifetime_bytes`: the traffic a dirty line outlives (None: no limit)."""
+    `resident_bytes`: the cap on dirty data; `lifetime_bytes`: the traffic a dirty line outlives (None: no limit);
+    `shared_age_weight`: how much more a byte read by CTAs on both L2 partitions ages dirty lines."""
     total = sum(t.hbm_write for t in traffic.values())
     if (resident_bytes is None and lifetime_bytes is None) or total <= 0:
         return dict(traffic)
-    brought_in = total + sum(t.hbm_read for t in traffic.values())
+    brought_in = total + sum(t.hbm_read * age_per_byte(t, shared_age_weight) for t in traffic.values())
     surviving = total if lifetime_bytes is None else total * min(1.0, lifetime_bytes / brought_in)
     kept = (surviving if resident_bytes is None else min(surviving, resident_bytes)) / total
     return {name: dataclasses.replace(t, hbm_write=t.hbm_write * (1 - kept),
                                       hbm_write_deferred=t.hbm_write_deferred + t.hbm_write * kept)
             for name, t in traffic.items()}
+
+
+def age_per_byte(t: Traffic, shared_age_weight: float) -> float:
+    """How much each HBM byte read of this tensor ages dirty lines: 1 for a tensor each CTA reads alone, up to
+    `shared_age_weight` for one read by many (k = L2 -> SM reads over HBM reads, its readers per byte)."""
+    if t.hbm_read <= 0 or shared_age_weight == 1.0:
+        return 1.0
+    readers = t.l2_read / t.hbm_read
+    both_sides = max(0.0, 1.0 - 2.0 ** (1.0 - readers))
+    return 1.0 + (shared_age_weight - 1.0) * both_sides
 
 
 def with_resident_writes(cost: KernelCost, ceilings: Ceilings, l2_bytes: float) -> KernelCost:
@@ -44,4 +58,4 @@ def with_resident_writes(cost: KernelCost, ceilings: Ceilings, l2_bytes: float) 
         return cost
     lifetime = min(ceilings.l2_dirty_lifetime_bytes or l2_bytes, l2_bytes)  # LRU evicts at capacity regardless
     return dataclasses.replace(cost, traffic=resident_writes(cost.traffic, ceilings.l2_dirty_resident_bytes,
-                                                             lifetime))
+                                                             lifetime, ceilings.l2_shared_tile_age_weight))

@@ -74,9 +74,9 @@ def test_spill_stores_reach_l2_in_full_and_hbm_at_most_once_per_cta(batch, heads
 
 def test_spills_rewritten_in_place_stay_in_l2_when_little_else_passes_through():
     """B1 H16 N4096 d64 brings about 42 MB into L2 over 2 waves: a CTA slot's spill lines are rewritten by the
-    next CTA in the slot before the dirty lifetime (34.6 MB) runs out, so what reaches HBM is the slots' lines
-    once, mostly after the kernel (SDPA's FA2 at this shape wrote 0.65 MB to HBM in the kernel;
-    validation/results/h100), not every CTA's."""
+    next CTA in the slot before the dirty lifetime (44.2 MB, shared K/V counting 1.85 times) runs out, so what
+    reaches HBM is the slots' lines once, mostly after the kernel (SDPA's FA2 at this shape wrote 0.65 MB to HBM
+    in the kernel, at the counter's floor; validation/results/h100), not every CTA's."""
     shape = AttentionShape(q_heads=16, q_len=4096, head_dim=64)
     tiles = spilling(3032, 13817, block_n=128)
     launch, slots, _ = slots_and_iterations(shape, tiles)
@@ -84,7 +84,7 @@ def test_spills_rewritten_in_place_stay_in_l2_when_little_else_passes_through():
     for engine in ("analytic", "des"):
         spill = predict("flash2", shape, tiles=tiles, engine=engine).bytes_by_tensor["spill"]
         assert written_to_hbm(spill) == pytest.approx(slots * (3032 + 13817), rel=0.01), engine
-        assert spill["hbm_write"] <= 0.15 * written_to_hbm(spill), engine
+        assert spill["hbm_write"] <= 0.2 * written_to_hbm(spill), engine
 
 
 def test_spills_once_per_cta_reach_hbm_where_a_cta_outlives_the_dirty_lifetime():

@@ -16,10 +16,10 @@ than that, the row agrees as far as can be measured: it is counted as below the 
 
 Calibration: memsim's ceilings (achievable HBM and L2 bandwidth, tensor-core and CUDA-core rates,
 latencies, launch overhead) come from the microbenchmarks (validation/microbench.py,
-calibration-*.json). Two parameters no microbenchmark gives are fitted on a named calibration subset
-(CALIBRATION_KERNELS): the H100's l2_dirty_lifetime_bytes and dependent_step_latency_s
-(validation/fit_l2_dirty_lifetime.py, validation/fit_step_latency.py). Summaries report that subset
-apart; every other case is held out.
+calibration-*.json), as do the L2's dirty lifetime and shared-tile weight (validation/l2_dirty_lifetime.py,
+validation/fit_l2_dirty_lifetime.py). One parameter no microbenchmark gives is fitted on a named calibration
+subset (CALIBRATION_KERNELS): the H100's dependent_step_latency_s (validation/fit_step_latency.py). Summaries
+report that subset apart; every other case is held out.
 """
 
 import json
@@ -37,13 +37,11 @@ from validation.mapping import Mapped, Unmapped, map_case
 # kernels (short launches from Python, a host sync) shows in time and not in kernel_time.
 FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "time", "kernel_time")
 SECTOR_BYTES = 32
-# The named calibration subset: cases of these kernels fitted model parameters (the H100 preset's
-# l2_dirty_lifetime_bytes and dependent_step_latency_s: our flash2 forward rows). Summaries leave them out;
-# every other case is held out.
+# The named calibration subset: cases of these kernels fitted a model parameter (the H100 preset's
+# dependent_step_latency_s: our flash2 forward rows). Summaries leave them out; every other case is held out.
 CALIBRATION_KERNELS = ("flash2",)
 HELD_OUT = ("every case but the calibration subset (our flash2 forward rows, which fitted the H100's "
-            "l2_dirty_lifetime_bytes and dependent_step_latency_s); every other parameter comes from "
-            "microbenchmarks")
+            "dependent_step_latency_s); every other parameter comes from microbenchmarks")
 GPU_BY_DEVICE = {"NVIDIA H100 80GB HBM3": "H100-SXM5-80GB"}
 # Kernels that store nothing, streaming 64 MiB to 1 GiB on one or two waves, showed 0.039-0.667 MB of
 # dram__bytes_write.sum under ncu (--clock-control none, caches flushed; the first profiled launch 2.3 MB), and a

@@ -1,81 +1,93 @@
-"""Fit the H100 preset's `l2_dirty_lifetime_bytes` on the calibration subset, and only there.
+"""Fit the H100 preset's `l2_dirty_lifetime_bytes` and `l2_shared_tile_age_weight` on the L2 microbenchmark.
 
-    python3 -m validation.fit_l2_dirty_lifetime [--results validation/results/h100]
+    python3 -m validation.fit_l2_dirty_lifetime [--probe validation/results/h100/l2-dirty-lifetime-2026-11-23.json]
 
-L2 is a write-back cache: what a kernel writes reaches HBM when its line is pushed out, or after the
-kernel ends, where ncu's dram__bytes_write no longer sees it (validation/l2_write_back.py). A line
-written at fraction x of a kernel that brings B bytes into L2 (HBM reads plus writes) is still dirty at
-the end if less than the lifetime L was brought in after it, so a fraction min(1, L / B) of the W
-written bytes stays dirty (memsim.writes; the engine's L2 ages dirty tiles the same way). Inverted on
-one measured kernel: L = (W - dram written) / W x (W + dram read). This is read from the counters of
-the calibration subset (validation.compare.CALIBRATION_KERNELS: our flash2 forward rows), using the
-rows where the lifetime, not the dirty cap, decides: some writes reached HBM (at least MIN_WRITTEN_BACK
-of them) and what stayed is under the cap. The median goes into the preset by hand, with this command as
-its source. Every other case stays held out.
+validation/l2_dirty_lifetime.py writes W bytes, then reads R bytes of other data, each tile read by one CTA
+("unique") or by C CTAs ("shared"), and ncu counts what reached HBM during the kernel. memsim's L2 (memsim.engine.l2cache,
+memsim.writes) sends a dirty line to HBM once L bytes have been brought in after it, a tile read by CTAs on both L2
+partitions counting `weight` times its bytes. The W bytes are written in order, so the line written at x (0 <= x < W)
+has seen W - x + weight x R when the kernel ends, and the bytes that reach HBM are clip(W + weight x R - L, 0, W).
+This script fits L by least squares over the unique rows (weight 1), then the weight over the shared rows read by
+SHARED_READERS CTAs with that L, and shows how the 2-reader rows compare with what the model predicts for them.
+No attention kernel takes part: every case in validation/results stays held out of this fit.
 """
 
 import argparse
-import statistics
-from functools import cache
+import json
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from memsim.hardware.load import load_gpu
-from validation.compare import CALIBRATION_KERNELS, GPU_BY_DEVICE, load_rows, measured
-
-MIN_WRITTEN_BACK = 0.05  # of the written bytes: below it the kernel kept (nearly) everything and says only L >= B
-
-
-def lifetime_bytes(written: float, dram_written: float, dram_read: float) -> float:
-    """The lifetime that makes min(1, L / (W + R)) of W stay dirty (module docstring)."""
-    return (written - dram_written) / written * (written + dram_read)
+MIB = 1 << 20
+SHARED_READERS = 8  # CTAs reading each tile in the rows that fit the weight: all but surely on both partitions
+PROBE = Path("validation/results/h100/l2-dirty-lifetime-2026-11-23.json")
 
 
-@cache
-def dirty_cap_bytes(device: str) -> float | None:
-    """The GPU preset's l2_dirty_resident_bytes for a recorded device name, loaded once per device."""
-    return load_gpu(GPU_BY_DEVICE.get(device, device)).calibration.l2_dirty_resident_bytes
+def written_back(written: np.ndarray, read: np.ndarray, lifetime: float, weight: float = 1.0) -> np.ndarray:
+    """Bytes that reach HBM during the kernel under a sharp lifetime (module docstring)."""
+    return np.clip(written + weight * read - lifetime, 0.0, written)
 
 
-def estimates(results: Path) -> list[tuple[str, float, float, float, float | None]]:
-    """(case, written, dram written, dram read, lifetime or None where the row says nothing of it)."""
-    out = []
-    for raw in load_rows(results):
-        if raw["kernel"] not in CALIBRATION_KERNELS:
-            continue
-        m = measured(raw)
-        written, dram_written, dram_read = m.get("l2_write"), m.get("hbm_write"), m.get("hbm_read")
-        if not written or dram_written is None or dram_read is None:
-            continue
-        cap = dirty_cap_bytes(raw.get("device", ""))
-        kept = written - dram_written
-        informative = dram_written >= MIN_WRITTEN_BACK * written and (cap is None or kept < cap)
-        out.append((raw["id"], written, dram_written, dram_read,
-                    lifetime_bytes(written, dram_written, dram_read) if informative else None))
-    return out
+def both_sides(readers: int) -> float:
+    """The chance that `readers` CTAs are not all next to one partition (memsim.engine.l2cache)."""
+    return 1.0 - 2.0 ** (1 - readers)
+
+
+def _columns(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.array([r["written_bytes"] for r in rows], float), np.array([r["read_bytes"] for r in rows], float),
+            np.array([r["dram_write_bytes"] for r in rows], float))
+
+
+def best(grid: np.ndarray, error) -> float:
+    """The grid point with the least squared error, refined once on a grid 100 times finer around it."""
+    at = grid[int(np.argmin([error(v) for v in grid]))]
+    step = grid[1] - grid[0]
+    fine = np.linspace(at - step, at + step, 201)
+    return float(fine[int(np.argmin([error(v) for v in fine]))])
+
+
+def fit(rows: list[dict]) -> dict:
+    """{"lifetime_bytes", "weight", "unique_rows", "shared_rows", "two_reader_weight"} from the probe's rows."""
+    unique = [r for r in rows if r["case"].startswith("unique")]
+    shared = [r for r in rows if r["case"].startswith("shared") and r.get("readers_per_tile") == SHARED_READERS]
+    pairs = [r for r in rows if r["case"].startswith("shared") and r.get("readers_per_tile") == 2]
+    if not unique or not shared:
+        raise SystemExit("fit_l2_dirty_lifetime: the probe has no unique or no shared rows; run "
+                         "validation/l2_dirty_lifetime.py again")
+    w, r, hbm = _columns(unique)
+    lifetime = best(np.linspace(1, 128, 128) * MIB, lambda L: np.sum((written_back(w, r, L) - hbm) ** 2))
+    ws, rs, hbms = _columns(shared)
+    weight = best(np.linspace(0.5, 4, 36), lambda k: np.sum((written_back(ws, rs, lifetime, k) - hbms) ** 2))
+    two = None
+    if pairs:
+        wp, rp, hbmp = _columns(pairs)
+        two = best(np.linspace(0.5, 4, 36), lambda k: np.sum((written_back(wp, rp, lifetime, k) - hbmp) ** 2))
+    return {"lifetime_bytes": lifetime, "weight": weight, "unique_rows": len(unique), "shared_rows": len(shared),
+            "two_reader_weight": two}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=Path("validation/results/h100"))
+    parser.add_argument("--probe", type=Path, default=PROBE, help="l2-dirty-lifetime JSON written on the GPU")
     args = parser.parse_args(argv)
+    if not args.probe.is_file():
+        raise SystemExit(f"fit_l2_dirty_lifetime: --probe {args.probe}: no such file")
+    rows = json.loads(args.probe.read_text())["rows"]
+    result = fit(rows)
     console = Console()
-    rows = estimates(args.results)
-    table = Table(title=f"dirty lifetime over the calibration subset ({', '.join(CALIBRATION_KERNELS)})")
-    for col in ("case", "written", "reached HBM", "HBM read", "lifetime"):
-        table.add_column(col, justify="left" if col == "case" else "right")
-    for case, written, dram_written, dram_read, lifetime in rows:
-        table.add_row(case, f"{written / 1e6:.2f} MB", f"{dram_written / 1e6:.2f} MB", f"{dram_read / 1e6:.1f} MB",
-                      "-" if lifetime is None else f"{lifetime / 1e6:.1f} MB")
+    table = Table(title=f"dirty lifetime and shared-tile weight from {args.probe.name}")
+    for col in ("parameter", "fitted", "rows"):
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    table.add_row("l2_dirty_lifetime_bytes", f"{result['lifetime_bytes'] / 1e6:.1f} MB "
+                  f"({result['lifetime_bytes'] / MIB:.1f} MiB)", str(result["unique_rows"]))
+    table.add_row(f"l2_shared_tile_age_weight ({SHARED_READERS} readers)", f"{result['weight']:.2f}",
+                  str(result["shared_rows"]))
+    if result["two_reader_weight"] is not None:
+        predicted = 1 + (result["weight"] - 1) * both_sides(2)
+        table.add_row("2 readers: fitted / the model's", f"{result['two_reader_weight']:.2f} / {predicted:.2f}", "")
     console.print(table)
-    fitted = [lifetime for *_, lifetime in rows if lifetime is not None]
-    if not fitted:
-        console.print("no calibration row says anything of the lifetime")
-        return 1
-    console.print(f"median: {statistics.median(fitted) / 1e6:.1f} MB over {len(fitted)} rows "
-                  f"(min {min(fitted) / 1e6:.1f}, max {max(fitted) / 1e6:.1f})")
     return 0
 
 

@@ -1,10 +1,12 @@
 """How much data brought into an H100's L2 after a write sends the dirty line to HBM.
 
-memsim's `l2_dirty_lifetime_bytes` (memsim.writes) is fitted to the FA2 forward rows of the calibration
-subset (validation/fit_l2_dirty_lifetime.py). This microbenchmark measures the same thing with no attention
-kernel: one kernel whose first CTAs (in program-id order, so they run first) store W bytes into a fresh
+memsim's `l2_dirty_lifetime_bytes` and `l2_shared_tile_age_weight` (memsim.writes, memsim.engine.l2cache)
+come from this microbenchmark, fitted by validation/fit_l2_dirty_lifetime.py; no attention kernel takes part:
+one kernel whose first CTAs (in program-id order, so they run first) store W bytes into a fresh
 buffer and whose later CTAs then read R bytes of another buffer, each read tile once ("unique"), or R bytes
-over a region of U bytes read again and again ("reuse": L2 hits, nothing new brought in after the first pass).
+over a region of U bytes read again and again ("reuse": L2 hits, nothing new brought in after the first pass),
+or R bytes of distinct tiles each read by C consecutive CTAs ("shared", as K/V tiles are read by the CTAs of a
+head: CTAs on SMs of both L2 partitions, so a tile crosses the fabric between them and may be kept in both).
 Under ncu (--clock-control none; caches flushed before each kernel) dram__bytes_write.sum is what reached HBM
 during the kernel. If dirty lines survive until L bytes have been filled after them, the writes reach HBM
 once R > L - W (all of them once R >= L); if hits do not age them, "reuse" writes as little as R = U.
@@ -28,31 +30,36 @@ MIB = 1 << 20
 WRITES_MIB = (8, 16)
 UNIQUE_READS_MIB = (0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 64, 96)
 REUSE = ((64, 4), (64, 16), (128, 8))  # (R MiB read, over U MiB)
+SHARED_READS_MIB = (4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64)
+SHARED_COPIES = (2, 8)  # CTAs reading each tile
 
 
 @triton.jit
-def write_then_read(out_ptr, src_ptr, sink_ptr, write_ctas, reuse_elements, BLOCK: tl.constexpr):
+def write_then_read(out_ptr, src_ptr, sink_ptr, write_ctas, reuse_elements, copies, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     lanes = tl.arange(0, BLOCK)
     if pid < write_ctas:
         tl.store(out_ptr + pid.to(tl.int64) * BLOCK + lanes, tl.full([BLOCK], 1.0, tl.float32))
     else:
-        start = ((pid - write_ctas).to(tl.int64) * BLOCK) % reuse_elements
+        start = ((pid - write_ctas).to(tl.int64) // copies * BLOCK) % reuse_elements
         total = tl.sum(tl.load(src_ptr + start + lanes), 0)
         tl.store(sink_ptr + pid, total, mask=total == -1.0)  # never true: the loads stay, nothing is written
 
 
-def launch(out: torch.Tensor, src: torch.Tensor, sink: torch.Tensor, read_bytes: int, reuse_bytes: int) -> None:
+def launch(out: torch.Tensor, src: torch.Tensor, sink: torch.Tensor, read_bytes: int, reuse_bytes: int,
+           copies: int = 1) -> None:
+    """`read_bytes` of distinct data over `reuse_bytes` (read again past it), each tile read by `copies` CTAs."""
     write_ctas = out.numel() // BLOCK
-    read_ctas = read_bytes // (4 * BLOCK)
-    write_then_read[(write_ctas + read_ctas,)](out, src, sink, write_ctas, max(BLOCK, reuse_bytes // 4),
+    read_ctas = read_bytes // (4 * BLOCK) * copies
+    write_then_read[(write_ctas + read_ctas,)](out, src, sink, write_ctas, max(BLOCK, reuse_bytes // 4), copies,
                                               BLOCK=BLOCK, num_warps=8)
 
 
-def cases() -> list[tuple[str, int, int, int]]:
-    """(label, W, R, U) in bytes; U = R for unique reads."""
-    out = [(f"unique_w{w}_r{r}", w * MIB, r * MIB, r * MIB) for w in WRITES_MIB for r in UNIQUE_READS_MIB]
-    out += [(f"reuse_w8_r{r}_u{u}", 8 * MIB, r * MIB, u * MIB) for r, u in REUSE]
+def cases() -> list[tuple[str, int, int, int, int]]:
+    """(label, W, R, U, C) in bytes; U = R for unique reads; C CTAs read each tile."""
+    out = [(f"unique_w{w}_r{r}", w * MIB, r * MIB, r * MIB, 1) for w in WRITES_MIB for r in UNIQUE_READS_MIB]
+    out += [(f"reuse_w8_r{r}_u{u}", 8 * MIB, r * MIB, u * MIB, 1) for r, u in REUSE]
+    out += [(f"shared_w8_r{r}_c{c}", 8 * MIB, r * MIB, r * MIB, c) for c in SHARED_COPIES for r in SHARED_READS_MIB]
     return out
 
 
@@ -61,13 +68,13 @@ def profile_pass() -> None:
     src = torch.ones(max(UNIQUE_READS_MIB + tuple(r for r, _ in REUSE)) * MIB // 4, device="cuda")
     sink = torch.zeros(1 << 16, device="cuda")
     outs = {w: torch.empty(w * MIB // 4, device="cuda") for w in WRITES_MIB}
-    for _, w, r, u in cases():
-        launch(outs[w // MIB], src, sink, r, u)
+    for _, w, r, u, c in cases():
+        launch(outs[w // MIB], src, sink, r, u, c)
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStart()
-    for label, w, r, u in cases():
+    for label, w, r, u, c in cases():
         torch.cuda.nvtx.range_push(label)
-        launch(outs[w // MIB], src, sink, r, u)
+        launch(outs[w // MIB], src, sink, r, u, c)
         torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
@@ -93,20 +100,22 @@ def main() -> int:
     from validation import ncu
 
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
-               "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum"]
+               "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum",
+               "lts__t_sectors_srcunit_ltcfabric.sum"]
     done = subprocess.run(ncu.command([sys.executable, __file__, "--profile-pass"], metrics),
                           capture_output=True, text=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "l2-dirty-lifetime-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
-    by_label = {label: (w, r, u) for label, w, r, u in cases()}
+    by_label = {label: (w, r, u, c) for label, w, r, u, c in cases()}
     rows = []
     for launch_row in ncu.parse(done.stdout):
         label = launch_row["range"]
         if label not in by_label:
             continue
-        w, r, u = by_label[label]
+        w, r, u, c = by_label[label]
         dram = launch_row["dram__bytes_write.sum"]
-        rows.append({"case": label, "written_bytes": w, "read_bytes": r, "read_region_bytes": u,
+        rows.append({"case": label, "written_bytes": w, "read_bytes": r, "read_region_bytes": u, "readers_per_tile": c,
+                     "fabric_bytes": 32 * (launch_row.get("lts__t_sectors_srcunit_ltcfabric.sum") or 0.0),
                      "dram_write_bytes": dram, "dram_read_bytes": launch_row["dram__bytes_read.sum"],
                      "dirty_at_end_bytes": w - dram,
                      "l2_write_bytes": 32 * launch_row["lts__t_sectors_srcunit_tex_op_write.sum"],

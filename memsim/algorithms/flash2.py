@@ -17,6 +17,7 @@ from memsim.occupancy import occupancy
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
+from memsim.writes import age_per_byte
 
 ASSUMPTIONS = (
     "Q is read once, O and LSE written once; every byte written reaches HBM",
@@ -53,7 +54,8 @@ def spill_traffic(gpu: GPUSpec, ctas: int, slots: int, iterations: float, tiles:
     reloads hit L1. Local memory is backed per resident warp, so each CTA slot's lines are rewritten in place
     by the CTAs that run in it: the lines spilled every key block never age; those spilled once per CTA reach
     HBM each time a CTA's run brings more than the GPU's dirty lifetime into L2 (`other_hbm_bytes`, the
-    kernel's other HBM traffic, spread over its waves); the last CTAs' lines are still dirty at the end."""
+    kernel's other HBM traffic, shared K/V weighted as memsim.writes.age_per_byte says, spread over its
+    waves); the last CTAs' lines are still dirty at the end."""
     waves = max(1.0, ctas / slots)
     lifetime = gpu.calibration.l2_dirty_lifetime_bytes if gpu.calibration else None
     aged = lifetime is not None and other_hbm_bytes / waves > lifetime
@@ -92,7 +94,8 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = 
         "LSE": Traffic.streamed(write=heads * shape.q_len * ACCUMULATOR_BYTES),
     }
     if tiles.spills:
-        other_hbm = sum(t.hbm_read + t.hbm_write for t in traffic.values())
+        weight = (gpu.calibration.l2_shared_tile_age_weight or 1.0) if gpu.calibration else 1.0
+        other_hbm = sum(t.hbm_read * age_per_byte(t, weight) + t.hbm_write for t in traffic.values())
         traffic["spill"] = spill_traffic(gpu, grid, slots, heads * float(blocks.tiles.sum()), tiles, other_hbm)
     return KernelCost(
         name=name, grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem,

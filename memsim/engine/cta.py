@@ -60,6 +60,8 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
             c.l2_read[load.tensor] += load.bytes * cohort.weight
             if key in missed:  # named twice in one batch: fetched once
                 continue
+            if load.region is not None and l2.shared_age_weight != 1.0:
+                m.write_back(l2.read_shared(key, nbytes, cohort.weight))
             found = l2.lookup(key)
             if found is False:
                 missed[key] = (nbytes, load.tensor, members)

@@ -12,6 +12,16 @@ written back and stay in L2, clean:
   there: rewriting a resident tile, as a spill or an atomic does, takes no new line);
 - `dirty_limit_bytes` (`l2_dirty_resident_bytes`): no more than that stays dirty.
 
+The H100's L2 is two partitions, each caching for the SMs next to it (A100 whitepaper, "L2 cache";
+the H100 keeps the design). A tile read from an SM on the far side crosses between them
+(`lts__t_sectors_srcunit_ltcfabric`: half of a streamed kernel's DRAM reads, all of FA2's, whose K/V
+every head's CTAs read on both sides: results/h100/l2-fabric-*-ncu-2026-11-23.csv) and is kept on
+both, so it brings more into L2 than a tile read once. Measured (validation/l2_dirty_lifetime.py): data
+read by 8 CTAs each ages dirty lines `shared_age_weight` = 1.85 times as fast as data read once, data
+read by 2 CTAs 1.29 times (python3 -m validation.fit_l2_dirty_lifetime). memsim counts a shared tile's k-th reader as bringing in (weight - 1) x
+(the chance that k readers are not all on one side, 1 - 2^(1 - k), over that of k - 1) of its bytes:
+1.43 for 2 readers, 1.85 from about 8.
+
 An entry may hold several equal tiles put in together, one per member of a cohort of CTAs
 (memsim.engine.cta: each member's private Q or O tile, in program-id order). The entry keeps
 them as members, oldest first, and evicts or writes back only as many members as each limit
@@ -47,10 +57,12 @@ class _Entry:
 
 class L2Cache:
     def __init__(self, capacity_bytes: float, dirty_limit_bytes: float | None = None,
-                 dirty_lifetime_bytes: float | None = None):
+                 dirty_lifetime_bytes: float | None = None, shared_age_weight: float = 1.0):
         self.capacity_bytes = capacity_bytes
         self.dirty_limit_bytes = dirty_limit_bytes
         self.dirty_lifetime_bytes = dirty_lifetime_bytes
+        self.shared_age_weight = shared_age_weight
+        self._readers: dict[Hashable, int] = {}  # shared tile -> CTAs that have read it
         self._lines: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
         self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # keys with dirty members, least recently written first
         self.filled_bytes = 0.0  # bytes brought into L2 so far (filled or newly written): the age of a dirty tile
@@ -64,6 +76,17 @@ class L2Cache:
             self._lines.move_to_end(key)
             return True
         return self._inflight.get(key, False)
+
+    def read_shared(self, key: Hashable, nbytes: float, readers: int) -> list[tuple[str, float]]:
+        """`readers` more CTAs read a tile that CTAs share: the copies they make in the far partition age dirty
+        tiles (module docstring). Returns the dirty (tensor, bytes) that this sends to HBM."""
+        before = self._readers.get(key, 0)
+        after = self._readers[key] = before + readers
+        extra = (self.shared_age_weight - 1.0) * nbytes * (_both_sides(after) - _both_sides(before))
+        if extra <= 0:
+            return []
+        self.filled_bytes += extra
+        return self._write_back_oldest()
 
     def start_fetch(self, key: Hashable, event: simpy.Event) -> None:
         self._inflight[key] = event
@@ -189,9 +212,15 @@ class L2Cache:
         self._lines.clear()
         self._dirty.clear()
         self._inflight.clear()
+        self._readers.clear()
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
         return dirty
+
+
+def _both_sides(readers: int) -> float:
+    """The chance that `readers` CTAs placed at random are not all next to one of the two partitions."""
+    return 1.0 - 2.0 ** (1 - readers) if readers > 0 else 0.0
 
 
 def _members_covering(nbytes: float, member_bytes: float) -> int:

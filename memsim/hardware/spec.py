@@ -40,14 +40,16 @@ class Calibration:
     sfu_ops_per_s: float | None = None
     launch_overhead_s: float | None = None
     # The most written data L2 keeps dirty (a store-only kernel's written bytes that ncu never sees reach HBM:
-    # validation/l2_write_back.py), and the L2 traffic after which a dirty line has reached HBM when reads and
-    # writes stream through (not a microbenchmark ceiling: fitted on the calibration subset of validation/results
-    # by validation/fit_l2_dirty_lifetime.py). memsim.writes and memsim.engine.l2cache use both.
+    # validation/l2_write_back.py); the data read into L2 after which a dirty line has reached HBM, read once
+    # per tile; and how much more a tile read by CTAs on both of the L2's partitions ages dirty lines, per byte
+    # (validation/l2_dirty_lifetime.py, fitted by validation/fit_l2_dirty_lifetime.py). memsim.writes and
+    # memsim.engine.l2cache use them.
     l2_dirty_resident_bytes: float | None = None
     l2_dirty_lifetime_bytes: float | None = None
+    l2_shared_tile_age_weight: float | None = None
     # What one dependent compute step (a matmul, a softmax) adds to a CTA's chain beyond its work: issue,
     # pipeline and reduction latency that the CTA's own warps cannot hide (memsim.engine.sharing). Fitted on
-    # the calibration subset of validation/results like l2_dirty_lifetime_bytes (validation/fit_step_latency.py).
+    # the calibration subset of validation/results (validation/fit_step_latency.py).
     dependent_step_latency_s: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -67,6 +69,7 @@ class Ceilings:
     launch_overhead_s: float
     l2_dirty_resident_bytes: float | None = None  # None (and no lifetime): every written byte reaches HBM in the kernel
     l2_dirty_lifetime_bytes: float | None = None  # None: a dirty line lives as long as LRU keeps it
+    l2_shared_tile_age_weight: float = 1.0  # 1: a tile read by many CTAs ages dirty lines as one read once
     dependent_step_latency_s: float = 0.0  # 0 where nothing was fitted: a chain of steps costs only their work
     mma: str = "fastest"  # the matrix instruction tensor_flops_per_s is the rate of (MMA_PATHS)
     mma_pipe: str = "tensor"  # the SM pipe matrix work runs on: "cuda" for FMA on the CUDA cores
@@ -155,6 +158,7 @@ class GPUSpec:
             launch_overhead_s=measured("launch_overhead_s"),
             l2_dirty_resident_bytes=cal.l2_dirty_resident_bytes,
             l2_dirty_lifetime_bytes=cal.l2_dirty_lifetime_bytes,
+            l2_shared_tile_age_weight=cal.l2_shared_tile_age_weight or 1.0,
             dependent_step_latency_s=cal.dependent_step_latency_s or 0.0,
         )
 
