@@ -241,9 +241,10 @@ def with_mma(mapped: Mapped, mma: str) -> Mapped:
 
 def launch_resources(mapped: Mapped, row: dict) -> dict:
     """memsim launch name -> the registers and shared memory ncu reported for the measured launch of the same grid,
-    so that memsim's occupancy is the launch's. Only where the case's attention launches and memsim's compared
-    launches pair up one to one, in order, with equal grids (a persistent grid: the CTAs memsim was given) and
-    equal threads per CTA; otherwise memsim keeps its own estimates."""
+    so that memsim's occupancy is the launch's. Where the case's attention launches and memsim's compared
+    launches are as many, they pair up in order, and each pair with equal grids (a persistent grid: the CTAs
+    memsim was given) and equal threads per CTA takes the measured launch's (a split-KV decode's split kernel
+    even where its combine kernel is not memsim's); every other launch keeps memsim's own estimates."""
     algorithm = ALGORITHMS[mapped.algo]
     tiles = mapped.tiles or algorithm.default_tiles(_gpu(GPU), mapped.shape)
     ours = [launch for launch in algorithm.schedule(mapped.shape, tiles, mapped.pass_)
@@ -259,7 +260,7 @@ def launch_resources(mapped: Mapped, row: dict) -> dict:
             (measured.get("launch__shared_mem_per_block_static") or 0)
         threads = measured.get("launch__block_size")
         if grid != measured.get("launch__grid_size") or not registers or threads != 32 * launch.warps_per_cta:
-            return {}  # not the same launch shape (e.g. cuDNN's 3 warpgroups against memsim's FA3 CTA)
+            continue  # not the same launch shape (e.g. cuDNN's 3 warpgroups against memsim's FA3 CTA)
         out[launch.name] = CtaResources(int(registers), int(smem) or None)
     return out
 

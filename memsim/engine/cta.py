@@ -40,7 +40,10 @@ def _key(step, cohort: Cohort) -> tuple[Hashable, float, int]:
 
 
 def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
-    """Fetch what L2 lacks from HBM, then deliver every tile to the SMs.
+    """Fetch what L2 lacks from HBM and deliver every tile to the SMs. Cut-through: lines go on from L2 to
+    the SM as they arrive from HBM, so the delivery of a missed tile runs beside its HBM transfer, and a CTA
+    waiting on another's fetch starts its delivery when that transfer starts (as a cohort's members do);
+    the delivery of hits follows their latency.
 
     `iterations` holds one tuple of loads per loop iteration (several when fast mode loads a
     batch as one). Latency is paid per iteration, as tile by tile: HBM latency for one that
@@ -49,7 +52,7 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
     A shared tile is fetched once for the whole cohort; private tiles once per member, each
     member with its own share of HBM bandwidth."""
     env, l2, c = m.env, m.l2, m.counters
-    missed, pending, deliver = {}, [], 0.0
+    missed, pending, streaming, deliver = {}, [], [], 0.0
     shared_bytes = private_bytes = 0.0
     miss_iterations = hit_iterations = 0
     for loads in iterations:
@@ -72,6 +75,9 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
                 outcome = False
             elif found is not True:
                 pending.append(found)
+                started = l2.transfer_started(key)
+                if started is not None and not started.triggered:
+                    streaming.append(started)
                 if outcome is True:
                     outcome = None
         if outcome is False:
@@ -79,23 +85,43 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
         elif outcome is True:
             hit_iterations += 1
     latency_s = miss_iterations * m.ceilings.hbm_latency_s + hit_iterations * m.ceilings.l2_hit_latency_s
+    delivery = None
     if missed:
-        fetched = env.event()
+        fetched, transfer = env.event(), env.event()
         for key in missed:
-            l2.start_fetch(key, fetched)
+            l2.start_fetch(key, fetched, transfer)
         yield env.timeout(latency_s)
+        transfer.succeed()
+        yield from _all(env, streaming)
+        delivery = m.units["l2"].use(deliver, cohort.weight)
         yield _both(env, m.units["hbm"].use(shared_bytes), m.units["hbm"].use(private_bytes, cohort.weight))
         for key, (nbytes, tensor, members) in missed.items():
             c.hbm_read[tensor] += nbytes
             m.write_back(l2.finish_fetch(key, nbytes, tensor, members))
         fetched.succeed()
-    elif latency_s:
-        yield env.timeout(latency_s)
+    else:
+        if latency_s:
+            yield env.timeout(latency_s)
+        if pending:
+            yield from _all(env, streaming)
+            delivery = m.units["l2"].use(deliver, cohort.weight)
     if len(pending) == 1:
         yield pending[0]
     elif pending:
         yield env.all_of(pending)
-    yield m.units["l2"].use(deliver, cohort.weight)
+    if delivery is None:
+        yield m.units["l2"].use(deliver, cohort.weight)
+    elif not delivery.processed:
+        yield delivery
+
+
+def _all(env: simpy.Environment, events: list[simpy.Event]):
+    """Wait for every event of the list that has not happened yet."""
+    waiting = [event for event in events if not event.triggered]
+    if len(waiting) == 1:
+        yield waiting[0]
+    elif waiting:
+        yield env.all_of(waiting)
 
 
 def _both(env: simpy.Environment, a: simpy.Event, b: simpy.Event) -> simpy.Event:

@@ -67,6 +67,7 @@ class L2Cache:
         self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # keys with dirty members, least recently written first
         self.filled_bytes = 0.0  # bytes brought into L2 so far (filled or newly written): the age of a dirty tile
         self._inflight: dict[Hashable, simpy.Event] = {}
+        self._transfers: dict[Hashable, simpy.Event] = {}  # fetches in flight -> when their HBM transfer starts
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
 
@@ -88,12 +89,20 @@ class L2Cache:
         self.filled_bytes += extra
         return self._write_back_oldest()
 
-    def start_fetch(self, key: Hashable, event: simpy.Event) -> None:
+    def start_fetch(self, key: Hashable, event: simpy.Event, transfer: simpy.Event | None = None) -> None:
+        """`event` fires when the tile is in L2; `transfer`, if given, when its lines start to arrive."""
         self._inflight[key] = event
+        if transfer is not None:
+            self._transfers[key] = transfer
+
+    def transfer_started(self, key: Hashable) -> simpy.Event | None:
+        """When the lines of a tile being fetched start to arrive (None: not known)."""
+        return self._transfers.get(key)
 
     def finish_fetch(self, key: Hashable, nbytes: float, tensor: str, members: int = 1) -> list[tuple[str, float]]:
         """Install a fetched tile (or `members` equal tiles); returns the dirty (tensor, bytes) it evicted."""
         self._inflight.pop(key, None)
+        self._transfers.pop(key, None)
         return self.insert(key, nbytes, tensor, dirty=False, members=members)
 
     def insert(self, key: Hashable, nbytes: float, tensor: str, dirty: bool,
@@ -212,6 +221,7 @@ class L2Cache:
         self._lines.clear()
         self._dirty.clear()
         self._inflight.clear()
+        self._transfers.clear()
         self._readers.clear()
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
