@@ -184,12 +184,13 @@ def _fetch_line(m: Machine, key, nbytes: float, tensor: str, members: int):
 COMPUTE = (Mma, Vector, SmemRoundTrip)
 
 
-def compute(m: Machine, steps: list[Step], weight: int, repeats: int = 1):
+def compute(m: Machine, steps: list[Step], weight: int, repeats: int = 1, ping_pong: bool = False):
     """Steps that depend on one another (QK^T, softmax, PV) as one request on the SM pipes: each
     pipe does its share, and the whole takes at least the steps one after another at one SM's
     rates (memsim.engine.sharing), plus one dependent-step latency per step. `repeats`: the
     steps stand for that many iterations merged position by position (merge_steps), each of
-    which pays its own latencies."""
+    which pays its own latencies. `ping_pong`: steps of a warp-specialised kernel whose matmuls of one
+    block run beside the softmax of the previous (FlashAttention-3), where the SFU work is its own."""
     demand_s = {"tensor": 0.0, "cuda": 0.0, "sfu": 0.0, "smem": 0.0}
     chain_s, dependent = 0.0, 0
     c = m.counters
@@ -214,11 +215,16 @@ def compute(m: Machine, steps: list[Step], weight: int, repeats: int = 1):
             c.smem_bytes += step.bytes * weight
         chain_s += seconds
         dependent += seconds > 0  # a step with no work (nothing to normalise) waits on nothing
+    if not ping_pong and m.ceilings.mma_pipe == "tensor":
+        # Outside warp-specialised ping-pong, an SM's matmuls and exponentials hardly overlap: ncu shows the
+        # tensor pipe and the XU (SFU) pipe busy 75-85% together, never near 100% each, in our FA2, SDPA's and
+        # flex_attention's (validation/results/h100/l2-read-probe-2026-11-22.csv); cuDNN's ping-pong 114%.
+        demand_s["tensor"] += demand_s["sfu"]
     chain_s = chain_s * m.gpu.sm_count + dependent * repeats * m.ceilings.dependent_step_latency_s  # GPU- to SM-seconds
     yield m.pipes.use(demand_s, chain_s, weight)
 
 
-def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 1):
+def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 1, ping_pong: bool = False):
     """Loads and stores one by one; each run of consecutive compute steps as one request.
     `repeats`: iterations merged into these steps (merge_steps)."""
     pending: list[Step] = []
@@ -227,7 +233,7 @@ def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 
             pending.append(step)
             continue
         if pending:
-            yield from compute(m, pending, cohort.weight, repeats)
+            yield from compute(m, pending, cohort.weight, repeats, ping_pong)
             pending = []
         if isinstance(step, Load):
             yield from load_tiles(m, [(step,)], cohort)
@@ -238,7 +244,7 @@ def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 
         else:
             raise TypeError(f"unknown step {step!r}")
     if pending:
-        yield from compute(m, pending, cohort.weight, repeats)
+        yield from compute(m, pending, cohort.weight, repeats, ping_pong)
 
 
 def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[tuple[Step, ...], int]:
@@ -309,13 +315,13 @@ def run_loop(m: Machine, loop: Loop, cohort: Cohort, stages: int, batch: int):
 
 def _overlapped(m: Machine, steps: tuple[Step, ...], cohort: Cohort, previous_vector, repeats: int):
     """FlashAttention-3 ping-pong: this iteration's matmuls run while the previous softmax finishes."""
-    yield from run_steps(m, [s for s in steps if not isinstance(s, Vector)], cohort, repeats)
+    yield from run_steps(m, [s for s in steps if not isinstance(s, Vector)], cohort, repeats, True)
     vectors = [s for s in steps if isinstance(s, Vector)]
 
     def chained():
         if previous_vector is not None:
             yield previous_vector
-        yield from run_steps(m, vectors, cohort, repeats)
+        yield from run_steps(m, vectors, cohort, repeats, True)
 
     return m.env.process(chained())
 
