@@ -41,14 +41,18 @@ def resident_writes(traffic: Mapping[str, Traffic], resident_bytes: float | None
             for name, t in traffic.items()}
 
 
+def on_both_partitions(readers: float) -> float:
+    """The chance that `readers` CTAs placed at random are not all next to one of the L2's two partitions,
+    1 - 2^(1 - readers): 0 for one reader, 1/2 for two, near 1 from about 8 (memsim.engine.l2cache)."""
+    return max(0.0, 1.0 - 2.0 ** (1.0 - readers)) if readers > 0 else 0.0
+
+
 def age_per_byte(t: Traffic, shared_age_weight: float) -> float:
     """How much each HBM byte read of this tensor ages dirty lines: 1 for a tensor each CTA reads alone, up to
     `shared_age_weight` for one read by many (k = L2 -> SM reads over HBM reads, its readers per byte)."""
     if t.hbm_read <= 0 or shared_age_weight == 1.0:
         return 1.0
-    readers = t.l2_read / t.hbm_read
-    both_sides = max(0.0, 1.0 - 2.0 ** (1.0 - readers))
-    return 1.0 + (shared_age_weight - 1.0) * both_sides
+    return 1.0 + (shared_age_weight - 1.0) * on_both_partitions(t.l2_read / t.hbm_read)
 
 
 def with_resident_writes(cost: KernelCost, ceilings: Ceilings, l2_bytes: float) -> KernelCost:

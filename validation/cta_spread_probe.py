@@ -14,16 +14,16 @@ measures the two facts that decide it, with no attention kernel:
     python3 validation/cta_spread_probe.py --out DIR         # on the GPU; runs ncu on itself
 """
 
-import argparse
-import datetime
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: `validation` importable
+from validation import ncu, self_profile  # noqa: E402
 
 BLOCK = 4096  # fp32 elements per step: 16 KiB
 MIB = 1 << 20
@@ -135,32 +135,16 @@ def timing_pass(repeats: int = 5) -> dict:
     return result
 
 
-def driver_version() -> str:
-    done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                          text=True)
-    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "unknown"
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--profile-pass", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.profile_pass:
-        profile_pass()
+    out = self_profile.out_dir(__doc__, profile_pass)
+    if out is None:
         return 0
-    if args.out is None:
-        parser.error("--out DIR is required")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from validation import ncu
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     timings = timing_pass()
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "gpu__time_duration.sum"]
-    done = subprocess.run(ncu.command([sys.executable, __file__, "--profile-pass"], metrics),
-                          capture_output=True, text=True)
-    (args.out / "cta-spread-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
+    done = self_profile.profile(__file__, metrics)
+    (out / "cta-spread-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
     sm_count = torch.cuda.get_device_properties(0).multi_processor_count
     by_label = {label: (r, g, w) for label, r, g, w in cases(sm_count)}
     counters = {row["range"]: row for row in ncu.parse(done.stdout) if row["range"] in by_label}
@@ -178,10 +162,8 @@ def main() -> int:
               f"{ends[3]:.3f} {ends[4]:.3f}  starts p90 {row['start_quantiles'][3]:.3f}  "
               f"HBM written {row.get('dram_write_bytes', float('nan')) / 1e6:8.3f} MB of "
               f"{row.get('l2_write_bytes', float('nan')) / 1e6:8.3f} MB stored")
-    (args.out / "cta-spread.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "driver": driver_version(), "torch": torch.__version__,
-         "triton": triton.__version__, "date": datetime.date.today().isoformat(),
-         "command": "python3 validation/cta_spread_probe.py --out DIR", "rows": rows}, indent=2))
+    (out / "cta-spread.json").write_text(json.dumps(
+        {**self_profile.provenance("python3 validation/cta_spread_probe.py --out DIR"), "rows": rows}, indent=2))
     return 0 if counters else 1
 
 

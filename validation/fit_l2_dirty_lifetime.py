@@ -20,6 +20,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from memsim.writes import on_both_partitions
+
 MIB = 1 << 20
 SHARED_READERS = 8  # CTAs reading each tile in the rows that fit the weight: all but surely on both partitions
 PROBE = Path("validation/results/h100/l2-dirty-lifetime-2026-11-23.json")
@@ -28,11 +30,6 @@ PROBE = Path("validation/results/h100/l2-dirty-lifetime-2026-11-23.json")
 def written_back(written: np.ndarray, read: np.ndarray, lifetime: float, weight: float = 1.0) -> np.ndarray:
     """Bytes that reach HBM during the kernel under a sharp lifetime (module docstring)."""
     return np.clip(written + weight * read - lifetime, 0.0, written)
-
-
-def both_sides(readers: int) -> float:
-    """The chance that `readers` CTAs are not all next to one partition (memsim.engine.l2cache)."""
-    return 1.0 - 2.0 ** (1 - readers)
 
 
 def _columns(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.probe.is_file():
         raise SystemExit(f"fit_l2_dirty_lifetime: --probe {args.probe}: no such file")
-    rows = json.loads(args.probe.read_text())["rows"]
+    try:
+        rows = json.loads(args.probe.read_text())["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SystemExit(f"fit_l2_dirty_lifetime: --probe {args.probe}: not a probe result with a 'rows' list "
+                         f"({type(err).__name__}: {err}); it is written by validation/l2_dirty_lifetime.py") from None
     result = fit(rows)
     console = Console()
     table = Table(title=f"dirty lifetime and shared-tile weight from {args.probe.name}")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row(f"l2_shared_tile_age_weight ({SHARED_READERS} readers)", f"{result['weight']:.2f}",
                   str(result["shared_rows"]))
     if result["two_reader_weight"] is not None:
-        predicted = 1 + (result["weight"] - 1) * both_sides(2)
+        predicted = 1 + (result["weight"] - 1) * on_both_partitions(2)
         table.add_row("2 readers: fitted / the model's", f"{result['two_reader_weight']:.2f} / {predicted:.2f}", "")
     console.print(table)
     return 0

@@ -14,16 +14,16 @@ once R > L - W (all of them once R >= L); if hits do not age them, "reuse" write
     python3 validation/l2_dirty_lifetime.py --out DIR         # on the GPU; runs ncu on itself
 """
 
-import argparse
-import datetime
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: `validation` importable
+from validation import ncu, self_profile  # noqa: E402
 
 BLOCK = 4096  # fp32 elements per CTA: 16 KiB
 MIB = 1 << 20
@@ -80,32 +80,16 @@ def profile_pass() -> None:
     torch.cuda.cudart().cudaProfilerStop()
 
 
-def driver_version() -> str:
-    done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                          text=True)
-    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "unknown"
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--profile-pass", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.profile_pass:
-        profile_pass()
+    out = self_profile.out_dir(__doc__, profile_pass)
+    if out is None:
         return 0
-    if args.out is None:
-        parser.error("--out DIR is required")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from validation import ncu
-
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum",
                "lts__t_sectors_srcunit_ltcfabric.sum"]
-    done = subprocess.run(ncu.command([sys.executable, __file__, "--profile-pass"], metrics),
-                          capture_output=True, text=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "l2-dirty-lifetime-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
+    done = self_profile.profile(__file__, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "l2-dirty-lifetime-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
     by_label = {label: (w, r, u, c) for label, w, r, u, c in cases()}
     rows = []
     for launch_row in ncu.parse(done.stdout):
@@ -123,9 +107,8 @@ def main() -> int:
                      "time_s": launch_row["gpu__time_duration.sum"] * 1e-9})
         print(f"{label:22s} W {w / MIB:4.0f} MiB, R {r / MIB:4.0f} MiB over {u / MIB:4.0f}: DRAM writes "
               f"{dram / MIB:7.2f} MiB, DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")
-    (args.out / "l2-dirty-lifetime.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "driver": driver_version(), "torch": torch.__version__,
-         "triton": triton.__version__, "date": datetime.date.today().isoformat(), "command": "python3 validation/l2_dirty_lifetime.py --out DIR", "rows": rows}, indent=2))
+    (out / "l2-dirty-lifetime.json").write_text(json.dumps(
+        {**self_profile.provenance("python3 validation/l2_dirty_lifetime.py --out DIR"), "rows": rows}, indent=2))
     return 0 if rows else 1
 
 

@@ -12,15 +12,16 @@ attention kernel is involved: nothing here is fitted to the validation cases.
     python3 validation/l2_write_back.py --out DIR         # on the GPU; runs ncu on itself
 """
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: `validation` importable
+from validation import ncu, self_profile  # noqa: E402
 
 SIZES_MIB = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256)
 BLOCK = 4096
@@ -69,24 +70,14 @@ def profile_pass() -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--profile-pass", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.profile_pass:
-        profile_pass()
+    out = self_profile.out_dir(__doc__, profile_pass)
+    if out is None:
         return 0
-    if args.out is None:
-        parser.error("--out DIR is required")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from validation import ncu
-
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "gpu__time_duration.sum"]
-    done = subprocess.run(ncu.command([sys.executable, __file__, "--profile-pass"], metrics),
-                          capture_output=True, text=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "l2-write-back-ncu.csv").write_text(done.stdout)
+    done = self_profile.profile(__file__, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "l2-write-back-ncu.csv").write_text(done.stdout)
     rows = []
     for launch in ncu.parse(done.stdout):
         kind = "copy" if launch["range"].startswith("copy") else "write"
@@ -98,7 +89,7 @@ def main() -> int:
                      "time_s": launch["gpu__time_duration.sum"] * 1e-9})
         print(f"{kind:5s} {written / 2**20:6.0f} MiB: DRAM writes {dram / 2**20:8.2f} MiB, "
               f"dirty in L2 at the end {(written - dram) / 2**20:6.2f} MiB")
-    (args.out / "l2-write-back.json").write_text(json.dumps(
+    (out / "l2-write-back.json").write_text(json.dumps(
         {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
          "command": "python3 validation/l2_write_back.py --out DIR", "rows": rows}, indent=2))
     return 0 if rows else 1

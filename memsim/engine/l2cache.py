@@ -18,9 +18,9 @@ the H100 keeps the design). A tile read from an SM on the far side crosses betwe
 every head's CTAs read on both sides: results/h100/l2-fabric-*-ncu-2026-11-23.csv) and is kept on
 both, so it brings more into L2 than a tile read once. Measured (validation/l2_dirty_lifetime.py): data
 read by 8 CTAs each ages dirty lines `shared_age_weight` = 1.85 times as fast as data read once, data
-read by 2 CTAs 1.29 times (python3 -m validation.fit_l2_dirty_lifetime). memsim counts a shared tile's k-th reader as bringing in (weight - 1) x
-(the chance that k readers are not all on one side, 1 - 2^(1 - k), over that of k - 1) of its bytes:
-1.43 for 2 readers, 1.85 from about 8.
+read by 2 CTAs 1.29 times (python3 -m validation.fit_l2_dirty_lifetime). memsim counts a shared tile's
+k-th reader as bringing in (weight - 1) x (the rise in the chance that k readers are not all on one side,
+memsim.writes.on_both_partitions) of its bytes: 1.43 for 2 readers, 1.85 from about 8.
 
 An entry may hold several equal tiles put in together, one per member of a cohort of CTAs
 (memsim.engine.cta: each member's private Q or O tile, in program-id order). The entry keeps
@@ -34,6 +34,8 @@ from math import ceil
 from typing import Hashable
 
 import simpy
+
+from memsim.writes import on_both_partitions
 
 _BYTE_ROUNDING = 1e-9  # relative: a fraction of a member this small is float rounding, not a member
 
@@ -83,7 +85,7 @@ class L2Cache:
         tiles (module docstring). Returns the dirty (tensor, bytes) that this sends to HBM."""
         before = self._readers.get(key, 0)
         after = self._readers[key] = before + readers
-        extra = (self.shared_age_weight - 1.0) * nbytes * (_both_sides(after) - _both_sides(before))
+        extra = (self.shared_age_weight - 1.0) * nbytes * (on_both_partitions(after) - on_both_partitions(before))
         if extra <= 0:
             return []
         self.filled_bytes += extra
@@ -226,11 +228,6 @@ class L2Cache:
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
         return dirty
-
-
-def _both_sides(readers: int) -> float:
-    """The chance that `readers` CTAs placed at random are not all next to one of the two partitions."""
-    return 1.0 - 2.0 ** (1 - readers) if readers > 0 else 0.0
 
 
 def _members_covering(nbytes: float, member_bytes: float) -> int:
