@@ -18,6 +18,7 @@ follows the tiles themselves through its L2 under the same two limits (memsim.en
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 from memsim.hardware.spec import Ceilings
@@ -41,6 +42,7 @@ def resident_writes(traffic: Mapping[str, Traffic], resident_bytes: float | None
             for name, t in traffic.items()}
 
 
+@functools.lru_cache(maxsize=4096)  # the engine asks for small whole numbers of readers, tile after tile
 def on_both_partitions(readers: float) -> float:
     """The chance that `readers` CTAs placed at random are not all next to one of the L2's two partitions,
     1 - 2^(1 - readers): 0 for one reader, 1/2 for two, near 1 from about 8 (memsim.engine.l2cache)."""

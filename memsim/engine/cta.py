@@ -252,6 +252,9 @@ def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[tuple[Step, ...], i
     amounts summed position by position where the iterations have the same steps (each step then
     stands for all of them); otherwise the steps one after another (each stands for itself)."""
     first = iterations[0]
+    n = len(iterations)
+    if n > 1 and all(it == first for it in iterations):  # the steady loop: n times the same steps
+        return tuple(m for s in first for m in _times(s, n)), n
     if len(iterations) == 1 or any(len(it) != len(first) or any(type(a) is not type(b) for a, b in zip(it, first))
                                    for it in iterations):
         return tuple(s for it in iterations for s in it), 1
@@ -267,6 +270,17 @@ def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[tuple[Step, ...], i
         else:
             merged.extend(position)  # stores and loads keep their own tiles
     return tuple(merged), len(iterations)
+
+
+def _times(step: Step, n: int) -> tuple[Step, ...]:
+    """What merge_steps makes of n equal steps: one compute step with n times the amounts; n of any other."""
+    if isinstance(step, Mma):
+        return (Mma(step.flops * n, step.dtype),)
+    if isinstance(step, Vector):
+        return (Vector(step.cuda_ops * n, step.exp_ops * n),)
+    if isinstance(step, SmemRoundTrip):
+        return (SmemRoundTrip(step.bytes * n),)
+    return (step,) * n
 
 
 def spans(iterations: int, batch: int) -> list[tuple[int, int]]:
