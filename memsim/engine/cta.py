@@ -23,6 +23,8 @@ class Cohort:
     program: CtaProgram
     slots: list[int]  # the CTA slot each member runs in: slot s is on SM s % sm_count
     sm_count: int
+    group: "object" = None  # memsim.engine.sm_groups.SmGroup: the SMs whose pipes it shares
+    pids: tuple = ()  # each member's program id, in the order of `slots`
     start_s: float = 0.0
     end_s: float = 0.0
 
@@ -184,15 +186,16 @@ def _fetch_line(m: Machine, key, nbytes: float, tensor: str, members: int):
 COMPUTE = (Mma, Vector, SmemRoundTrip)
 
 
-def compute(m: Machine, steps: list[Step], weight: int, repeats: int = 1, ping_pong: bool = False):
+def compute(m: Machine, steps: list[Step], cohort: Cohort, repeats: int = 1, ping_pong: bool = False):
     """Steps that depend on one another (QK^T, softmax, PV) as one request on the SM pipes: each
     pipe does its share, and the whole takes at least the steps one after another at one SM's
-    rates (memsim.engine.sharing), plus one dependent-step latency per step. `repeats`: the
+    rates (memsim.engine.sharing), plus one dependent-step latency per step, on the pipes of the
+    cohort's SMs (memsim.engine.sm_groups). `repeats`: the
     steps stand for that many iterations merged position by position (merge_steps), each of
     which pays its own latencies. `ping_pong`: steps of a warp-specialised kernel whose matmuls of one
     block run beside the softmax of the previous (FlashAttention-3), where the SFU work is its own."""
     demand_s = {"tensor": 0.0, "cuda": 0.0, "sfu": 0.0, "smem": 0.0}
-    chain_s, dependent = 0.0, 0
+    chain_s, dependent, weight = 0.0, 0, cohort.weight
     c = m.counters
     for step in steps:
         if isinstance(step, Mma):
@@ -221,7 +224,7 @@ def compute(m: Machine, steps: list[Step], weight: int, repeats: int = 1, ping_p
         # flex_attention's (validation/results/h100/l2-read-probe-2026-11-22.csv); cuDNN's ping-pong 114%.
         demand_s["tensor"] += demand_s["sfu"]
     chain_s = chain_s * m.gpu.sm_count + dependent * repeats * m.ceilings.dependent_step_latency_s  # GPU- to SM-seconds
-    yield m.pipes.use(demand_s, chain_s, weight)
+    yield cohort.group.pipes.use(demand_s, chain_s, weight)
 
 
 def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 1, ping_pong: bool = False):
@@ -233,7 +236,7 @@ def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 
             pending.append(step)
             continue
         if pending:
-            yield from compute(m, pending, cohort.weight, repeats, ping_pong)
+            yield from compute(m, pending, cohort, repeats, ping_pong)
             pending = []
         if isinstance(step, Load):
             yield from load_tiles(m, [(step,)], cohort)
@@ -244,7 +247,7 @@ def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 
         else:
             raise TypeError(f"unknown step {step!r}")
     if pending:
-        yield from compute(m, pending, cohort.weight, repeats, ping_pong)
+        yield from compute(m, pending, cohort, repeats, ping_pong)
 
 
 def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[tuple[Step, ...], int]:

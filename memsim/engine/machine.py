@@ -1,9 +1,8 @@
 """The GPU as SimPy sees it: shared units with rates, an L2 of finite size, and counters.
 
-Every SM pipe (tensor cores, CUDA cores, SFU, shared memory) is a pool over all SMs whose
-work is measured in GPU-seconds (work / whole-GPU rate), shared by the resident CTAs
-(memsim.engine.sharing), with no CTA taking more than one SM's share. With CTAs spread over
-SMs as the hardware does (breadth first), this equals one set of pipes per SM. HBM and L2
+Every SM has its own pipes (tensor cores, CUDA cores, SFU, shared memory), shared by the CTAs
+resident on it (memsim.engine.sharing); SMs holding identical residents are simulated as one group
+(memsim.engine.sm_groups). Pipe work is measured in GPU-seconds (work / whole-GPU rate). HBM and L2
 bandwidth are shared by every transfer in flight (memsim.engine.fluid).
 """
 
@@ -14,7 +13,7 @@ import simpy
 
 from memsim.engine.fluid import FluidResource
 from memsim.engine.l2cache import L2Cache
-from memsim.engine.sharing import SharedPipes
+from memsim.engine.sm_groups import SmGroups
 from memsim.hardware.spec import Ceilings, GPUSpec, matrix_rate
 
 SMEM_BYTES_PER_CLK_PER_SM = 128  # 32 banks x 4 bytes per clock (CUDA C++ Programming Guide, Shared Memory)
@@ -55,7 +54,7 @@ class Counters:
 class Machine:
     def __init__(self, env: simpy.Environment, gpu: GPUSpec, ceilings: Ceilings, trace: bool = False):
         self.env, self.gpu, self.ceilings = env, gpu, ceilings
-        self.pipes = SharedPipes(env, PIPES, trace=trace)
+        self.sm_groups = SmGroups(env, PIPES, gpu.sm_count, trace=trace)
         self.units = {
             "hbm": FluidResource(env, "hbm", ceilings.hbm_bandwidth_bytes_per_s),
             "l2": FluidResource(env, "l2", ceilings.l2_bandwidth_bytes_per_s),
@@ -70,13 +69,13 @@ class Machine:
 
     def busy_s(self) -> dict:
         """Seconds of full utilisation of each unit so far."""
-        busy = {u: self.pipes.busy_until_now(u) for u in PIPES}
+        busy = {u: self.sm_groups.busy_until_now(u) for u in PIPES}
         busy.update({u: self.units[u].busy_until_now() for u in MEMORY})
         return busy
 
     def busy_intervals(self) -> dict:
         """unit -> [(start, end)] of each stretch it was in use (when tracing)."""
-        intervals = dict(self.pipes.busy_intervals or {})
+        intervals = self.sm_groups.busy_intervals()
         intervals.update({u: self.units[u].busy_intervals or [] for u in MEMORY})
         return intervals
 

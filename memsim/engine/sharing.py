@@ -15,8 +15,9 @@ Within those limits the pipes are shared by dominant-resource fairness (Ghodsi e
 its dominant pipe's share, raised together (progressive filling) until a pipe saturates or
 a request reaches its chain limit. With one pipe this is processor sharing.
 
-Each pipe is pooled over all SMs and measured in GPU-seconds (work / whole-GPU rate, capacity
-1 per second), as in memsim.engine.machine. Requests whose demands point the same way and
+Work is measured in GPU-seconds (work / whole-GPU rate), as in memsim.engine.machine; one
+SharedPipes stands for a group of SMs (memsim.engine.sm_groups) and has capacity
+(its SMs / all SMs) GPU-seconds per second of each pipe. Requests whose demands point the same way and
 have the same chain limit share a class and progress in step, so each class keeps one service
 clock (virtual time, as memsim.engine.fluid does per unit) and a change costs O(classes x pipes).
 A request of weight w stands for w identical CTAs started together.
@@ -62,15 +63,17 @@ _by_cap = operator.attrgetter("cap")
 
 
 class SharedPipes:
-    def __init__(self, env: simpy.Environment, names: tuple[str, ...], trace: bool = False):
-        self.env, self.names = env, names
+    def __init__(self, env: simpy.Environment, names: tuple[str, ...], trace: bool = False, capacity: float = 1.0):
+        if capacity <= 0:
+            raise ValueError(f"pipes: capacity must be > 0, got {capacity}")
+        self.env, self.names, self.capacity = env, names, capacity
         self._classes: dict = {}
         self._keys: dict = {}  # (demands, chain_s) -> (class key, seconds on the dominant pipe): requests repeat
         self._active: list[_Class] = []
         self._next_id = 0
         self._last_s = env.now
         self._version = 0
-        self.busy_s = dict.fromkeys(names, 0.0)  # integral of each pipe's utilisation (0..1) over time
+        self.busy_s = dict.fromkeys(names, 0.0)  # integral of each pipe's use (0..capacity) over time
         self.served = dict.fromkeys(names, 0.0)  # GPU-seconds of work per pipe, weights included
         self._use = dict.fromkeys(names, 0.0)  # utilisation now
         self.busy_intervals = {name: [] for name in names} if trace else None
@@ -105,7 +108,7 @@ class SharedPipes:
         clocks, so that looking (a snapshot) never moves a result by a rounding."""
         dt = self.env.now - self._last_s
         if dt > 0 and self._active:
-            return self.busy_s[name] + dt * min(1.0, self._use[name])
+            return self.busy_s[name] + dt * min(self.capacity, self._use[name])
         return self.busy_s[name]
 
     def _advance(self) -> None:
@@ -114,7 +117,7 @@ class SharedPipes:
             for cls in self._active:
                 cls.clock += cls.rate * dt
             for n in self.names:
-                self.busy_s[n] += dt * min(1.0, self._use[n])
+                self.busy_s[n] += dt * min(self.capacity, self._use[n])
         self._last_s = self.env.now
 
     def _rebalance(self) -> None:
@@ -124,7 +127,7 @@ class SharedPipes:
         All rising classes share one level, so each pipe's load is its frozen use plus the level
         times the rising classes' demand. Classes reach their chain limits in the order of their
         caps, and at most one pipe fills per round: O(classes x pipes + classes x log classes)."""
-        pipes = range(len(self.names))
+        pipes, capacity = range(len(self.names)), self.capacity
         used = [0.0] * len(self.names)  # by frozen classes
         demand = [0.0] * len(self.names)  # per unit of level, by rising classes
         users = [0] * len(self.names)  # rising classes with work on each pipe
@@ -149,8 +152,8 @@ class SharedPipes:
                 next_cap += 1
             level, full = by_cap[next_cap].cap, None
             for p in pipes:
-                if users[p] and (1.0 - used[p]) < level * demand[p]:
-                    level, full = max(0.0, (1.0 - used[p]) / demand[p]), p
+                if users[p] and (capacity - used[p]) < level * demand[p]:
+                    level, full = max(0.0, (capacity - used[p]) / demand[p]), p
             if full is None:
                 while next_cap < len(by_cap) and by_cap[next_cap].cap <= level:
                     if by_cap[next_cap].rate < 0:

@@ -26,6 +26,7 @@ class LaunchResult:
     cohorts: list
     unit_intervals: dict  # unit -> [(start, end)] when tracing
     extrapolated_ctas: int = 0  # CTAs added at the steady rate instead of simulated (memsim.engine.extrapolate)
+    pooled_joins: int = 0  # cohorts whose SM group's pipes were pooled over unlike SMs (memsim.engine.sm_groups)
 
     @property
     def latency_s(self) -> float:
@@ -107,6 +108,7 @@ def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=None, 
     return LaunchResult(
         launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
         counters=m.counters, busy_s=m.busy_s(), cohorts=cohorts, unit_intervals=m.busy_intervals(),
+        pooled_joins=m.sm_groups.pooled_joins,
     )
 
 

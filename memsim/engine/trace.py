@@ -42,19 +42,13 @@ def _meta(kind: str, name: str, pid: int, tid: int = 0, sort_index: int | None =
 
 
 def cta_slices(r: LaunchResult, pid: int) -> list[dict]:
-    """A slice per CTA on the SM it ran on. Cohorts are recorded in dispatch order, so the running
-    sum of their weights is each cohort's first dispatch position, and member j is the CTA at
-    position + j (memsim.engine.dispatch pairs member j with the cohort's j-th SM)."""
+    """A slice per CTA on the SM it ran on (member j of a cohort ran program id pids[j] on its j-th SM)."""
     launch = r.launch
-    order = launch.order or (lambda position: position)
-    events, position = [], 0
+    events = []
     for cohort in r.cohorts:
-        aligned = order(position) == cohort.first_pid
-        for j, sm in enumerate(cohort.sms):
-            program_id = order(position + j) if aligned else cohort.first_pid
+        for program_id, sm in zip(cohort.pids, cohort.sms):
             args = {"weight": cohort.weight, "cohort_first_pid": cohort.first_pid} if cohort.weight > 1 else None
             events.append(_slice(f"{launch.name} pid {program_id}", cohort.start_s, cohort.end_s, pid, sm, args))
-        position += cohort.weight
     return events
 
 
