@@ -23,6 +23,7 @@ def algorithm(name: str):
 
 
 Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
+V_PREFETCH_ALGORITHMS = ("flash_decoding", "paged", "flash_decoding_pp")  # schedules that model TileConfig.v_prefetch
 DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
 SPILL_ALGORITHMS = ("flash2",)  # forward schedules that model TileConfig.spill_bytes_per_*
 
@@ -71,6 +72,9 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if tiles.q_reload and alg.name not in Q_RELOAD_ALGORITHMS:
         raise MemsimError(f"q_reload applies to {', '.join(Q_RELOAD_ALGORITHMS)} (a kernel that reads its Q tile "
                           f"again for every key block); {alg.name} keeps Q on chip")
+    if not tiles.v_prefetch and alg.name not in V_PREFETCH_ALGORITHMS:
+        raise MemsimError(f"v_prefetch = false (V loaded in the iteration that uses it) applies to "
+                          f"{', '.join(V_PREFETCH_ALGORITHMS)}; {alg.name} keeps V in its shared-memory stages")
     if tiles.dq != "atomic" and alg.name not in DQ_ALGORITHMS:
         raise MemsimError(f"dq applies to the backward of {', '.join(DQ_ALGORITHMS)}; {alg.name}'s computes dQ "
                           f"with atomics, leave dq at 'atomic'")
@@ -90,6 +94,9 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
                                    progress, resources)
         kernels = tuple(kernel_prediction(r) for r in results)
     else:
+        if not tiles.v_prefetch:
+            notes = ("v_prefetch = false changes nothing here: the analytic model has no per-iteration load latency "
+                     "(use --engine des)",)
         kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, with_resident_writes(k, ceilings, spec.l2_bytes)))
                         for k in with_resources(alg.kernels(spec, shape, tiles, pass_), resources))
     prediction = Prediction(

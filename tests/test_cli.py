@@ -46,6 +46,20 @@ def test_reload_q_describes_a_kernel_that_rereads_q_and_is_refused_elsewhere(cap
     assert code != 0 and "q_reload applies to flash2" in err and "Traceback" not in err + out
 
 
+def test_no_v_prefetch_slows_a_decode_split_kernel_and_is_refused_elsewhere(capsys):
+    args = ("predict", "--json", "--algo", "flash_decoding", "--seq", "1", "--kv-seq", "8192", "--heads", "32",
+            "--kv-heads", "8", "--batch", "4", "--kv-dtype", "int8")
+    _, prefetched, _ = run(capsys, *args)
+    _, exposed, _ = run(capsys, *args, "--no-v-prefetch")
+    assert json.loads(exposed)["tiles"]["v_prefetch"] is False
+    assert json.loads(exposed)["latency_s"] > json.loads(prefetched)["latency_s"]
+    assert json.loads(exposed)["bytes"] == json.loads(prefetched)["bytes"]
+    _, analytic, _ = run(capsys, *args, "--no-v-prefetch", "--engine", "analytic")
+    assert any("v_prefetch = false changes nothing here" in a for a in json.loads(analytic)["assumptions"])
+    code, out, err = run(capsys, "predict", "--algo", "flash2", "--no-v-prefetch")
+    assert code != 0 and "v_prefetch = false" in err and "flash2" in err and "Traceback" not in err + out
+
+
 def test_dq_picks_the_backward_and_is_refused_without_one(capsys):
     args = ("predict", "--json", "--engine", "analytic", "--pass", "bwd", "--block-m", "32", "--block-n", "128")
     _, atomic, _ = run(capsys, *args)

@@ -13,6 +13,7 @@ from memsim.algorithms.tiling import q_block_tiles
 from memsim.engine import simulate
 from memsim.hardware import load_gpu
 from memsim.schedules import flash_decoding as sched
+from memsim.schedules.steps import Load
 
 from checks import (assert_fast_matches_faithful, assert_same_bytes_per_tensor, assert_same_kernels,
                     assert_same_tensors, assert_same_total_bytes, assert_same_work)
@@ -64,13 +65,13 @@ def test_work_and_bytes_equal_the_closed_form(case):
 @given(batch=st.integers(1, 2), kv_heads=st.sampled_from([1, 2, 4]), group=st.sampled_from([1, 4, 16]),
        q_len=st.integers(1, 4), kv_len=st.integers(16, 20000), causal=st.booleans(), d=st.sampled_from([64, 128]),
        kv_dtype=st.sampled_from(["fp16", "int8", "int4"]), block_n=st.sampled_from([32, 64]),
-       splits=st.integers(1, 6), stages=st.integers(1, 3))
+       splits=st.integers(1, 6), stages=st.integers(1, 3), v_prefetch=st.booleans())
 def test_fast_mode_agrees_with_faithful_mode(batch, kv_heads, group, q_len, kv_len, causal, d, kv_dtype, block_n,
-                                             splits, stages):
+                                             splits, stages, v_prefetch):
     shape = AttentionShape(batch=batch, q_heads=kv_heads * group, kv_heads=kv_heads, q_len=min(q_len, kv_len),
                            kv_len=kv_len, head_dim=d, dtype="fp16", kv_dtype=kv_dtype, causal=causal)
     tiles = TileConfig(block_m=fd.decode_block_m(shape), block_n=block_n, num_stages=stages,
-                       num_splits=min(splits, fd.key_tiles(shape, block_n)))
+                       num_splits=min(splits, fd.key_tiles(shape, block_n)), v_prefetch=v_prefetch)
     for fast, faithful in zip(run(shape, tiles, True), run(shape, tiles, False), strict=True):
         assert_fast_matches_faithful(fast, faithful, abs_bytes=1.0, also=("exp_ops",))
 
@@ -92,6 +93,30 @@ def test_edge_tiles_are_those_holding_a_masked_pair(q_len, kv_len, window, block
     flags = sched.edge_tiles(shape, block_n)
     assert list(flags) == expected
     assert flags.sum() == blocks.edge_tiles[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_v_loaded_in_the_iteration_that_uses_it_moves_the_same_bytes_and_work(case):
+    shape, tiles = CASES[case]
+    prefetched, exposed = run(shape, tiles), run(shape, dataclasses.replace(tiles, v_prefetch=False))
+    for a, b in zip(prefetched, exposed, strict=True):
+        assert a.counters.totals() == pytest.approx(b.counters.totals(), rel=1e-12)
+        assert (a.counters.tensor_flops, a.counters.cuda_ops) == (b.counters.tensor_flops, b.counters.cuda_ops)
+
+
+def test_v_loaded_in_the_iteration_that_uses_it_waits_out_each_load():
+    """kernels/kv_quant.py's int8 decode (TileConfig.v_prefetch): V leaves the prefetched loads for the compute
+    steps, and every iteration then waits at least one HBM latency (decode reads each V tile once: all misses)."""
+    shape = AttentionShape(batch=8, q_heads=32, kv_heads=8, q_len=1, kv_len=32768, kv_dtype="int8")
+    tiles = TileConfig(block_m=16, block_n=64, num_warps=8, num_stages=3, num_splits=4)
+    exposed = dataclasses.replace(tiles, v_prefetch=False)
+    loop = sched.split_launch(shape, exposed).program(0).loop
+    assert [load.tensor for load in loop.loads(5)] == ["K"]
+    assert [s.tensor for s in loop.compute(5) if isinstance(s, Load)] == ["V"]
+    assert [load.tensor for load in sched.split_launch(shape, tiles).program(0).loop.loads(5)] == ["K", "V"]
+    split_prefetched, split_exposed = run(shape, tiles)[0], run(shape, exposed)[0]
+    assert split_exposed.latency_s >= loop.iterations * CEILINGS.hbm_latency_s
+    assert split_exposed.latency_s > split_prefetched.latency_s
 
 
 def test_quantised_kv_cuts_hbm_bytes_and_adds_dequant_work():

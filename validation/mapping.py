@@ -291,8 +291,9 @@ NOT_MODELLED = {
 
 
 # Our kernel -> the TileConfig fields its structure fixes: our backward computes dQ in a kernel of its own
-# (kernels/flash2.py), memsim.algorithms.flash2_bwd_separate_dq.
-KERNEL_STRUCTURE = {"flash2_bwd": {"dq": "separate"}}
+# (kernels/flash2.py), memsim.algorithms.flash2_bwd_separate_dq; our int8 decode loads its V codes into registers
+# in the iteration that uses them (TileConfig.v_prefetch: its sm_90 SASS, results/h100/sass-loops-kv_int8-*).
+KERNEL_STRUCTURE = {"flash2_bwd": {"dq": "separate"}, "kv_int8": {"v_prefetch": False}}
 
 # Our kernel -> memsim's launches that the measurement covers, where it does not cover all of them.
 MEASURED_KERNELS = {"moba": ("moba_attn",)}

@@ -136,18 +136,22 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
         start, end = int(plan.key_start[split]), int(plan.key_end[split])
         first = start // bn
 
-        def loads(i: int) -> tuple[Load, ...]:
+        def tile(i: int) -> tuple[Load, ...]:
             lo = (first + i) * bn
             return tile_loads(batch, kv_head, lo, min(lo + bn, end), i == 0)
+
+        def loads(i: int) -> tuple[Load, ...]:  # prefetched num_stages ahead
+            return tile(i) if tiles.v_prefetch else tuple(load for load in tile(i) if load.tensor != "V")
 
         def compute(i: int):
             keys = min(bn, end - (first + i) * bn)
             masked = bm * bn if edges[first + i - first_tile] else 0
             softmax_step = vector(softmax.tile(bm * bn, masked, rows_here))
+            v_now = () if tiles.v_prefetch else tuple(load for load in tile(i) if load.tensor == "V")
             if not dequantises:
-                return (matmul, softmax_step, matmul)
+                return (matmul, softmax_step, *v_now, matmul)
             convert = vector(kv_load_work(shape, keys * d))  # K before QK^T, V before PV
-            return (convert, matmul, softmax_step, convert, matmul)
+            return (convert, matmul, softmax_step, *v_now, convert, matmul)
 
         return CtaProgram(
             prologue=(Load("Q", (batch, kv_head), m_block, rows_here * d * shape.element_bytes),),

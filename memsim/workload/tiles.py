@@ -24,6 +24,12 @@ class TileConfig:
     cannot put on wgmma; on the H100 it peaks at 0.66 of wgmma's rate, validation/mma_sync_peak.cu) or "fma"
     (no tensor cores: an fp32 GEMM with TF32 off runs on the CUDA cores). The PTX shows which
     (validation/mma_instructions.py);
+    `v_prefetch` False: the kernel loads each V tile into registers in the iteration that uses it instead of
+    through the num_stages shared-memory buffers, so every iteration waits out its V load (flash_decoding's
+    split kernel and those built on it). kernels/kv_quant.py's int8 decode does: compiled for sm_90 its loop
+    fetches the V codes with plain LDG.E.128 and unpacks them (PRMT) about 65 instructions later, where the
+    K codes go through cp.async (LDGSTS); ncu shows it stalled on long scoreboard 12 cycles per issued
+    instruction (validation/results/h100/ncu-kv-int8-vs-bf16-decode-2026-11-22.csv, sass-loops-kv_int8-*);
     `dq` is how a FlashAttention-2 backward computes dQ: "atomic" (flash-attention's CUDA kernels: the
     key-block CTA adds dS K into an fp32 accumulator in L2) or "separate" (the Triton tutorial 06 and
     kernels/flash2.py: no atomics, a second kernel of BLOCK_N-row query tiles over BLOCK_M-key blocks,
@@ -38,6 +44,7 @@ class TileConfig:
     num_splits: int = 1
     page_size: int = 16
     q_reload: bool = False
+    v_prefetch: bool = True
     mma: str = "fastest"
     dq: str = "atomic"
     spill_bytes_per_iteration: int = 0
@@ -54,8 +61,9 @@ class TileConfig:
                 raise MemsimError(f"{name} = {value!r} must be a whole number of bytes, 0 or more")
         if self.num_warps & (self.num_warps - 1):
             raise MemsimError(f"num_warps = {self.num_warps} must be a power of two (1, 2, 4, 8, 16)")
-        if not isinstance(self.q_reload, bool):
-            raise MemsimError(f"q_reload = {self.q_reload!r} must be true or false")
+        for name in ("q_reload", "v_prefetch"):
+            if not isinstance(getattr(self, name), bool):
+                raise MemsimError(f"{name} = {getattr(self, name)!r} must be true or false")
         if self.mma not in MMA_PATHS:
             raise MemsimError(f"mma = {self.mma!r} is not known; use one of {', '.join(MMA_PATHS)}")
         if self.dq not in DQ_MODES:
