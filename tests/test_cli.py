@@ -60,6 +60,20 @@ def test_no_v_prefetch_slows_a_decode_split_kernel_and_is_refused_elsewhere(caps
     assert code != 0 and "v_prefetch = false" in err and "flash2" in err and "Traceback" not in err + out
 
 
+def test_faithful_runs_every_tile_and_agrees_with_fast_mode(capsys, monkeypatch):
+    import memsim.cli.main as cli
+
+    modes, real = [], cli.run
+    monkeypatch.setattr(cli, "run", lambda *a, **k: modes.append(k["fast"]) or real(*a, **k))
+    args = ("predict", "--json", "--batch", "2", "--heads", "8", "--seq", "4096", "--head-dim", "64")
+    _, fast, _ = run(capsys, *args)
+    _, faithful, _ = run(capsys, *args, "--faithful")
+    assert modes == [True, False]
+    assert json.loads(faithful)["latency_s"] == pytest.approx(json.loads(fast)["latency_s"], rel=0.01)
+    code, out, err = run(capsys, "predict", "--faithful", "--engine", "analytic")
+    assert code != 0 and "--faithful needs --engine des" in err and "Traceback" not in err + out
+
+
 def test_dq_picks_the_backward_and_is_refused_without_one(capsys):
     args = ("predict", "--json", "--engine", "analytic", "--pass", "bwd", "--block-m", "32", "--block-n", "128")
     _, atomic, _ = run(capsys, *args)

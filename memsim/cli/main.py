@@ -71,6 +71,9 @@ def cli():
 @click.option("--engine", default="des", show_default=True, type=click.Choice(ENGINES),
               help="des: the discrete-event simulation (seconds to minutes on large causal shapes); "
                    "analytic: the closed-form model, at once.")
+@click.option("--faithful", is_flag=True,
+              help="--engine des: simulate every tile of every CTA (no merged CTAs, batched loops or extrapolated "
+                   "waves); fast mode, the default, agrees with it within 1% and is 10-40x quicker.")
 @click.option("--peak", is_flag=True, help="Use datasheet peaks instead of the GPU's measured ceilings.")
 @click.option("--compare", help="Comma-separated algorithms to show side by side, e.g. standard,flash1,flash2.")
 @click.option("--order", default="pid", show_default=True, type=click.Choice(ORDERS),
@@ -84,11 +87,11 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
                 block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, dq, mma, spill_iteration, spill_cta, registers,
-                smem_bytes, pass_, engine, peak, compare, order,
+                smem_bytes, pass_, engine, faithful, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
     algos = [a.strip() for a in compare.split(",")] if compare else [algo]
-    _check_des_options(engine, order, trace_path, algos)
+    _check_des_options(engine, order, trace_path, algos, faithful)
     spec = load_gpu(gpu)
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
@@ -101,7 +104,7 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     for a in algos:
         tiles = resolve_tiles(spec, a, shape, **overrides)
         with ctas_progress(f"simulating {a}", enabled=engine == "des") as progress:
-            p, runs = run(a, shape, spec, tiles, pass_, engine, not peak, order=order, group=swizzle_group,
+            p, runs = run(a, shape, spec, tiles, pass_, engine, not peak, fast=not faithful, order=order, group=swizzle_group,
                           ctas=persistent_ctas, trace=bool(trace_path), progress=progress, resources=resources)
         results.append(p)
     if trace_path:
@@ -111,7 +114,9 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     _show(results, as_json, show_explain, trace_path)
 
 
-def _check_des_options(engine: str, order: str, trace_path: str | None, algos: list[str]) -> None:
+def _check_des_options(engine: str, order: str, trace_path: str | None, algos: list[str], faithful: bool = False) -> None:
+    if engine != "des" and faithful:
+        raise MemsimError("--faithful needs --engine des: the analytic model has no tiles to simulate")
     if engine != "des" and trace_path:
         raise MemsimError(f"--trace {trace_path} needs --engine des: the analytic model has no timeline")
     if engine != "des" and order != "pid":
