@@ -9,9 +9,7 @@ consecutive windows of whole units (at least STEADY_WAVES waves each), after the
 waves and after the L2 has taken in a dirty lifetime's worth of data (before that the write-backs
 of the first outputs have not started: their rate is not steady yet), it compares the time and
 every counter per CTA, window against window. Once the time agrees within STEADY_TOLERANCE and
-every counter within COUNTER_TOLERANCE (each divided by the share of the launch that would be skipped:
-a launch that skips 40% of itself may take windows 2.5 times as far apart, for the same error on the
-whole), dispatch stops at the end of the unit being dispatched;
+every counter within COUNTER_TOLERANCE, dispatch stops at the end of the unit being dispatched;
 the launch drains as the full one would, and the G - G' missing CTAs are added at the rate of the
 two windows. A launch that never settles is simulated in full, with no time lost.
 
@@ -98,13 +96,13 @@ class Cutoff:
             if a.filled_bytes < self.lifetime_bytes:
                 self.start += self.step
                 continue
-            stop = self._stop()
-            if stop is None:
-                self.start = self.grid  # too late to save enough: watch no more
-                return
-            rate, why = steady_rate(a, b, c, slack=self.grid / (self.grid - stop))
+            rate, why = steady_rate(a, b, c)
             if rate is not None:
-                self.rate, self.limit = rate, stop
+                stop = self._stop()
+                if stop is not None:
+                    self.rate, self.limit = rate, stop
+                else:
+                    self.start = self.grid  # too late to save enough: watch no more
                 return
             if why == "counters":
                 self.window *= 2
@@ -125,23 +123,19 @@ class Cutoff:
         return stop if self.grid - stop >= MIN_SKIPPED * self.grid else None
 
 
-def steady_rate(a: Snapshot, b: Snapshot, c: Snapshot, slack: float = 1.0) -> tuple[Snapshot | None, str]:
-    """(time, counters and busy seconds per CTA from a to c, "") if the windows a-b and b-c agree within
-    `slack` times the tolerances, else (None, what disagreed: "time" or "counters").
-
-    A rate off by d moves a launch whose share s is extrapolated by about d s, so a launch that skips only
-    s of itself may take windows that differ by up to the tolerance / s (watch passes slack = 1 / s, at most
-    1 / MIN_SKIPPED): the error on the whole stays within the tolerance."""
+def steady_rate(a: Snapshot, b: Snapshot, c: Snapshot) -> tuple[Snapshot | None, str]:
+    """(time, counters and busy seconds per CTA from a to c, "") if the windows a-b and b-c agree, else
+    (None, what disagreed: "time" or "counters")."""
     if not (a.done_ctas < b.done_ctas < c.done_ctas):
         return None, "time"
     first, second = b.done_ctas - a.done_ctas, c.done_ctas - b.done_ctas
     rate_1, rate_2 = (b.time_s - a.time_s) / first, (c.time_s - b.time_s) / second
-    if rate_1 <= 0 or abs(rate_1 - rate_2) > slack * STEADY_TOLERANCE * rate_2:
+    if rate_1 <= 0 or abs(rate_1 - rate_2) > STEADY_TOLERANCE * rate_2:
         return None, "time"
     for key, value in c.counters.items():
         per_1 = (b.counters.get(key, 0.0) - a.counters.get(key, 0.0)) / first
         per_2 = (value - b.counters.get(key, 0.0)) / second
-        if abs(per_1 - per_2) > slack * COUNTER_TOLERANCE * max(abs(per_1), abs(per_2)):
+        if abs(per_1 - per_2) > COUNTER_TOLERANCE * max(abs(per_1), abs(per_2)):
             return None, "counters"
     ctas = c.done_ctas - a.done_ctas
     return Snapshot(
