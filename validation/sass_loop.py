@@ -19,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,9 +29,10 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
 import kernels.launch
-from validation.cases import Case
-from validation.runners import _ours
+from validation.cases import OURS_SHAPES, Case
+from validation.runners import DTYPES, _ours
 
+OURS = sorted({"flash2", *OURS_SHAPES})  # the kernels validation.runners can call
 SM90 = GPUTarget("cuda", 90, 32)
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
@@ -45,7 +47,7 @@ def recorded_launches(case: Case) -> list[tuple]:
         seen.append((kernel, config, args, constexprs))
         return config
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[case.dtype]
+    dtype = DTYPES[case.dtype]
     q = torch.zeros(case.batch, case.q_heads, case.q_len, case.head_dim, dtype=dtype)
     k = torch.zeros(case.batch, case.kv_heads, case.kv_len, case.head_dim, dtype=dtype)
     real, kernels.launch.launch = kernels.launch.launch, record
@@ -102,32 +104,34 @@ def loops(text: str) -> list[dict]:
 
 
 def describe(case: Case, out: Path | None) -> list[dict]:
+    """One row per launch of the case; with `out`, each kernel's cubin and SASS are kept there."""
     rows = []
-    for kernel, config, args, constexprs in recorded_launches(case):
-        compiled = compile_sm90(kernel, config, args, constexprs)
-        name = kernel.fn.__name__
-        folder = out or Path("/tmp")
-        cubin = folder / f"{name}.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        text = sass(cubin)
-        if out is not None:
-            (out / f"{name}.sass").write_text(text)
-        rows.append({"kernel": name, "grid": list(config.grid), "num_warps": config.num_warps,
-                     "num_stages": config.num_stages, "registers_per_thread": registers(cubin),
-                     "shared_bytes": compiled.metadata.shared, "loops": loops(text)})
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = out or Path(scratch)
+        for kernel, config, args, constexprs in recorded_launches(case):
+            compiled = compile_sm90(kernel, config, args, constexprs)
+            name = kernel.fn.__name__
+            cubin = folder / f"{name}.cubin"
+            cubin.write_bytes(compiled.asm["cubin"])
+            text = sass(cubin)
+            if out is not None:
+                (out / f"{name}.sass").write_text(text)
+            rows.append({"kernel": name, "grid": list(config.grid), "num_warps": config.num_warps,
+                         "num_stages": config.num_stages, "registers_per_thread": registers(cubin),
+                         "shared_bytes": compiled.metadata.shared, "loops": loops(text)})
     return rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kernel", help="one of our kernels, as validation.cases names them (kv_int8, flash2, ...)")
+    parser.add_argument("kernel", choices=OURS, help="one of our kernels, as validation.cases names them")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--kv-heads", type=int)
     parser.add_argument("--q-len", type=int, default=1)
     parser.add_argument("--kv-len", type=int, default=4096)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--out", type=Path, help="also write each kernel's SASS here")
     a = parser.parse_args(argv)

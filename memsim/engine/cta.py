@@ -6,7 +6,7 @@ A cohort of w CTAs started together, doing equal work on the same shared tiles, 
 simulated once with weight w; its private tiles (region None) count w times.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import ceil
 from typing import Hashable, Iterable
 
@@ -18,15 +18,18 @@ from memsim.schedules.steps import Atomic, CtaProgram, Load, Loop, Mma, SmemRoun
 
 @dataclass
 class Cohort:
-    first_pid: int
-    weight: int
+    pids: tuple[int, ...]  # each member's program id, in the order of `slots`
     program: CtaProgram
     slots: list[int]  # the CTA slot each member runs in: slot s is on SM s % sm_count
     sm_count: int
     group: "object" = None  # memsim.engine.sm_groups.SmGroup: the SMs whose pipes it shares
-    pids: tuple = ()  # each member's program id, in the order of `slots`
     start_s: float = 0.0
     end_s: float = 0.0
+    first_pid: int = field(init=False)  # names the cohort's private tiles
+    weight: int = field(init=False)  # its members (read on every step: kept, not recounted)
+
+    def __post_init__(self):
+        self.first_pid, self.weight = self.pids[0], len(self.pids)
 
     @property
     def sms(self) -> list[int]:

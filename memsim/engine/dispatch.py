@@ -4,9 +4,8 @@ Each CTA goes to the SM with the fewest CTAs resident (ties: the lower SM number
 wave fills SMs breadth first (CTA 0 on SM 0, CTA 1 on SM 1, ...), and CTAs dispatched as
 slots free up take the freed slots, again breadth first when several free at once (as at the
 end of a wave; a last partial wave then puts at most one CTA more on an SM than on any
-other). In fast mode, consecutive CTAs of one
-work class dispatched at the same instant become one cohort, split by the group of SMs
-its members land on (memsim.engine.sm_groups).
+other). In fast mode, consecutive CTAs of one work class dispatched at the same instant
+become one cohort, split by the group of SMs its members land on (memsim.engine.sm_groups).
 """
 
 from itertools import groupby
@@ -92,9 +91,8 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
         for (members, member_slots), parts in zip(classes, m.sm_groups.place([s for _, s in classes])):
             for indices, sm_group in parts:
                 cohort_pids = tuple(members[i] for i in indices)
-                cohort = Cohort(first_pid=cohort_pids[0], weight=len(indices), program=launch.program(cohort_pids[0]),
-                                slots=[member_slots[i] for i in indices], sm_count=m.gpu.sm_count, group=sm_group,
-                                pids=cohort_pids)
+                cohort = Cohort(pids=cohort_pids, program=launch.program(cohort_pids[0]),
+                                slots=[member_slots[i] for i in indices], sm_count=m.gpu.sm_count, group=sm_group)
                 process = env.process(run_cohort(m, cohort, launch.num_stages, lambda n: batch))
                 cohorts_out.append(cohort)
                 running.append(env.process(finish(cohort, process)))

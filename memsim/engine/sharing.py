@@ -63,12 +63,15 @@ _by_cap = operator.attrgetter("cap")
 
 
 class SharedPipes:
-    def __init__(self, env: simpy.Environment, names: tuple[str, ...], trace: bool = False, capacity: float = 1.0):
+    def __init__(self, env: simpy.Environment, names: tuple[str, ...], trace: bool = False, capacity: float = 1.0,
+                 keys: dict | None = None):
         if capacity <= 0:
             raise ValueError(f"pipes: capacity must be > 0, got {capacity}")
         self.env, self.names, self.capacity = env, names, capacity
         self._classes: dict = {}
-        self._keys: dict = {}  # (demands, chain_s) -> (class key, seconds on the dominant pipe): requests repeat
+        # (demands, chain_s) -> (class key, seconds on the dominant pipe): requests repeat, also on other SMs'
+        # pipes, so SMs may share one dict (memsim.engine.sm_groups)
+        self._keys: dict = {} if keys is None else keys
         self._active: list[_Class] = []
         self._next_id = 0
         self._last_s = env.now

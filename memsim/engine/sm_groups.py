@@ -23,7 +23,7 @@ k / sm_count of each pipe.
 """
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import simpy
 
@@ -45,6 +45,7 @@ class SmGroups:
         self._busy_done_s = dict.fromkeys(names, 0.0)  # busy seconds of dissolved groups
         self._intervals_done = {name: [] for name in names} if trace else None
         self.pooled_joins = 0  # cohorts that joined a group covering only some of its SMs
+        self._class_keys: dict = {}  # memsim.engine.sharing's request -> class cache, the same for every group
 
     def place(self, cohorts: list[list[int]]) -> list[list[tuple[list[int], SmGroup]]]:
         """Place the cohorts dispatched at one instant, each given as the slots of its members (slot s is on
@@ -58,9 +59,7 @@ class SmGroups:
                 holds[slot % self.sm_count].append((c, index))
         by_signature = defaultdict(list)  # (group so far, members per cohort) -> SMs
         for sm, members in holds.items():
-            counts = defaultdict(int)
-            for c, _ in members:
-                counts[c] += 1
+            counts = Counter(c for c, _ in members)
             by_signature[(id(self._of_sm.get(sm)), tuple(sorted(counts.items())))].append(sm)
         covered = defaultdict(list)  # busy group -> its SMs' signatures
         group_of = {}
@@ -68,7 +67,7 @@ class SmGroups:
             group = self._of_sm.get(sms[0])
             if group is None:
                 group = SmGroup(frozenset(sms), SharedPipes(self.env, self.names, trace=self.trace,
-                                                            capacity=len(sms) / self.sm_count))
+                                                            capacity=len(sms) / self.sm_count, keys=self._class_keys))
                 self._live.add(group)
                 for sm in sms:
                     self._of_sm[sm] = group
@@ -93,9 +92,8 @@ class SmGroups:
         if group.residents > 0:
             return
         self._live.discard(group)
-        for sm in group.sms:
-            if self._of_sm.get(sm) is group:
-                del self._of_sm[sm]
+        for sm in group.sms:  # a busy SM belongs to one group until that group is dissolved
+            del self._of_sm[sm]
         for name in self.names:
             self._busy_done_s[name] += group.pipes.busy_until_now(name)
             if self.trace:
