@@ -11,8 +11,8 @@ from memsim.result import KernelPrediction, Prediction
 SATURATED = 0.6  # memsim.engine.report.SATURATED (kept here so the analytic path needs no engine)
 
 UNIT_NAMES = {"tensor": "tensor cores", "cuda": "CUDA cores", "sfu": "SFU (exp)", "smem": "shared-memory bandwidth",
-              "hbm": "HBM", "l2": "L2 bandwidth"}
-COMPUTE_UNITS = ("tensor", "cuda", "sfu", "smem")
+              "issue": "warp schedulers", "hbm": "HBM", "l2": "L2 bandwidth"}
+COMPUTE_UNITS = ("tensor", "cuda", "sfu", "smem", "issue")
 LIMITERS = {"smem": "shared memory", "registers": "registers", "warps": "warps", "ctas": "the hardware's CTA cap"}
 BASIS = {"des": "busy = the fraction of the time a unit had work in the discrete-event simulation",
          "analytic": "busy = a resource's time over the latency (analytic roofline: its work / its rate)"}

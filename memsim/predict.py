@@ -6,7 +6,7 @@ from typing import Mapping
 from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.errors import MemsimError
 from memsim.hardware import DEFAULT_GPU, GPUSpec, load_gpu
-from memsim.resources import with_resources
+from memsim.resources import gives_instructions, with_resources
 from memsim.result import KernelPrediction, Prediction
 from memsim.roofline import kernel_time
 from memsim.schedules.orders import DEFAULT_GROUP, reorder
@@ -97,6 +97,9 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
         if not tiles.v_prefetch:
             notes = ("v_prefetch = false changes nothing here: the analytic model has no per-iteration load latency "
                      "(use --engine des)",)
+        if gives_instructions(resources):
+            notes += ("loop instructions change nothing here: the analytic model has no warp schedulers "
+                      "(use --engine des)",)
         kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, with_resident_writes(k, ceilings, spec.l2_bytes)))
                         for k in with_resources(alg.kernels(spec, shape, tiles, pass_), resources))
     prediction = Prediction(

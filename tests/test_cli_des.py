@@ -84,7 +84,7 @@ def test_explain_in_json_and_compare(capsys):
 def test_json_has_utilisation_and_achieved(capsys):
     code, out, _ = run(capsys, "predict", "--engine", "des", *SMALL, "--json")
     d = json.loads(out)
-    assert set(d["utilisation"]) == {"tensor", "cuda", "sfu", "smem", "hbm", "l2"}
+    assert set(d["utilisation"]) == {"tensor", "cuda", "sfu", "smem", "issue", "hbm", "l2"}
     assert set(d["achieved"]) == {"tensor_flops_per_s", "hbm_bytes_per_s", "l2_bytes_per_s"}
     assert d["achieved"]["tensor_flops_per_s"] == pytest.approx(d["flops"]["tensor"] / d["latency_s"], rel=1e-12)
     assert set(d["kernels"][0]["utilisation"]) == set(d["utilisation"])

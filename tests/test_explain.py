@@ -109,7 +109,7 @@ def test_utilisation_and_achieved_follow_their_definitions(engine):
     d = p.as_dict()
     k = p.main_kernel
     units = {"analytic": {"tensor", "cuda", "sfu", "hbm", "l2"},
-             "des": {"tensor", "cuda", "sfu", "smem", "hbm", "l2"}}[engine]
+             "des": {"tensor", "cuda", "sfu", "smem", "issue", "hbm", "l2"}}[engine]
     assert set(d["utilisation"]) == units
     for unit in units:
         assert 0.0 <= k.utilisation[unit] <= 1.0 + 1e-9

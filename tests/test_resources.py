@@ -42,6 +42,9 @@ def test_resources_for_a_launch_the_pass_lacks_are_refused_with_its_launches_nam
     (dict(registers_per_thread=0), "registers_per_thread = 0 must be a positive whole number"),
     (dict(registers_per_thread=256), "at most 255"),
     (dict(smem_bytes=-1), "smem_bytes = -1 must be a positive whole number"),
+    (dict(loop_instructions=0), "loop_instructions = 0 must be a positive number"),
+    (dict(loop_instructions=float("inf")), "loop_instructions = inf must be a positive number"),
+    (dict(loop_instructions=True), "loop_instructions = True must be a positive number"),
 ])
 def test_bad_resources_are_one_clear_line(bad, message):
     with pytest.raises(MemsimError, match=message):
@@ -58,3 +61,17 @@ def test_the_cli_takes_a_third_party_launch_config(memsim_cli):
     assert code == 0 and (k["registers_per_thread"], k["smem_bytes_per_cta"], k["ctas_per_sm"]) == (255, 65536, 2)
     code, out, err = memsim_cli("predict", "--engine", "analytic", "--registers", "300")
     assert code != 0 and "at most 255" in err and "Traceback" not in out + err
+
+
+def test_the_cli_takes_loop_instructions_for_the_des_only(memsim_cli):
+    import json
+
+    small = ("--heads", "4", "--seq", "1024", "--json")
+    code, out, _ = memsim_cli("predict", *small, "--loop-instructions", "20000")
+    _, plain, _ = memsim_cli("predict", *small)
+    assert code == 0 and json.loads(out)["latency_s"] > json.loads(plain)["latency_s"]
+    assert json.loads(out)["utilisation"]["issue"] > 0 == json.loads(plain)["utilisation"]["issue"]
+    code, out, err = memsim_cli("predict", "--engine", "analytic", "--loop-instructions", "400")
+    assert code != 0 and "needs --engine des" in err and "Traceback" not in out + err
+    code, out, err = memsim_cli("predict", "--loop-instructions", "-4")
+    assert code != 0 and "loop_instructions = -4.0 must be a positive number" in err and "Traceback" not in out + err

@@ -246,9 +246,40 @@ def with_mma(mapped: Mapped, mma: str) -> Mapped:
     return replace(mapped, tiles=replace(tiles, mma=mma), how=f"{mapped.how}; matrix products on {mma}")
 
 
+@lru_cache(maxsize=None)
+def _instruction_rows() -> dict[str, dict]:
+    """Case id -> its row of validation.instruction_mix's records (a later file's row replaces an earlier one)."""
+    rows = {}
+    for path in sorted(RESULTS.glob("instructions-*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["id"]] = row
+    return rows
+
+
+def loop_instructions(launch, measured: dict, case_id: str, position: int) -> float | None:
+    """Instructions per warp per loop iteration of a measured launch: the warp instructions ncu counted for it
+    (validation.instruction_mix, the same launch of the case by position and name) over its warps x the loop
+    iterations of memsim's launch, summed over its CTAs. Prologue and epilogue instructions are spread over the
+    iterations. None where nothing was counted or memsim's launch has no loop."""
+    row = _instruction_rows().get(case_id)
+    if row is None:
+        return None
+    counted = main_launches(row)
+    if position >= len(counted) or counted[position]["kernel"] != measured["kernel"]:
+        return None
+    instructions = counted[position].get("smsp__inst_executed.sum")
+    iterations = sum(p.loop.iterations for p in map(launch.program, range(launch.grid)) if p.loop is not None)
+    if not instructions or not iterations:
+        return None
+    return instructions / (measured["launch__block_size"] / 32 * iterations)
+
+
 def launch_resources(mapped: Mapped, row: dict) -> dict:
     """memsim launch name -> the registers and shared memory ncu reported for the measured launch of the same grid,
-    so that memsim's occupancy is the launch's. Where the case's attention launches and memsim's compared
+    so that memsim's occupancy is the launch's, and the instructions its warps issue per loop iteration
+    (loop_instructions). Where the case's attention launches and memsim's compared
     launches are as many, they pair up in order, and each pair with equal grids (a persistent grid: the CTAs
     memsim was given) and equal threads per CTA takes the measured launch's (a split-KV decode's split kernel
     even where its combine kernel is not memsim's); every other launch keeps memsim's own estimates."""
@@ -260,7 +291,7 @@ def launch_resources(mapped: Mapped, row: dict) -> dict:
     if len(ours) != len(theirs):
         return {}
     out = {}
-    for launch, measured in zip(ours, theirs):
+    for position, (launch, measured) in enumerate(zip(ours, theirs)):
         grid = mapped.ctas if mapped.order == "persistent" else launch.grid
         registers = measured.get("launch__registers_per_thread")
         smem = (measured.get("launch__shared_mem_per_block_dynamic") or 0) + \
@@ -268,7 +299,8 @@ def launch_resources(mapped: Mapped, row: dict) -> dict:
         threads = measured.get("launch__block_size")
         if grid != measured.get("launch__grid_size") or not registers or threads != 32 * launch.warps_per_cta:
             continue  # not the same launch shape (e.g. cuDNN's 3 warpgroups against memsim's FA3 CTA)
-        out[launch.name] = CtaResources(int(registers), int(smem) or None)
+        out[launch.name] = CtaResources(int(registers), int(smem) or None,
+                                        loop_instructions(launch, measured, row["id"], position))
     return out
 
 

@@ -15,12 +15,14 @@ compile differently from the one that ran the measurements (results/h100/README.
 
 import argparse
 import collections
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 import triton
@@ -28,7 +30,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
+import kernels.flash2
+import kernels.flash2_fp8
 import kernels.launch
+from kernels.flash2 import _check_tensor
 from validation.cases import OURS_SHAPES, Case
 from validation.runners import DTYPES, _ours
 
@@ -43,24 +48,36 @@ def recorded_launches(case: Case) -> list[tuple]:
     """[(kernel, config, args, constexprs)] of every launch the case's host function makes, none run."""
     seen = []
 
-    def record(kernel, config, *args, launched=None, **constexprs):
+    def record(kernel, config, *args, launched=None, **constexprs):  # kernels.launch.launch
         seen.append((kernel, config, args, constexprs))
         return config
+
+    def record_flash2(kernel, config, key, args, constexprs):  # kernels.flash2._launch
+        seen.append((kernel, config, args, constexprs))
+
+    def record_fp8(config, key, args, constexprs):  # kernels.flash2_fp8._launch
+        seen.append((kernels.flash2_fp8._flash2_fp8_fwd, config, args, constexprs))
 
     dtype = DTYPES[case.dtype]
     q = torch.zeros(case.batch, case.q_heads, case.q_len, case.head_dim, dtype=dtype)
     k = torch.zeros(case.batch, case.kv_heads, case.kv_len, case.head_dim, dtype=dtype)
-    real, kernels.launch.launch = kernels.launch.launch, record
-    modules = [m for m in sys.modules.values() if getattr(m, "launch", None) is real]
-    for module in modules:
-        module.launch = record
-    try:
-        _ours(case)(q, k, k.clone())
-    finally:
-        kernels.launch.launch = real
-        for module in modules:
-            module.launch = real
+    call = _ours(case)  # imports the kernel's module first, so that its own name for launch is replaced below
+    real = kernels.launch.launch
+    with contextlib.ExitStack() as patches:
+        for module in [m for m in list(sys.modules.values()) if getattr(m, "launch", None) is real]:
+            patches.enter_context(mock.patch.object(module, "launch", record))
+        patches.enter_context(mock.patch.object(kernels.flash2, "_launch", record_flash2))
+        patches.enter_context(mock.patch.object(kernels.flash2_fp8, "_launch", record_fp8))
+        for module in (kernels.flash2, kernels.flash2_fp8):  # their input checks want CUDA tensors
+            patches.enter_context(mock.patch.object(module, "_check_tensor", _check_tensor_on_cpu))
+        call(q, k, k.clone())
     return seen
+
+
+def _check_tensor_on_cpu(name: str, x, ndim: int) -> None:
+    """kernels.flash2's tensor check, the device aside (these tensors are only recorded, never read)."""
+    with mock.patch.object(kernels.flash2, "INTERPRETING", True):
+        _check_tensor(name, x, ndim)
 
 
 def compile_sm90(kernel, config, args, constexprs):

@@ -67,6 +67,10 @@ def cli():
                                              "(launch__registers_per_thread); default: memsim's estimate.")
 @click.option("--smem-bytes", type=int, help="Shared memory per CTA of the pass's first launch, dynamic + static, as "
                                               "ncu reports it; default: the tiles' buffers.")
+@click.option("--loop-instructions", type=float,
+              help="SASS instructions each warp of the pass's first launch issues per loop iteration (--engine des): "
+                   "python3 -m validation.sass_loop for our kernels, or ncu's smsp__inst_executed.sum / (warps x "
+                   "iterations); default: not modelled.")
 @click.option("--pass", "pass_", default="fwd", show_default=True, type=click.Choice(PASSES))
 @click.option("--engine", default="des", show_default=True, type=click.Choice(ENGINES),
               help="des: the discrete-event simulation (seconds to minutes on large causal shapes); "
@@ -87,11 +91,11 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
                 block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, dq, mma, spill_iteration, spill_cta, registers,
-                smem_bytes, pass_, engine, faithful, peak, compare, order,
+                smem_bytes, loop_instructions, pass_, engine, faithful, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
     algos = [a.strip() for a in compare.split(",")] if compare else [algo]
-    _check_des_options(engine, order, trace_path, algos, faithful)
+    _check_des_options(engine, order, trace_path, algos, faithful, loop_instructions)
     spec = load_gpu(gpu)
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
@@ -99,7 +103,8 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
                      num_splits=splits, page_size=page_size, q_reload=reload_q or None,
                      v_prefetch=False if no_v_prefetch else None, dq=dq, mma=mma,
                      spill_bytes_per_iteration=spill_iteration, spill_bytes_per_cta=spill_cta)
-    resources = {FIRST_LAUNCH: CtaResources(registers, smem_bytes)} if registers or smem_bytes else None
+    given = (registers, smem_bytes, loop_instructions)
+    resources = {FIRST_LAUNCH: CtaResources(*given)} if any(v is not None for v in given) else None
     results, runs = [], []
     for a in algos:
         tiles = resolve_tiles(spec, a, shape, **overrides)
@@ -114,7 +119,10 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     _show(results, as_json, show_explain, trace_path)
 
 
-def _check_des_options(engine: str, order: str, trace_path: str | None, algos: list[str], faithful: bool = False) -> None:
+def _check_des_options(engine: str, order: str, trace_path: str | None, algos: list[str], faithful: bool = False,
+                       loop_instructions: float | None = None) -> None:
+    if engine != "des" and loop_instructions is not None:
+        raise MemsimError("--loop-instructions needs --engine des: the analytic model has no warp schedulers")
     if engine != "des" and faithful:
         raise MemsimError("--faithful needs --engine des: the analytic model has no tiles to simulate")
     if engine != "des" and trace_path:

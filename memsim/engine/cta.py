@@ -12,7 +12,7 @@ from typing import Hashable, Iterable
 
 import simpy
 
-from memsim.engine.machine import Machine
+from memsim.engine.machine import WARP_SCHEDULERS_PER_SM, Machine
 from memsim.schedules.steps import Atomic, CtaProgram, Load, Loop, Mma, SmemRoundTrip, Spill, Step, Store, Vector
 
 
@@ -189,14 +189,23 @@ def _fetch_line(m: Machine, key, nbytes: float, tensor: str, members: int):
 COMPUTE = (Mma, Vector, SmemRoundTrip)
 
 
-def compute(m: Machine, steps: list[Step], cohort: Cohort, repeats: int = 1, ping_pong: bool = False):
+def compute(m: Machine, steps: list[Step], cohort: Cohort, repeats: int = 1, ping_pong: bool = False,
+            issue: "Issue | None" = None):
     """Steps that depend on one another (QK^T, softmax, PV) as one request on the SM pipes: each
     pipe does its share, and the whole takes at least the steps one after another at one SM's
     rates (memsim.engine.sharing), plus one dependent-step latency per step, on the pipes of the
     cohort's SMs (memsim.engine.sm_groups). `repeats`: the
     steps stand for that many iterations merged position by position (merge_steps), each of
     which pays its own latencies. `ping_pong`: steps of a warp-specialised kernel whose matmuls of one
-    block run beside the softmax of the previous (FlashAttention-3), where the SFU work is its own."""
+    block run beside the softmax of the previous (FlashAttention-3), where the SFU work is its own.
+
+    `issue`: the instructions each of the CTA's warps issues for these steps, where the launch gives them
+    (Launch.loop_instructions). Every SM has WARP_SCHEDULERS_PER_SM schedulers, each issuing one warp
+    instruction per clock: the CTA's warps take that much of the SM's "issue" pipe, shared with the other
+    CTAs resident there. A warp alone on its scheduler issues one instruction every
+    `warp_cycles_per_instruction` clocks, while its previous ones complete: the steps then take at least
+    that long, whatever their work (fitted on the calibration subset: 3.6 on the H100; ncu shows our flash2
+    forward's warps issuing every 4.0-5.1 clocks, two to a scheduler, results/h100/instructions-ours-*)."""
     demand_s = {"tensor": 0.0, "cuda": 0.0, "sfu": 0.0, "smem": 0.0}
     chain_s, dependent, weight = 0.0, 0, cohort.weight
     c = m.counters
@@ -227,20 +236,34 @@ def compute(m: Machine, steps: list[Step], cohort: Cohort, repeats: int = 1, pin
         # flex_attention's (validation/results/h100/l2-read-probe-2026-11-22.csv); cuDNN's ping-pong 114%.
         demand_s["tensor"] += demand_s["sfu"]
     chain_s = chain_s * m.gpu.sm_count + dependent * repeats * m.ceilings.dependent_step_latency_s  # GPU- to SM-seconds
+    if issue is not None:
+        clock_hz = m.gpu.clock_hz
+        demand_s["issue"] = issue.instructions * issue.warps / (WARP_SCHEDULERS_PER_SM * clock_hz) / m.gpu.sm_count
+        chain_s = max(chain_s, issue.instructions * m.ceilings.warp_cycles_per_instruction / clock_hz)
     yield cohort.group.pipes.use(demand_s, chain_s, weight)
 
 
-def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 1, ping_pong: bool = False):
+@dataclass(frozen=True)
+class Issue:
+    """Instructions each warp of a CTA issues for one compute request, and the CTA's warps."""
+
+    instructions: float
+    warps: int
+
+
+def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 1, ping_pong: bool = False,
+              issue: Issue | None = None):
     """Loads and stores one by one; each run of consecutive compute steps as one request.
-    `repeats`: iterations merged into these steps (merge_steps)."""
+    `repeats`: iterations merged into these steps (merge_steps). `issue`: the steps' instructions, charged
+    with the first compute request."""
     pending: list[Step] = []
     for step in steps:
         if isinstance(step, COMPUTE):
             pending.append(step)
             continue
         if pending:
-            yield from compute(m, pending, cohort, repeats, ping_pong)
-            pending = []
+            yield from compute(m, pending, cohort, repeats, ping_pong, issue)
+            pending, issue = [], None
         if isinstance(step, Load):
             yield from load_tiles(m, [(step,)], cohort)
         elif isinstance(step, (Store, Atomic)):
@@ -250,7 +273,7 @@ def run_steps(m: Machine, steps: Iterable[Step], cohort: Cohort, repeats: int = 
         else:
             raise TypeError(f"unknown step {step!r}")
     if pending:
-        yield from compute(m, pending, cohort, repeats, ping_pong)
+        yield from compute(m, pending, cohort, repeats, ping_pong, issue)
 
 
 def merge_steps(iterations: list[tuple[Step, ...]]) -> tuple[tuple[Step, ...], int]:
@@ -302,10 +325,11 @@ def spans(iterations: int, batch: int) -> list[tuple[int, int]]:
     return out
 
 
-def run_loop(m: Machine, loop: Loop, cohort: Cohort, stages: int, batch: int):
+def run_loop(m: Machine, loop: Loop, cohort: Cohort, stages: int, batch: int, issue: Issue | None = None):
     """Loads run up to `stages` (batches of) iterations ahead of compute: multi-buffered shared memory.
     The load of span j + stages starts when the compute of span j has freed its buffer.
-    Up to `batch` iterations are simulated as one (fast mode); 1 simulates every tile."""
+    Up to `batch` iterations are simulated as one (fast mode); 1 simulates every tile.
+    `issue`: each iteration's instructions per warp, where the launch gives them."""
     env = m.env
     spans_ = spans(loop.iterations, batch)
 
@@ -323,19 +347,21 @@ def run_loop(m: Machine, loop: Loop, cohort: Cohort, stages: int, batch: int):
         else:
             yield fetches[j]
         steps, repeats = merge_steps([loop.compute(i) for i in range(a, b)])
+        span_issue = None if issue is None else Issue(issue.instructions * (b - a), issue.warps)
         if loop.overlap_vector:
-            vector_chain = yield from _overlapped(m, steps, cohort, vector_chain, repeats)
+            vector_chain = yield from _overlapped(m, steps, cohort, vector_chain, repeats, span_issue)
         else:
-            yield from run_steps(m, steps, cohort, repeats)
+            yield from run_steps(m, steps, cohort, repeats, issue=span_issue)
         if stages > 1 and j + stages < len(spans_):
             fetches.append(env.process(fetch(*spans_[j + stages])))
     if vector_chain is not None:
         yield vector_chain
 
 
-def _overlapped(m: Machine, steps: tuple[Step, ...], cohort: Cohort, previous_vector, repeats: int):
+def _overlapped(m: Machine, steps: tuple[Step, ...], cohort: Cohort, previous_vector, repeats: int,
+                issue: Issue | None = None):
     """FlashAttention-3 ping-pong: this iteration's matmuls run while the previous softmax finishes."""
-    yield from run_steps(m, [s for s in steps if not isinstance(s, Vector)], cohort, repeats, True)
+    yield from run_steps(m, [s for s in steps if not isinstance(s, Vector)], cohort, repeats, True, issue)
     vectors = [s for s in steps if isinstance(s, Vector)]
 
     def chained():
@@ -346,13 +372,14 @@ def _overlapped(m: Machine, steps: tuple[Step, ...], cohort: Cohort, previous_ve
     return m.env.process(chained())
 
 
-def run_cohort(m: Machine, cohort: Cohort, stages: int, batch_for):
-    """The whole program of one cohort. `batch_for(iterations)` says how many to simulate as one."""
+def run_cohort(m: Machine, cohort: Cohort, stages: int, batch_for, issue: Issue | None = None):
+    """The whole program of one cohort. `batch_for(iterations)` says how many to simulate as one.
+    `issue`: instructions per warp per loop iteration, where the launch gives them."""
     cohort.start_s = m.env.now
     p = cohort.program
     yield from run_steps(m, p.prologue, cohort)
     if p.loop is not None and p.loop.iterations > 0:
-        yield from run_loop(m, p.loop, cohort, stages, batch_for(p.loop.iterations))
+        yield from run_loop(m, p.loop, cohort, stages, batch_for(p.loop.iterations), issue)
     yield from run_steps(m, p.epilogue, cohort)
     cohort.end_s = m.env.now
 

@@ -12,7 +12,7 @@ from itertools import groupby
 
 import simpy
 
-from memsim.engine.cta import Cohort, batch_size, run_cohort
+from memsim.engine.cta import Cohort, Issue, batch_size, run_cohort
 from memsim.engine.machine import Machine
 from memsim.occupancy import Occupancy
 from memsim.schedules.steps import Launch
@@ -60,6 +60,7 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
     position = 0
     if batch is None:
         batch = batch_size(longest_loop(launch), fast, occ.waves, launch.grid)
+    issue = None if launch.loop_instructions is None else Issue(launch.loop_instructions, launch.warps_per_cta)
 
     def finish(cohort: Cohort, process: simpy.Process):
         yield process
@@ -93,7 +94,7 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
                 cohort_pids = tuple(members[i] for i in indices)
                 cohort = Cohort(pids=cohort_pids, program=launch.program(cohort_pids[0]),
                                 slots=[member_slots[i] for i in indices], sm_count=m.gpu.sm_count, group=sm_group)
-                process = env.process(run_cohort(m, cohort, launch.num_stages, lambda n: batch))
+                process = env.process(run_cohort(m, cohort, launch.num_stages, lambda n: batch, issue))
                 cohorts_out.append(cohort)
                 running.append(env.process(finish(cohort, process)))
     yield env.all_of(running)

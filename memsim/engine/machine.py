@@ -17,7 +17,10 @@ from memsim.engine.sm_groups import SmGroups
 from memsim.hardware.spec import Ceilings, GPUSpec, matrix_rate
 
 SMEM_BYTES_PER_CLK_PER_SM = 128  # 32 banks x 4 bytes per clock (CUDA C++ Programming Guide, Shared Memory)
-PIPES = ("tensor", "cuda", "sfu", "smem")  # per SM, shared by its resident CTAs
+# An SM's four processing blocks each have a warp scheduler that issues one warp instruction per clock (NVIDIA
+# H100 Tensor Core GPU Architecture whitepaper, "H100 SM architecture"; the same since Volta).
+WARP_SCHEDULERS_PER_SM = 4
+PIPES = ("tensor", "cuda", "sfu", "smem", "issue")  # per SM, shared by its resident CTAs
 MEMORY = ("hbm", "l2")  # shared by the whole GPU
 UNITS = PIPES + MEMORY
 BYTE_KEYS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")

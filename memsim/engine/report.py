@@ -5,7 +5,7 @@ from memsim.result import KernelPrediction, achieved
 
 SATURATED = 0.6  # a unit busier than this sets the pace; below it for all, latency does
 
-_CLASS = {"tensor": "compute", "cuda": "compute", "sfu": "compute", "smem": "compute",
+_CLASS = {"tensor": "compute", "cuda": "compute", "sfu": "compute", "smem": "compute", "issue": "compute",
           "hbm": "memory", "l2": "memory"}
 
 

@@ -51,6 +51,11 @@ class Calibration:
     # pipeline and reduction latency that the CTA's own warps cannot hide (memsim.engine.sharing). Fitted on
     # the calibration subset of validation/results (validation/fit_step_latency.py).
     dependent_step_latency_s: float | None = None
+    # Cycles between two instructions of one warp that has its scheduler to itself: the latency of a typical
+    # attention loop's dependent instructions (memsim.engine.cta.compute), fitted on the calibration subset
+    # (validation/fit_step_latency.py --cpi); used where a launch's instruction count is known
+    # (memsim.resources.CtaResources.loop_instructions).
+    warp_cycles_per_instruction: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -71,6 +76,7 @@ class Ceilings:
     l2_dirty_lifetime_bytes: float | None = None  # None: a dirty line lives as long as LRU keeps it
     l2_shared_tile_age_weight: float = 1.0  # 1: a tile read by many CTAs ages dirty lines as one read once
     dependent_step_latency_s: float = 0.0  # 0 where nothing was fitted: a chain of steps costs only their work
+    warp_cycles_per_instruction: float = 1.0  # where nothing was measured: one warp may issue every clock
     mma: str = "fastest"  # the matrix instruction tensor_flops_per_s is the rate of (MMA_PATHS)
     mma_pipe: str = "tensor"  # the SM pipe matrix work runs on: "cuda" for FMA on the CUDA cores
 
@@ -160,6 +166,7 @@ class GPUSpec:
             l2_dirty_lifetime_bytes=cal.l2_dirty_lifetime_bytes,
             l2_shared_tile_age_weight=cal.l2_shared_tile_age_weight or 1.0,
             dependent_step_latency_s=cal.dependent_step_latency_s or 0.0,
+            warp_cycles_per_instruction=cal.warp_cycles_per_instruction or 1.0,
         )
 
 

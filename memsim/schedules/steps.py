@@ -126,6 +126,9 @@ class Launch:
     # At most this many CTAs resident at once, however many fit: a persistent grid whose work items go to
     # whichever of its CTAs is free (memsim.schedules.orders.persistent_dynamic). None: as many as fit.
     resident_ctas: int | None = None
+    # SASS instructions each warp issues per loop iteration, where known (memsim.resources.CtaResources): the
+    # engine then charges them to the SM's warp schedulers (memsim.engine.cta.compute). None: not modelled.
+    loop_instructions: float | None = None
 
     @property
     def smem_bytes_per_cta(self) -> int:

@@ -1,0 +1,34 @@
+"""Instruction counts as validation.mapping derives them from the ncu records (validation.instruction_mix), checked
+against the static SASS of the same kernels (validation.sass_loop): memsim's loop iterations are the kernel's."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from validation.compare import load_rows
+from validation.mapping import RESULTS, map_case
+
+ROWS = {row["id"]: row for row in load_rows(RESULTS)}
+
+
+def sass_loop_instructions(kernel: str) -> int:
+    """The one loop of the split kernel in the committed SASS record of the B8 H32/8 32K-key decode case."""
+    record = json.loads(next(Path(RESULTS).glob(f"sass-loops-{kernel}-b8h32k8n1m32768d128-*.json")).read_text())
+    (loop,) = record["launches"][0]["loops"]
+    return loop["instructions"]
+
+
+@pytest.mark.parametrize("kernel", ["flash_decoding", "kv_int8"])
+def test_counted_instructions_per_iteration_match_the_loop_in_the_sass(kernel):
+    # ncu's count spreads the prologue and epilogue over the iterations: a little more than the loop, never less.
+    (resources,) = map_case(ROWS[f"{kernel}.b8h32k8n1m32768d128c0.bf16"]).resources.values()
+    loop = sass_loop_instructions(kernel)
+    assert loop <= resources.loop_instructions <= 1.05 * loop
+
+
+def test_every_case_of_ours_with_a_loop_gets_its_instruction_count():
+    ours = [row for row in ROWS.values() if row["kernel"] in ("flash2", "flash1", "lightning", "moba", "ring")]
+    for row in ours:
+        counts = [r.loop_instructions for r in (map_case(row).resources or {}).values() if r.loop_instructions]
+        assert counts and all(100 < c < 5000 for c in counts), row["id"]

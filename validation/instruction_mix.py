@@ -1,0 +1,74 @@
+"""The warp instructions each launch of a suite executes, read by Nsight Compute on the GPU.
+
+    python3 -m validation.instruction_mix --suite full --ours flash1,lightning --out DIR [--only REGEX]
+
+A kernel's instruction count is part of its description, as its launch config is: it follows from its code and
+shape, not from how fast it ran. memsim takes it as `CtaResources.loop_instructions` (SASS instructions per warp
+per loop iteration), which validation.mapping derives from these records:
+`smsp__inst_executed.sum` (warp instructions of the whole launch) over the launch's warps x loop iterations.
+The other metrics are recorded to explain the time, never to predict it: how often a warp scheduler issued
+(`smsp__issue_active`), the warps it had to choose from (`smsp__warps_active`), and the SM clock.
+
+Writes DIR/instructions.jsonl (one row per case: its launches with these metrics, and the device, driver and
+versions) and ncu's raw CSV. Runs on the GPU machine; the rows are data, never edited by hand.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from validation import ncu
+from validation.measure import environment, select
+
+METRICS = [
+    "smsp__inst_executed.sum",
+    "smsp__issue_active.avg.pct_of_peak_sustained_active",
+    "smsp__warps_active.avg.per_cycle_active",
+    "smsp__cycles_active.avg",
+    "sm__cycles_elapsed.avg.per_second",
+    "gpu__time_duration.sum",
+    "launch__grid_size",
+    "launch__block_size",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="third-party", help="third-party, full or smoke")
+    parser.add_argument("--ours", help="our kernels to include with --suite full, comma-separated")
+    parser.add_argument("--only", help="regular expression on case ids")
+    parser.add_argument("--out", type=Path, required=True, help="folder for instructions.jsonl and ncu's raw output")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available() or not ncu.available():
+        print("instruction_mix: needs a CUDA device and ncu; run this on the GPU machine", file=sys.stderr)
+        return 1
+    try:
+        cases = select(args)
+    except ValueError as err:
+        print(f"instruction_mix: {err}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    cmd = ncu.command([sys.executable, "-m", "validation.measure", "--profile-pass", *argv], METRICS)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    (args.out / "ncu-instructions.csv").write_text(done.stdout)
+    (args.out / "ncu-instructions.log").write_text(done.stderr)
+    by_case: dict[str, list[dict]] = {c.id: [] for c in cases}
+    for launch in ncu.parse(done.stdout):
+        if launch["range"] in by_case:
+            by_case[launch["range"]].append(launch)
+    env = environment()
+    with open(args.out / "instructions.jsonl", "w") as f:
+        for case in cases:
+            f.write(json.dumps({**case.as_dict(), "launches": by_case[case.id], **env}) + "\n")
+    print(f"instruction_mix: {len(cases)} cases, {sum(1 for v in by_case.values() if v)} profiled "
+          f"-> {args.out / 'instructions.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
