@@ -199,8 +199,12 @@ def test_validation_gives_memsim_the_registers_and_shared_memory_ncu_reported():
     fa2 = new["sdpa_flash.b1h16k16n4096m4096d128c0.bf16"]
     mapped = map_case(fa2)
     (launch,) = main_launches(fa2)
+    (given,) = mapped.resources.values()
     assert mapped.resources == {"flash2_fwd": CtaResources(int(launch["launch__registers_per_thread"]),
-                                                           int(launch["launch__shared_mem_per_block_dynamic"]))}
+                                                           int(launch["launch__shared_mem_per_block_dynamic"]),
+                                                           given.loop_instructions)}
+    # ncu counted 161.6 M warp instructions: over 4 warps x 16 heads x 32 q-blocks x 64 key blocks of 64 keys
+    assert given.loop_instructions == pytest.approx(1232.8, abs=0.1)
     math = map_case(new["sdpa_math.b1h16k16n1024m1024d128c0.bf16"])  # casts and copies: no one-to-one pairing
     assert math.resources == {}
 
