@@ -119,3 +119,26 @@ def test_a_causal_launch_stops_at_the_next_whole_unit():
     cutoff = _settle(launch, slots=384)
     assert cutoff.window % launch.repeat_unit == 0 and cutoff.start % launch.repeat_unit == 0
     assert cutoff.limit == -(-cutoff.dispatched // launch.repeat_unit) * launch.repeat_unit < launch.grid
+
+
+def test_a_counter_that_disagrees_once_is_slid_past_before_the_window_doubles():
+    # Steady in time; the K/V reads jump once, just after the first window opens (counters accrue as CTAs run,
+    # windows are cut as they finish): the pair a step later agrees, and the window keeps its length. A counter
+    # that never settles doubles it.
+    from memsim.schedules.flash2 import forward
+    launch = forward(SHAPE, TileConfig())
+
+    def fed(counter) -> tuple[Cutoff, int]:
+        cutoff = Cutoff(launch, slots=264, lifetime_bytes=None)
+        first, opens = cutoff.window, cutoff.start
+        for done in range(264, launch.grid, 264):
+            cutoff.dispatched = done + 264
+            cutoff.watch(_snapshot(done, done * 1e-6, counter(done, opens)))
+            if cutoff.settled:
+                break
+        return cutoff, first
+
+    once, first = fed(lambda done, opens: float(done) + (50.0 if done > opens else 0.0))
+    assert once.settled and once.window == first and extrapolate.SLIDES_BEFORE_DOUBLING >= 1
+    growing, first = fed(lambda done, opens: float(done) ** 1.5)
+    assert growing.window > first
