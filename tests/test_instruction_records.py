@@ -22,7 +22,7 @@ def sass_loop_instructions(kernel: str) -> int:
 @pytest.mark.parametrize("kernel", ["flash_decoding", "kv_int8"])
 def test_counted_instructions_per_iteration_match_the_loop_in_the_sass(kernel):
     # ncu's count spreads the prologue and epilogue over the iterations: a little more than the loop, never less.
-    (resources,) = map_case(ROWS[f"{kernel}.b8h32k8n1m32768d128c0.bf16"]).resources.values()
+    resources = map_case(ROWS[f"{kernel}.b8h32k8n1m32768d128c0.bf16"]).resources["flash_decoding_split"]
     loop = sass_loop_instructions(kernel)
     assert loop <= resources.loop_instructions <= 1.05 * loop
 
@@ -32,3 +32,13 @@ def test_every_case_of_ours_with_a_loop_gets_its_instruction_count():
     for row in ours:
         counts = [r.loop_instructions for r in (map_case(row).resources or {}).values() if r.loop_instructions]
         assert counts and all(100 < c < 5000 for c in counts), row["id"]
+
+
+def test_instructions_pair_past_pytorchs_own_launches_and_across_grids():
+    # Our linear attention's call runs a PyTorch fill before its two kernels, and memsim splits its state kernel
+    # into 144 CTAs where the kernel runs 128: the instructions still go to both of memsim's launches (they are
+    # spread over memsim's own iterations), the registers and shared memory only where the grids agree.
+    resources = map_case(ROWS["linear.b1h16k16n4096m4096d128c0.bf16"]).resources
+    assert set(resources) == {"linear_state", "linear_output"}
+    assert resources["linear_state"].loop_instructions and resources["linear_state"].registers_per_thread is None
+    assert resources["linear_output"].loop_instructions and resources["linear_output"].registers_per_thread

@@ -246,6 +246,9 @@ def with_mma(mapped: Mapped, mma: str) -> Mapped:
     return replace(mapped, tiles=replace(tiles, mma=mma), how=f"{mapped.how}; matrix products on {mma}")
 
 
+TORCH_ELEMENTWISE = "void at::native::"  # PyTorch's own kernels (fills, casts, copies), as ncu names them
+
+
 @lru_cache(maxsize=None)
 def _instruction_rows() -> dict[str, dict]:
     """Case id -> its row of validation.instruction_mix's records (a later file's row replaces an earlier one)."""
@@ -282,25 +285,33 @@ def launch_resources(mapped: Mapped, row: dict) -> dict:
     (loop_instructions). Where the case's attention launches and memsim's compared
     launches are as many, they pair up in order, and each pair with equal grids (a persistent grid: the CTAs
     memsim was given) and equal threads per CTA takes the measured launch's (a split-KV decode's split kernel
-    even where its combine kernel is not memsim's); every other launch keeps memsim's own estimates."""
+    even where its combine kernel is not memsim's); every other launch keeps memsim's own estimates. The
+    instructions need equal threads only: they are counted over the whole launch and spread over memsim's
+    own loop iterations, however memsim splits the work into CTAs (our linear-attention state kernel: 128
+    CTAs measured, 144 in memsim's schedule)."""
     algorithm = ALGORITHMS[mapped.algo]
     tiles = mapped.tiles or algorithm.default_tiles(_gpu(GPU), mapped.shape)
     ours = [launch for launch in algorithm.schedule(mapped.shape, tiles, mapped.pass_)
             if mapped.kernels is None or launch.name in mapped.kernels]
-    theirs = main_launches(row)
+    theirs = list(enumerate(main_launches(row)))  # (position among the case's launches, launch)
+    if len(ours) != len(theirs):  # PyTorch's own fills and casts around the attention launches do not pair
+        theirs = [(i, k) for i, k in theirs if not k["kernel"].startswith(TORCH_ELEMENTWISE)]
     if len(ours) != len(theirs):
         return {}
     out = {}
-    for position, (launch, measured) in enumerate(zip(ours, theirs)):
+    for launch, (position, measured) in zip(ours, theirs):
         grid = mapped.ctas if mapped.order == "persistent" else launch.grid
         registers = measured.get("launch__registers_per_thread")
         smem = (measured.get("launch__shared_mem_per_block_dynamic") or 0) + \
             (measured.get("launch__shared_mem_per_block_static") or 0)
         threads = measured.get("launch__block_size")
-        if grid != measured.get("launch__grid_size") or not registers or threads != 32 * launch.warps_per_cta:
-            continue  # not the same launch shape (e.g. cuDNN's 3 warpgroups against memsim's FA3 CTA)
-        out[launch.name] = CtaResources(int(registers), int(smem) or None,
-                                        loop_instructions(launch, measured, row["id"], position))
+        if threads != 32 * launch.warps_per_cta:
+            continue  # not the same CTA (e.g. cuDNN's 3 warpgroups against memsim's FA3 CTA)
+        instructions = loop_instructions(launch, measured, row["id"], position)
+        if grid == measured.get("launch__grid_size") and registers:
+            out[launch.name] = CtaResources(int(registers), int(smem) or None, instructions)
+        elif instructions is not None:
+            out[launch.name] = CtaResources(loop_instructions=instructions)
     return out
 
 
