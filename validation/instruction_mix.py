@@ -34,6 +34,12 @@ METRICS = [
     "launch__grid_size",
     "launch__block_size",
 ]
+# With --stalls: for each reason a warp can wait, the warps waiting for it per issued instruction (ncu's warp state
+# statistics): what a lone warp's cycles per instruction are made of. Kept where this ncu knows them.
+STALL_REASONS = ("barrier", "branch_resolving", "dispatch_stall", "drain", "imc_miss", "lg_throttle", "long_scoreboard",
+                 "math_pipe_throttle", "membar", "mio_throttle", "misc", "no_instruction", "not_selected", "selected",
+                 "short_scoreboard", "sleeping", "tex_throttle", "wait")
+STALLS = [f"smsp__average_warps_issue_stalled_{reason}_per_issue_active.ratio" for reason in STALL_REASONS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", help="our kernels to include with --suite full, comma-separated")
     parser.add_argument("--only", help="regular expression on case ids")
     parser.add_argument("--out", type=Path, required=True, help="folder for instructions.jsonl and ncu's raw output")
+    parser.add_argument("--stalls", action="store_true", help="also each stall reason per issued instruction")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not ncu.available():
         print("instruction_mix: needs a CUDA device and ncu; run this on the GPU machine", file=sys.stderr)
@@ -53,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instruction_mix: {err}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    cmd = ncu.command([sys.executable, "-m", "validation.measure", "--profile-pass", *argv], METRICS)
+    metrics = METRICS + (ncu.optional_counters(STALLS) if args.stalls else [])
+    passed = [a for a in argv if a != "--stalls"]
+    cmd = ncu.command([sys.executable, "-m", "validation.measure", "--profile-pass", *passed], metrics)
     done = subprocess.run(cmd, capture_output=True, text=True)
     (args.out / "ncu-instructions.csv").write_text(done.stdout)
     (args.out / "ncu-instructions.log").write_text(done.stderr)

@@ -50,14 +50,14 @@ def available() -> bool:
     return shutil.which("ncu") is not None
 
 
-def optional_counters() -> list[str]:
-    """The tensor counters this ncu and GPU know."""
+def optional_counters(wanted: list[str] = TENSOR_COUNTERS) -> list[str]:
+    """The metrics of `wanted` (by default the tensor counters) that this ncu and GPU know."""
     try:
         listing = subprocess.run(["ncu", "--query-metrics"], capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     known = {line.split()[0] for line in listing.splitlines() if line.strip()}
-    return [m for m in TENSOR_COUNTERS if m.split(".")[0] in known]
+    return [m for m in wanted if m.split(".")[0] in known]
 
 
 def command(python_args: list[str], metrics: list[str]) -> list[str]:
