@@ -61,8 +61,11 @@ def bound_line(k: KernelPrediction) -> str:
         share = k.resource_s["memory_latency"] / k.latency_s
         return (f"latency-bound: memory round trips take {pct(share)} of the latency, since each CTA keeps "
                 f"only its stage buffers in flight (busiest: {busiest})")
+    steps = "their own steps one after another"
+    if k.loop_instructions:
+        steps += f" (each warp issuing its {k.loop_instructions:,.0f} instructions per loop iteration in turn)"
     return (f"latency-bound: no unit is {pct(SATURATED)} busy (busiest: {busiest}); CTAs spend their time "
-            f"waiting on memory round trips and on their own steps one after another")
+            f"waiting on memory round trips and on {steps}")
 
 
 def _analytic_compute_line(k: KernelPrediction) -> str:

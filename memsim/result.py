@@ -39,6 +39,7 @@ class KernelPrediction:
     achieved: dict = field(default_factory=dict)  # ACHIEVED_KEYS -> per second over latency_s
     slots: int = 0  # CTAs resident on the whole GPU at once (ctas_per_sm x SMs)
     warps_per_cta: int = 0
+    loop_instructions: float | None = None  # each warp's per loop iteration, where given (DES only)
 
     @staticmethod
     def from_time(t: KernelTime) -> "KernelPrediction":

@@ -85,6 +85,16 @@ def test_des_decode_is_latency_bound_and_says_which_unit_is_busiest():
     busiest = max(k.utilisation, key=k.utilisation.get)
     assert line.startswith("latency-bound: no unit is 60% busy")
     assert f"busiest: {UNIT_NAMES[busiest]} {round(100 * k.utilisation[busiest])}%" in line
+    assert "instructions" not in line  # none were given
+
+
+def test_latency_line_names_the_loop_instructions_it_was_given():
+    from memsim.resources import FIRST_LAUNCH, CtaResources
+
+    shape = AttentionShape(q_heads=8, q_len=1, kv_len=32768)
+    p = predict("flash2", shape, engine="des", resources={FIRST_LAUNCH: CtaResources(loop_instructions=1234.0)})
+    assert p.main_kernel.loop_instructions == 1234.0 and p.as_dict()["kernels"][0]["loop_instructions"] == 1234.0
+    assert "each warp issuing its 1,234 instructions per loop iteration in turn" in explain(p)[0]
 
 
 def test_register_limited_occupancy_names_registers():

@@ -31,5 +31,5 @@ def kernel_prediction(r: LaunchResult) -> KernelPrediction:
         resource_s=dict(r.busy_s), utilisation=utilisation,
         achieved=achieved(c.tensor_flops, totals["hbm_read"] + totals["hbm_write"],
                           totals["l2_read"] + totals["l2_write"], r.latency_s),
-        slots=r.occupancy.slots, warps_per_cta=launch.warps_per_cta,
+        slots=r.occupancy.slots, warps_per_cta=launch.warps_per_cta, loop_instructions=launch.loop_instructions,
     )
