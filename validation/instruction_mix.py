@@ -17,12 +17,11 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
 from validation import ncu
-from validation.measure import environment, select
+from validation.measure import add_case_arguments, environment, launches_by_case, select
 
 METRICS = [
     "smsp__inst_executed.sum",
@@ -45,10 +44,7 @@ STALLS = [f"smsp__average_warps_issue_stalled_{reason}_per_issue_active.ratio" f
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="third-party", help="third-party, full or smoke")
-    parser.add_argument("--ours", help="our kernels to include with --suite full, comma-separated")
-    parser.add_argument("--only", help="regular expression on case ids")
-    parser.add_argument("--out", type=Path, required=True, help="folder for instructions.jsonl and ncu's raw output")
+    add_case_arguments(parser, "folder for instructions.jsonl and ncu's raw output", out_required=True)
     parser.add_argument("--stalls", action="store_true", help="also each stall reason per issued instruction")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not ncu.available():
@@ -66,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     done = subprocess.run(cmd, capture_output=True, text=True)
     (args.out / "ncu-instructions.csv").write_text(done.stdout)
     (args.out / "ncu-instructions.log").write_text(done.stderr)
-    by_case: dict[str, list[dict]] = {c.id: [] for c in cases}
-    for launch in ncu.parse(done.stdout):
-        if launch["range"] in by_case:
-            by_case[launch["range"]].append(launch)
+    by_case = launches_by_case(cases, ncu.parse(done.stdout))
     env = environment()
     with open(args.out / "instructions.jsonl", "w") as f:
         for case in cases:

@@ -37,6 +37,23 @@ def environment() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
 
+def add_case_arguments(parser: argparse.ArgumentParser, out_help: str, out_required: bool = False) -> None:
+    """The options that choose a suite's cases (read back by `select`) and the output folder."""
+    parser.add_argument("--suite", default="third-party", help="third-party, full or smoke")
+    parser.add_argument("--ours", help="our kernels to include with --suite full, comma-separated")
+    parser.add_argument("--only", help="regular expression on case ids")
+    parser.add_argument("--out", type=Path, required=out_required, help=out_help)
+
+
+def launches_by_case(cases: list[Case], launches: list[dict]) -> dict[str, list[dict]]:
+    """Case id -> the profiled launches in its NVTX range, in launch order."""
+    by_case: dict[str, list[dict]] = {c.id: [] for c in cases}
+    for launch in launches:
+        if launch["range"] in by_case:
+            by_case[launch["range"]].append(launch)
+    return by_case
+
+
 def select(args) -> list[Case]:
     ours = tuple(k for k in (args.ours or "").split(",") if k)
     cases = suite(args.suite, ours)
@@ -87,20 +104,13 @@ def counters(cases: list[Case], argv: list[str], out: Path) -> dict[str, list[di
         (out / f"{name}.csv").write_text(done.stdout)
         (out / f"{name}.log").write_text(done.stderr)
         runs.append(ncu.parse(done.stdout))
-    by_case: dict[str, list[dict]] = {c.id: [] for c in cases}
-    for launch in ncu.merge(runs):
-        if launch["range"] in by_case:
-            by_case[launch["range"]].append(launch)
-    return by_case
+    return launches_by_case(cases, ncu.merge(runs))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="third-party", help="third-party, full or smoke")
-    parser.add_argument("--ours", help="our kernels to include with --suite full, comma-separated")
-    parser.add_argument("--only", help="regular expression on case ids")
-    parser.add_argument("--out", type=Path, help="folder for measurements.jsonl and ncu's raw output")
+    add_case_arguments(parser, "folder for measurements.jsonl and ncu's raw output")
     parser.add_argument("--no-ncu", action="store_true", help="times only")
     parser.add_argument("--profile-pass", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
