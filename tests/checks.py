@@ -184,10 +184,11 @@ def assert_usage_error_on_one_line(code: int, out: str, err: str, words) -> None
 def attention_shapes(draw, algo, kv_heads=(1, 2, 4, 8), groups=(1, 2, 4, 8), kv_len=(1, 16384), q_len=(1, 8192),
                      batch=(1, 4), head_dims=(32, 64, 80, 96, 128, 256), dtypes=("fp16", "bf16")):
     """Shapes `algo` models (memsim.algorithms.base.Algorithm's constraints): q_len 1 for decode
-    kernels, causal where it is causal only, q_len == kv_len where its causal form needs it.
+    kernels, causal where it is causal only, q_len == kv_len where its causal form needs it, one q head per kv
+    head where it models no GQA.
     Ranges are (least, most) pairs; the others are the values to draw from."""
     heads = draw(st.sampled_from(kv_heads))
-    group = draw(st.sampled_from(groups))
+    group = draw(st.sampled_from(groups)) if algo.gqa else 1
     keys = draw(st.integers(*kv_len))
     queries = 1 if algo.decode_only else draw(st.integers(*q_len))
     causal = True if algo.causal_only else draw(st.booleans())

@@ -205,10 +205,14 @@ def test_validation_gives_memsim_the_registers_and_shared_memory_ncu_reported():
                                                            given.loop_instructions)}
     # ncu counted 161.6 M warp instructions: over 4 warps x 16 heads x 32 q-blocks x 64 key blocks of 64 keys
     assert given.loop_instructions == pytest.approx(1232.8, abs=0.1)
-    # The math path's casts and copies (PyTorch's own kernels) left aside, its GEMMs and softmax pair with memsim's
-    # three launches; only the softmax has as many threads per CTA as memsim's, and gets its instruction count.
+    # The math path's launches pair with memsim's sdpa_math launches one by one (its one-CTA fill left out on both
+    # sides): PyTorch's elementwise kernels take their registers; the softmax, with as many threads per CTA but
+    # another grid, only its instruction count; cuBLAS's 128-thread GEMM CTAs are not memsim's 256-thread ones.
     math = map_case(new["sdpa_math.b1h16k16n1024m1024d128c0.bf16"])
-    assert list(math.resources) == ["standard_softmax"] and math.resources["standard_softmax"].loop_instructions
+    assert math.resources["math_cast_q"] == CtaResources(32, None, None)
+    assert math.resources["math_softmax"].registers_per_thread is None
+    assert math.resources["math_softmax"].loop_instructions
+    assert "math_qk" not in math.resources and "math_pv" not in math.resources
 
 
 def test_two_ncu_runs_merge_by_position_in_each_range():

@@ -181,11 +181,10 @@ def map_flex(row: dict) -> Mapped:
 
 
 def map_sdpa_math(row: dict) -> Mapped:
-    """The math path: Q K^T, softmax and P V as separate kernels (plus casts): memsim's standard attention, in fp32,
-    as its GEMMs run (sm80_xmma_gemm_f32f32_..._ffma: fp32 operands, FMA on the CUDA cores, TF32 off)."""
-    shape = replace(shape_of(row), dtype="fp32")
-    return Mapped("standard", shape, None, how="three-kernel standard attention in fp32 (the casts from and to "
-                                               f"{row['dtype']} are not modelled)")
+    """The math path: memsim's sdpa_math, PyTorch's launches around standard attention in fp32 (casts, scales, the
+    masked-row check), its GEMMs as they run (sm80_xmma_gemm_f32f32_..._ffma: FMA on the CUDA cores, TF32 off)."""
+    return Mapped("sdpa_math", shape_of(row), None, how="PyTorch's math path: casts, scales, GEMMs in fp32, softmax "
+                                                        "and the masked-row check, every launch")
 
 
 MAPPERS = {"sdpa_flash": map_sdpa_flash, "sdpa_cudnn": map_sdpa_cudnn, "sdpa_efficient": map_sdpa_efficient,
@@ -292,7 +291,7 @@ def launch_resources(mapped: Mapped, row: dict) -> dict:
     algorithm = ALGORITHMS[mapped.algo]
     tiles = mapped.tiles or algorithm.default_tiles(_gpu(GPU), mapped.shape)
     ours = [launch for launch in algorithm.schedule(mapped.shape, tiles, mapped.pass_)
-            if mapped.kernels is None or launch.name in mapped.kernels]
+            if (mapped.kernels is None or launch.name in mapped.kernels) and launch.grid > 1]  # as main_launches
     theirs = list(enumerate(main_launches(row)))  # (position among the case's launches, launch)
     if len(ours) != len(theirs):  # PyTorch's own fills and casts around the attention launches do not pair
         theirs = [(i, k) for i, k in theirs if not k["kernel"].startswith(TORCH_ELEMENTWISE)]

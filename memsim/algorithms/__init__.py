@@ -1,7 +1,7 @@
 """Every attention algorithm memsim models, one file each. ALGORITHMS maps a name to its Algorithm."""
 
 from memsim.algorithms import (flash1, flash2, flash3, flash_decoding, flash_decoding_pp, lightning, linear,
-                               moba, nsa, paged, standard)
+                               moba, nsa, paged, sdpa_math, standard)
 from memsim.algorithms.base import PASSES, Algorithm
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
@@ -17,6 +17,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     lightning.ALGORITHM_NO_DECAY,
     moba.ALGORITHM,
     nsa.ALGORITHM,
+    sdpa_math.ALGORITHM,
 )}
 
 __all__ = ["ALGORITHMS", "PASSES", "Algorithm"]

@@ -26,6 +26,7 @@ class Algorithm:
     causal_only: bool = False  # models only causal attention
     causal_needs_square: bool = False  # causal form needs q_len == kv_len (a chunked scan over the whole sequence)
     windows: bool = True  # models sliding-window attention
+    gqa: bool = True  # models kv_heads < q_heads (GQA/MQA)
     # (shape, tiles, pass) -> the launches as schedules for the discrete-event engine; None: not yet
     schedule: Callable[[AttentionShape, TileConfig, str], list] | None = None
 
