@@ -46,6 +46,7 @@ class KernelCost:
     traffic: Mapping[str, Traffic]  # tensor name -> bytes
     inflight_bytes_per_cta: float  # bytes a CTA keeps in flight from memory (stages x tile)
     softmax_overlaps_mma: bool = False  # FlashAttention-3 ping-pong: vector work hides under matmuls
+    ordered_atomic_rounds: int = 0  # fenced atomics each thread of a CTA issues one after another (at its end)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):

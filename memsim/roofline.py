@@ -69,12 +69,15 @@ def kernel_time(gpu: GPUSpec, ceilings: Ceilings, cost: KernelCost) -> KernelTim
         "hbm": (total.hbm_read + total.hbm_write) / ceilings.hbm_bandwidth_bytes_per_s,
         "l2": (total.l2_read + total.l2_write) / ceilings.l2_bandwidth_bytes_per_s,
         "memory_latency": occ.waves * round_trips * ceilings.hbm_latency_s,
+        # Each CTA ends waiting out its threads' ordered atomics one after another, holding its slot: a tail per
+        # wave that the closed form adds rather than overlaps (the DES overlaps it with the CTAs still loading).
+        "ordered_atomics": occ.waves * cost.ordered_atomic_rounds * ceilings.ordered_atomic_latency_s,
         "launch": ceilings.launch_overhead_s,
     }
     busy = {"compute": compute_s * tail, **{k: resource_s[k] for k in ("hbm", "l2", "memory_latency")}}
     slowest = max(busy, key=busy.get)
     critical = slowest if slowest != "compute" else max(("tensor", "cuda", "sfu"), key=resource_s.get)
-    latency_s = busy[slowest] + ceilings.launch_overhead_s
+    latency_s = busy[slowest] + resource_s["ordered_atomics"] + ceilings.launch_overhead_s
     if ceilings.launch_overhead_s > busy[slowest]:
         critical = "launch"
     return KernelTime(cost, occ, resource_s, latency_s, critical)

@@ -319,6 +319,11 @@ def launch_resources(mapped: Mapped, row: dict) -> dict:
 # memsim.schedules.flash2_bwd's main kernel; the delta kernel before it has a BLOCK_M of rows too.
 MAIN_LAUNCH = {"flash2_bwd": "_flash2_bwd_dkdv"}
 
+# Our kernel -> the launch whose pipeline stages memsim's tiles take, where the main launch has no loop to pipeline:
+# linear attention's output kernel is one matmul per CTA (memsim.schedules.linear.output_kernel); its state kernel
+# streams K and V through 3 stages (kernels/linear.py, state_config), as memsim's state kernel does tiles.num_stages.
+STAGES_LAUNCH = {"linear": "linear_state_kernel"}
+
 # Where memsim's schedule and our kernel differ, what the prediction counts that the kernel does not, or the other
 # way round (appended to Mapped.how for the report).
 NOT_MODELLED = {
@@ -346,12 +351,16 @@ def _main_config(row: dict, configs: list[dict]) -> dict:
     (not an init or combine pass)."""
     name = MAIN_LAUNCH.get(row["kernel"])
     if name is not None:
-        found = [c for c in configs if c["kernel"] == name]
-        if not found:
-            raise Unmapped(f"{row['kernel']}: no {name} among the recorded launches "
-                           f"{', '.join(c['kernel'] for c in configs)}")
-        return found[0]
+        return _config_named(row, configs, name)
     return next((c for c in configs if c["block_m"] > 1), configs[0])
+
+
+def _config_named(row: dict, configs: list[dict], name: str) -> dict:
+    found = [c for c in configs if c["kernel"] == name]
+    if not found:
+        raise Unmapped(f"{row['kernel']}: no {name} among the recorded launches "
+                       f"{', '.join(c['kernel'] for c in configs)}")
+    return found[0]
 
 
 def _check_moba(row: dict) -> None:
@@ -377,7 +386,8 @@ def map_ours(row: dict, gpu: str = GPU) -> Mapped:
     base = ALGORITHMS[algo].default_tiles(_gpu(gpu), shape)
     tiles = replace(base, block_m=main["block_m"], block_n=main["block_n"] if main["block_n"] > 1 else base.block_n,
                     num_warps=main["num_warps"],
-                    num_stages=main["num_stages"], num_splits=row.get("num_splits") or base.num_splits,
+                    num_stages=_config_named(row, configs, STAGES_LAUNCH[row["kernel"]])["num_stages"]
+                    if row["kernel"] in STAGES_LAUNCH else main["num_stages"], num_splits=row.get("num_splits") or base.num_splits,
                     page_size=row.get("page_size") or base.page_size, **KERNEL_STRUCTURE.get(row["kernel"], {}))
     how = f"the kernel's own launch config ({main['kernel']})"
     if row["kernel"] in NOT_MODELLED:

@@ -40,6 +40,7 @@ from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
 
 # phi(x) = elu(x) + 1 = x + 1 if x > 0 else exp(x): exp 1 (SFU), add 1, select 1
+ATOMIC_BYTES = 16  # one atomic instruction of a thread: 4 fp32 lanes (kernels/linear.py's SASS)
 PHI_OPS = 3
 PHI_EXP = 1
 CHUNK = 64  # chunk length of flash-linear-attention's chunked kernels (BT = 64)
@@ -180,6 +181,15 @@ def causal_forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Ke
 
 # ---- non-causal: state, then output ---------------------------------------------------------
 
+def ordered_atomic_rounds(state_bytes: float, tiles: TileConfig) -> int:
+    """The atomics each thread of a state CTA issues one after another to add its partial state: each adds
+    ATOMIC_BYTES (4 fp32 lanes, ATOMG.E.ADD.F32x4); ordered (acq_rel, TileConfig.atomic_sem) each waits out a
+    fenced round trip. 0 for relaxed atomics, which the warps do not wait for."""
+    if tiles.atomic_sem != "acq_rel":
+        return 0
+    return ceil(state_bytes / (tiles.threads * ATOMIC_BYTES))
+
+
 def state_bytes_per_head(head_dim: int) -> int:
     """KV (d x d) and z (d), fp32."""
     return (head_dim * head_dim + head_dim) * ACCUMULATOR_BYTES
@@ -212,7 +222,9 @@ def state_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Kern
     else:
         lines = shared_hbm_reads(kv_heads, s, slots, per_head, gpu.l2_bytes)
         state = Traffic(l2_write=grid * per_head, hbm_read=lines, hbm_write=lines)
-        how = f"{s} partial states per head reduced by fp32 atomic adds in L2 (after a memset of the buffer)"
+        rounds = ordered_atomic_rounds(per_head, tiles)
+        how = (f"{s} partial states per head reduced by fp32 atomic adds in L2 (after a memset of the buffer)"
+               + (f", {rounds} ordered (acq_rel) atomics per thread one after another" if rounds else ", relaxed"))
     elements = chunks * bn * d  # whole tiles
     dequant = kv_load_work(shape, 2 * shape.kv_len * d)
     cuda = kv_heads * (elements * (PHI_OPS + 1) + dequant.cuda_ops)
@@ -223,6 +235,7 @@ def state_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Kern
         exp_ops=kv_heads * (elements * PHI_EXP + dequant.exp_ops),
         traffic={"K": Traffic.streamed(read=kv_bytes), "V": Traffic.streamed(read=kv_bytes), "KV_state": state},
         inflight_bytes_per_cta=tiles.num_stages * 2 * bn * d * kv_e, notes=(how,),
+        ordered_atomic_rounds=0 if s == 1 else ordered_atomic_rounds(per_head, tiles),
     )
 
 

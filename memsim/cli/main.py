@@ -16,7 +16,7 @@ from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
-from memsim.workload.tiles import DQ_MODES
+from memsim.workload.tiles import ATOMIC_SEMS, DQ_MODES
 from memsim.cli import capacity as capacity_cli, render, run as run_cli, sweep as sweep_cli, validate
 from memsim.cli.progress import ctas_progress
 
@@ -55,6 +55,9 @@ def cli():
 @click.option("--dq", type=click.Choice(DQ_MODES), help="flash2 backward: dQ by fp32 atomics in L2 (atomic, "
               "flash-attention's CUDA kernels; default) or in a kernel of its own that recomputes S and dP (separate, "
               "the Triton tutorial and kernels/flash2.py).")
+@click.option("--atomic-sem", type=click.Choice(ATOMIC_SEMS), help="linear: the ordering of the atomics that add the "
+              "partial states: acq_rel (Triton's default for tl.atomic_add: each thread's atomics one at a time, each "
+              "behind a GPU-scope fence; default) or relaxed (the warps go on).")
 @click.option("--mma", type=click.Choice(MMA_PATHS), help="The instruction the kernel's matrix products compile to: "
               "fastest (the GPU's own, wgmma on Hopper; default), mma_sync (sm_80 code such as FlashAttention-2) "
               "or fma (CUDA cores, no tensor cores).")
@@ -90,7 +93,7 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, dq, mma, spill_iteration, spill_cta, registers,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, dq, atomic_sem, mma, spill_iteration, spill_cta, registers,
                 smem_bytes, loop_instructions, pass_, engine, faithful, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
@@ -101,7 +104,7 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                      num_splits=splits, page_size=page_size, q_reload=reload_q or None,
-                     v_prefetch=False if no_v_prefetch else None, dq=dq, mma=mma,
+                     v_prefetch=False if no_v_prefetch else None, dq=dq, atomic_sem=atomic_sem, mma=mma,
                      spill_bytes_per_iteration=spill_iteration, spill_bytes_per_cta=spill_cta)
     given = (registers, smem_bytes, loop_instructions)
     resources = {FIRST_LAUNCH: CtaResources(*given)} if any(v is not None for v in given) else None

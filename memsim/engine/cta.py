@@ -149,13 +149,16 @@ def _both(env: simpy.Environment, a: simpy.Event, b: simpy.Event) -> simpy.Event
 
 def store_tile(m: Machine, step: Store | Atomic, cohort: Cohort):
     """Write into L2 (write-back cache). An atomic (red.global.add) needs its line in L2: a
-    missing line comes from HBM, but no data moves to the SM."""
+    missing line comes from HBM, but no data moves to the SM. Ordered atomics (acq_rel) keep the CTA a
+    fenced round trip per atomic each thread issues (validation/atomic_probe.py)."""
     key, nbytes, members = _key(step, cohort)
     if isinstance(step, Atomic):
         yield from _fetch_line(m, key, nbytes, step.tensor, members)
     m.counters.l2_write[step.tensor] += step.bytes * cohort.weight
     yield m.units["l2"].use(step.bytes, cohort.weight)
     m.write_back(m.l2.insert(key, nbytes, step.tensor, dirty=True, members=members))
+    if isinstance(step, Atomic) and step.ordered_rounds:
+        yield m.env.timeout(step.ordered_rounds * m.ceilings.ordered_atomic_latency_s)
 
 
 def spill(m: Machine, step: Spill, cohort: Cohort) -> None:

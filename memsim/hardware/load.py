@@ -98,7 +98,7 @@ def _calibration(reader: _Reader, raw: object) -> Calibration:
     numeric = {"hbm_bandwidth_bytes_per_s", "l2_bandwidth_bytes_per_s", "hbm_latency_s", "l2_hit_latency_s",
                "cuda_core_fp32_flops_per_s", "sfu_ops_per_s", "launch_overhead_s", "l2_dirty_resident_bytes",
                "l2_dirty_lifetime_bytes", "l2_shared_tile_age_weight", "dependent_step_latency_s",
-               "warp_cycles_per_instruction"}
+               "warp_cycles_per_instruction", "ordered_atomic_latency_s"}
     _check_keys(body, numeric | {"device", "date", "tensor_flops_per_s"}, {"device", "date"},
                 reader.where, prefix="calibration.")
     sub = _Reader(reader.where, reader.references)

@@ -56,6 +56,9 @@ class Calibration:
     # (validation/fit_step_latency.py --cpi); used where a launch's instruction count is known
     # (memsim.resources.CtaResources.loop_instructions).
     warp_cycles_per_instruction: float | None = None
+    # One ordered (acq_rel) atomic of a thread behind its GPU-scope fence, round trip to L2 and back, with many
+    # CTAs doing the same (validation/atomic_probe.py): what Triton's tl.atomic_add costs by default.
+    ordered_atomic_latency_s: float | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -77,6 +80,7 @@ class Ceilings:
     l2_shared_tile_age_weight: float = 1.0  # 1: a tile read by many CTAs ages dirty lines as one read once
     dependent_step_latency_s: float = 0.0  # 0 where nothing was fitted: a chain of steps costs only their work
     warp_cycles_per_instruction: float = 1.0  # where nothing was measured: one warp may issue every clock
+    ordered_atomic_latency_s: float = 0.0  # 0 where nothing was measured: ordered atomics cost only bandwidth
     mma: str = "fastest"  # the matrix instruction tensor_flops_per_s is the rate of (MMA_PATHS)
     mma_pipe: str = "tensor"  # the SM pipe matrix work runs on: "cuda" for FMA on the CUDA cores
 
@@ -167,6 +171,7 @@ class GPUSpec:
             l2_shared_tile_age_weight=cal.l2_shared_tile_age_weight or 1.0,
             dependent_step_latency_s=cal.dependent_step_latency_s or 0.0,
             warp_cycles_per_instruction=cal.warp_cycles_per_instruction or 1.0,
+            ordered_atomic_latency_s=cal.ordered_atomic_latency_s or 0.0,
         )
 
 

@@ -124,7 +124,7 @@ def state_kernel(shape: AttentionShape, tiles: TileConfig) -> Launch:
     per_head = linear.state_bytes_per_head(d)
     per_chunk = VectorOps(bn * d * (linear.PHI_OPS + 1), bn * d * linear.PHI_EXP)  # phi(K), z += column sums
     update = Mma(2.0 * bn * d * d, tensor_core_dtype(shape.dtype))
-    reduce = Store if s == 1 else Atomic
+    rounds = linear.ordered_atomic_rounds(per_head, tiles)
 
     def program(pid: int) -> CtaProgram:
         split, kvh = pid % s, pid // s
@@ -140,7 +140,9 @@ def state_kernel(shape: AttentionShape, tiles: TileConfig) -> Launch:
         def compute(i: int):
             return (vector(per_chunk + kv_load_work(shape, 2 * rows(i) * d)), update)
 
-        return CtaProgram(loop=Loop(last - first, loads, compute), epilogue=(reduce("KV_state", region, 0, per_head),))
+        reduce = Store("KV_state", region, 0, per_head) if s == 1 else \
+            Atomic("KV_state", region, 0, per_head, ordered_rounds=rounds)
+        return CtaProgram(loop=Loop(last - first, loads, compute), epilogue=(reduce,))
 
     return Launch(
         name="linear_state", grid=shape.batch * shape.kv_heads * s, warps_per_cta=tiles.num_warps,

@@ -36,12 +36,15 @@ class Store:
 
 @dataclass(frozen=True)
 class Atomic:
-    """Read-modify-write of a tile in L2 (fp32 atomic adds), e.g. dQ in the FlashAttention-2 backward."""
+    """Read-modify-write of a tile in L2 (fp32 atomic adds), e.g. dQ in the FlashAttention-2 backward.
+    `ordered_rounds`: where the atomics are ordered (acq_rel), the ones each thread issues one after another,
+    each waiting out a fenced round trip (TileConfig.atomic_sem); 0 for relaxed atomics."""
 
     tensor: str
     region: Hashable
     index: int
     bytes: float
+    ordered_rounds: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from memsim.hardware.spec import MMA_PATHS
 
 LOOP_ORDERS = ("q_outer", "kv_outer")  # FlashAttention-2 order / FlashAttention-1 order
 DQ_MODES = ("atomic", "separate")  # FlashAttention-2 backward: dQ by fp32 atomics / in its own kernel
+ATOMIC_SEMS = ("acq_rel", "relaxed")  # Triton's tl.atomic_add semantics: its default / fire and forget
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +34,11 @@ class TileConfig:
     `dq` is how a FlashAttention-2 backward computes dQ: "atomic" (flash-attention's CUDA kernels: the
     key-block CTA adds dS K into an fp32 accumulator in L2) or "separate" (the Triton tutorial 06 and
     kernels/flash2.py: no atomics, a second kernel of BLOCK_N-row query tiles over BLOCK_M-key blocks,
-    the key-block kernel's tile transposed, recomputes S and dP; memsim.algorithms.flash2_bwd_separate_dq).
+    the key-block kernel's tile transposed, recomputes S and dP; memsim.algorithms.flash2_bwd_separate_dq);
+    `atomic_sem` is the ordering of the atomic adds that reduce linear attention's partial states: "acq_rel"
+    (Triton's default for tl.atomic_add: each thread's atomics one at a time, each behind a GPU-scope fence and
+    waiting for its result, MEMBAR.ALL.GPU + ATOMG in the SASS) or "relaxed" (RED: the warps go on).
+    FlashAttention-2's dQ atomics are atomicAdd, relaxed, whatever this says.
     """
 
     block_m: int = 128
@@ -47,6 +52,7 @@ class TileConfig:
     v_prefetch: bool = True
     mma: str = "fastest"
     dq: str = "atomic"
+    atomic_sem: str = "acq_rel"
     spill_bytes_per_iteration: int = 0
     spill_bytes_per_cta: int = 0
 
@@ -68,6 +74,8 @@ class TileConfig:
             raise MemsimError(f"mma = {self.mma!r} is not known; use one of {', '.join(MMA_PATHS)}")
         if self.dq not in DQ_MODES:
             raise MemsimError(f"dq = {self.dq!r} is not known; use one of {', '.join(DQ_MODES)}")
+        if self.atomic_sem not in ATOMIC_SEMS:
+            raise MemsimError(f"atomic_sem = {self.atomic_sem!r} is not known; use one of {', '.join(ATOMIC_SEMS)}")
         if self.loop_order not in LOOP_ORDERS:
             raise MemsimError(f"loop_order = {self.loop_order!r} is not known; use one of {', '.join(LOOP_ORDERS)}")
 

@@ -1,0 +1,76 @@
+"""Ordered (acq_rel) atomics: each thread's atomics one after another, each a fenced round trip
+(memsim.engine.cta.store_tile, memsim.roofline), the H100's latency from validation/atomic_probe.py, and linear
+attention's state kernel, whose partial states are added with them."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memsim import AttentionShape, TileConfig, predict
+from memsim.algorithms import linear
+from memsim.engine import simulate
+from memsim.errors import MemsimError
+from memsim.hardware import load_gpu
+from memsim.schedules.steps import Atomic, CtaProgram, Launch
+
+from checks import assert_refused_on_one_line
+
+H100 = load_gpu("H100-SXM5-80GB")
+RESULTS = Path(__file__).parents[1] / "validation" / "results" / "h100"
+
+
+def one_cta_adding(rounds: int) -> Launch:
+    program = CtaProgram(epilogue=(Atomic("acc", ("head", 0), 0, 64 * 1024, ordered_rounds=rounds),))
+    return Launch(name="adder", grid=1, warps_per_cta=8, smem_buffers={}, registers_per_thread=32, num_stages=1,
+                  program=lambda pid: program)
+
+
+def test_each_ordered_round_adds_one_fenced_round_trip_and_nothing_else():
+    ceilings = H100.ceilings()
+    (relaxed,), (ordered,) = (simulate(H100, ceilings, [one_cta_adding(r)]) for r in (0, 16))
+    assert ordered.latency_s - relaxed.latency_s == pytest.approx(16 * ceilings.ordered_atomic_latency_s, rel=1e-9)
+    for key in ("hbm_read", "l2_write"):
+        assert ordered.counters.totals()[key] == relaxed.counters.totals()[key]
+
+
+def test_the_h100_preset_takes_the_probes_loaded_figure_and_ordering_costs_far_more_than_relaxed():
+    record = json.loads((RESULTS / "atomic-probe-2026-11-23.json").read_text())
+    slope = {(s["semantics"], s["ctas"], s["ctas_per_address"], s["warps"]): s["seconds_per_round"]
+             for s in record["slopes"]}
+    assert H100.ceilings().ordered_atomic_latency_s == pytest.approx(slope["acq_rel", 128, 8, 4], abs=1e-9)
+    for ctas, share, warps in ((1, 1, 4), (128, 1, 4), (128, 8, 4), (128, 8, 8)):
+        assert slope["acq_rel", ctas, share, warps] > 2 * slope["relaxed", ctas, share, warps]
+    assert slope["acq_rel", 1, 1, 4] < slope["acq_rel", 128, 1, 4]  # a GPU full of fences waits longer
+
+
+def test_rounds_are_the_state_over_16_bytes_per_thread_and_none_when_relaxed():
+    acq_rel = TileConfig(num_warps=8, num_splits=8)
+    assert linear.ordered_atomic_rounds(linear.state_bytes_per_head(128), acq_rel) == 17  # (128^2 + 128) x 4 / 4096
+    assert linear.ordered_atomic_rounds(linear.state_bytes_per_head(128), TileConfig(num_warps=8, atomic_sem="relaxed")) == 0
+
+
+@pytest.mark.parametrize("engine", ["des", "analytic"])
+def test_linear_state_kernel_waits_out_its_ordered_atomics_in_both_engines(engine):
+    shape = AttentionShape(q_heads=16, q_len=4096, head_dim=128)
+    tiles = {sem: TileConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, num_splits=8, atomic_sem=sem)
+             for sem in ("acq_rel", "relaxed")}
+    state = {sem: predict("linear", shape, H100, t, engine=engine).kernels[0] for sem, t in tiles.items()}
+    assert state["acq_rel"].name == "linear_state"
+    rounds = linear.ordered_atomic_rounds(linear.state_bytes_per_head(128), tiles["acq_rel"])
+    wait_s = rounds * H100.ceilings().ordered_atomic_latency_s
+    assert state["acq_rel"].latency_s >= state["relaxed"].latency_s + 0.5 * wait_s
+    assert state["acq_rel"].bytes == state["relaxed"].bytes
+
+
+def test_one_split_stores_its_state_and_waits_for_no_atomics():
+    shape = AttentionShape(q_heads=16, q_len=4096, head_dim=128)
+    one = {sem: predict("linear", shape, H100, TileConfig(num_warps=8, num_splits=1, atomic_sem=sem), engine="des")
+           for sem in ("acq_rel", "relaxed")}
+    assert one["acq_rel"].kernels[0].latency_s == one["relaxed"].kernels[0].latency_s
+
+
+def test_an_unknown_ordering_is_refused_by_name():
+    assert_refused_on_one_line(lambda: TileConfig(atomic_sem="seq_cst"), ["atomic_sem", "'seq_cst'", "acq_rel", "relaxed"])
+    with pytest.raises(MemsimError):
+        TileConfig(atomic_sem="")
