@@ -2,6 +2,7 @@
 against the static SASS of the same kernels (validation.sass_loop): memsim's loop iterations are the kernel's."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,41 @@ def test_instructions_pair_past_pytorchs_own_launches_and_across_grids():
     assert set(resources) == {"linear_state", "linear_output"}
     assert resources["linear_state"].loop_instructions and resources["linear_state"].registers_per_thread is None
     assert resources["linear_output"].loop_instructions and resources["linear_output"].registers_per_thread
+
+
+def loop_body(sass_text: str, first: str, last: str) -> list[str]:
+    """The opcodes of the instructions from address `first` to `last` (hex) of a cuobjdump listing."""
+    body, inside = [], False
+    for address, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", sass_text):
+        inside = inside or int(address, 16) == int(first, 16)
+        if inside:
+            body.append(text.split()[1] if text.startswith("@") else text.split()[0])
+        if int(address, 16) == int(last, 16):
+            break
+    return body
+
+
+def test_lightnings_loop_waits_for_every_copy_it_issued_after_its_matmuls_so_it_is_mapped_as_one_stage():
+    """The committed sm_90 SASS of our Lightning scan (launched with 2 stages): the loop opens by waiting for no
+    copy group to remain in flight, and issues the next iteration's copies only after its last matrix instruction;
+    validation maps it as one stage (no load overlapping the iteration's compute)."""
+    record = json.loads(next(Path(RESULTS).glob("sass-loops-lightning-b1h16k16n4096m4096d128c1-*.json")).read_text())
+    (launch,) = record["launches"]
+    (loop,) = launch["loops"]
+    assert launch["num_stages"] == 2
+    text = next(Path(RESULTS).glob("sass-lightning-b1h16k16n4096m4096d128c1-*.sass")).read_text()
+    first = re.search(rf"/\*{loop['from'][2:]}\*/\s+([^;]+);", text).group(1)
+    assert first.split() == ["DEPBAR.LE", "SB0,", "0x0"]
+    body = loop_body(text, loop["from"], loop["to"])
+    last_mma = max(i for i, op in enumerate(body) if op.startswith("HGMMA"))
+    copies = [i for i, op in enumerate(body) if op.startswith("LDGSTS")]
+    assert len(body) == loop["instructions"] and copies and min(copies) > last_mma
+    assert map_case(ROWS["lightning.b1h16k16n4096m4096d128c1.bf16"]).tiles.num_stages == 1
+
+
+def test_linear_attention_takes_its_stages_from_its_state_kernel():
+    # The output kernel (the first with a BLOCK_M tile) is one matmul per CTA, launched with 1 stage; the state
+    # kernel streams K and V through 3.
+    row = ROWS["linear.b1h16k16n4096m4096d128c0.bf16"]
+    state = next(c for c in row["launch_configs"] if c["kernel"] == "linear_state_kernel")
+    assert state["num_stages"] == 3 and map_case(row).tiles.num_stages == 3

@@ -339,8 +339,10 @@ NOT_MODELLED = {
 
 # Our kernel -> the TileConfig fields its structure fixes: our backward computes dQ in a kernel of its own
 # (kernels/flash2.py), memsim.algorithms.flash2_bwd_separate_dq; our int8 decode loads its V codes into registers
-# in the iteration that uses them (TileConfig.v_prefetch: its sm_90 SASS, results/h100/sass-loops-kv_int8-*).
-KERNEL_STRUCTURE = {"flash2_bwd": {"dq": "separate"}, "kv_int8": {"v_prefetch": False}}
+# in the iteration that uses them (TileConfig.v_prefetch: its sm_90 SASS, results/h100/sass-loops-kv_int8-*); our
+# Lightning scan, launched with 2 stages, issues the next iteration's copies after its last matmul and waits for all
+# of them at the loop's top (DEPBAR.LE SB0, 0x0: results/h100/sass-lightning-*), so no load overlaps compute: 1 stage.
+KERNEL_STRUCTURE = {"flash2_bwd": {"dq": "separate"}, "kv_int8": {"v_prefetch": False}, "lightning": {"num_stages": 1}}
 
 # Our kernel -> memsim's launches that the measurement covers, where it does not cover all of them.
 MEASURED_KERNELS = {"moba": ("moba_attn",)}
@@ -388,7 +390,8 @@ def map_ours(row: dict, gpu: str = GPU) -> Mapped:
                     num_warps=main["num_warps"],
                     num_stages=_config_named(row, configs, STAGES_LAUNCH[row["kernel"]])["num_stages"]
                     if row["kernel"] in STAGES_LAUNCH else main["num_stages"], num_splits=row.get("num_splits") or base.num_splits,
-                    page_size=row.get("page_size") or base.page_size, **KERNEL_STRUCTURE.get(row["kernel"], {}))
+                    page_size=row.get("page_size") or base.page_size)
+    tiles = replace(tiles, **KERNEL_STRUCTURE.get(row["kernel"], {}))
     how = f"the kernel's own launch config ({main['kernel']})"
     if row["kernel"] in NOT_MODELLED:
         how += f"; {NOT_MODELLED[row['kernel']]}"
