@@ -13,17 +13,15 @@ addresses (as 8 key splits add into one state). Writes DIR/atomic-probe.json: fo
 address, warps, rounds), the median launch time (15 repeats), and the slope per round of each series.
 """
 
-import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-from validation.microbench import Device, header, time_gpu_s
+from validation.microbench import Device, header, probe_out_dir, time_gpu_s
 
 LANES_PER_THREAD = 4  # fp32 lanes of one 16-byte atomic
 ROUNDS = (128, 256, 512, 1024)
@@ -70,13 +68,9 @@ def slope_s(rows: list[dict]) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("atomic_probe: no CUDA device; run this on the GPU machine", file=sys.stderr)
+    out = probe_out_dir("atomic_probe", __doc__.splitlines()[0], argv)
+    if out is None:
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
     rows, slopes = [], []
     for ordered in (True, False):
         for ctas, share, warps in GRIDS:
@@ -89,7 +83,7 @@ def main(argv=None) -> int:
                   f"{per_round * 1e9:7.1f} ns per round ({ROUNDS[0]} rounds: {series[0]['median_s'] * 1e6:.1f} us)",
                   flush=True)
     record = {"method": __doc__.split("\n\n")[0], "rows": rows, "slopes": slopes, **header(Device())}
-    (args.out / "atomic-probe.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "atomic-probe.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -9,16 +9,14 @@ latency); the rate that more warps no longer raise is the SM's own ceiling. Writ
 (CTAs, warps), the bytes the SMs received per second (median of 15), per CTA and in total.
 """
 
-import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 from validation.microbench import (L2_BLOCK, L2_BUFFER_BYTES, L2_UNROLL, Device, header, l2_reference_sums,
-                                   launch_l2_reread, reread_bytes, require_close, time_gpu_s)
+                                   launch_l2_reread, probe_out_dir, reread_bytes, require_close, time_gpu_s)
 
 CTAS = (1, 4, 16, 32, 66, 132)
 WARPS = (4, 8, 16, 32)
@@ -38,13 +36,9 @@ def measure(x: torch.Tensor, ctas: int, warps: int, block_sums) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("l2_per_sm_probe: no CUDA device; run this on the GPU machine", file=sys.stderr)
+    out = probe_out_dir("l2_per_sm_probe", __doc__.splitlines()[0], argv)
+    if out is None:
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
     x = torch.rand(L2_BUFFER_BYTES // 4, device="cuda", dtype=torch.float32)
     block_sums = x.view(-1, L2_BLOCK).double().sum(dim=1).cpu().numpy()
     rows = []
@@ -55,7 +49,7 @@ def main(argv=None) -> int:
             print(f"{ctas:4d} CTAs x {warps:2d} warps: {r['bytes_per_s'] / 1e9:8.1f} GB/s, "
                   f"{r['bytes_per_s_per_cta'] / 1e9:6.1f} GB/s per CTA", flush=True)
     record = {"method": __doc__.split("\n\n")[0], "rows": rows, **header(Device())}
-    (args.out / "l2-per-sm.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "l2-per-sm.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -26,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 import time
 
 import numpy as np
@@ -597,6 +598,18 @@ MEASUREMENTS = (
 # ---------------------------------------------------------------------------------------------
 # The run: header, each measurement guarded, checks, JSON, table.
 # ---------------------------------------------------------------------------------------------
+
+
+def probe_out_dir(name: str, description: str, argv=None) -> "Path | None":
+    """A probe's command line (--out DIR, created): the folder, or None, said on stderr, where there is no GPU."""
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"{name}: no CUDA device; run this on the GPU machine", file=sys.stderr)
+        return None
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args.out
 
 
 def header(dev: Device) -> dict:

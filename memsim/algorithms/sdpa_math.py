@@ -52,8 +52,7 @@ ASSUMPTIONS = standard.ASSUMPTIONS[:2] + (
 @dataclass(frozen=True)
 class Elementwise:
     """One of PyTorch's elementwise launches: `elements` outputs, `per_cta` of them per CTA; bytes read and
-    written per tensor. `broadcast` tensors are one copy read by every CTA in turn (the causal bias across
-    heads): their reads come from HBM once."""
+    written per tensor, each streamed once."""
 
     name: str
     elements: float
@@ -73,8 +72,8 @@ class Elementwise:
 def check_shape(shape: AttentionShape) -> None:
     if shape.group_size > 1:
         raise MemsimError(f"sdpa_math models multi-head attention only (q_heads = kv_heads); q_heads = "
-                          f"{shape.q_heads}, kv_heads = {shape.kv_heads}: the math path repeats K and V per query "
-                          f"head under GQA, which memsim does not model; use standard")
+                          f"{shape.q_heads}, kv_heads = {shape.kv_heads}: under GQA the math path first copies K and V "
+                          f"out to every query head, which memsim does not model; use standard")
 
 
 def fp32(shape: AttentionShape) -> AttentionShape:
@@ -96,7 +95,7 @@ class Around:
 def elementwise_launches(shape: AttentionShape) -> Around:
     e = shape.element_bytes
     cast = e != FP32_BYTES
-    tag = "32" if cast else ""  # the GEMMs' operands: fp32 copies of Q, K and V, or the inputs themselves
+    tag = operand_tag(shape)
     heads = shape.batch * shape.q_heads
     q = float(heads * shape.q_len * shape.head_dim)
     kv = float(shape.batch * shape.kv_heads * shape.kv_len * shape.head_dim)
@@ -140,9 +139,14 @@ def default_tiles(gpu: GPUSpec, shape: AttentionShape) -> TileConfig:
     return dataclasses.replace(standard.default_tiles(gpu, fp32(shape)), mma="fma")
 
 
+def operand_tag(shape: AttentionShape) -> str:
+    """The suffix of the tensors the GEMMs read and write: "32" for the fp32 copies of half inputs, none for fp32."""
+    return "32" if shape.element_bytes != FP32_BYTES else ""
+
+
 def gemm_operands(shape: AttentionShape):
-    """The operands the math path's GEMMs read and write: fp32 copies when the input is not fp32."""
-    tag = "32" if shape.element_bytes != FP32_BYTES else ""
+    """The operands the math path's GEMMs read and write (Q, K, S, V, O)."""
+    tag = operand_tag(shape)
     return (standard.Operand(f"Q{tag}", FP32_BYTES), standard.Operand(f"K{tag}", FP32_BYTES),
             standard.Operand("S", FP32_BYTES), standard.Operand(f"V{tag}", FP32_BYTES),
             standard.Operand(f"O{tag}", FP32_BYTES))
