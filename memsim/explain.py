@@ -26,7 +26,7 @@ def explain(prediction: Prediction) -> list[str]:
     if prediction.engine == "analytic" and k.slots and k.waves * k.slots > k.grid_ctas:
         waves += (f"; the analytic model stretches compute time by the idle slots "
                   f"(x{k.waves * k.slots / k.grid_ctas:.2f})")
-    lines += [bound_line(k), memory_line(k), occupancy_line(k), waves, achieved_line(k),
+    lines += [bound_line(k), atomics_line(k), memory_line(k), occupancy_line(k), waves, achieved_line(k),
               BASIS.get(prediction.engine, "")]
     return [line for line in lines if line]
 
@@ -66,6 +66,15 @@ def bound_line(k: KernelPrediction) -> str:
         steps += f" (each warp issuing its {k.loop_instructions:,.0f} instructions per loop iteration in turn)"
     return (f"latency-bound: no unit is {pct(SATURATED)} busy (busiest: {busiest}); CTAs spend their time "
             f"waiting on memory round trips and on {steps}")
+
+
+def atomics_line(k: KernelPrediction) -> str:
+    """Where each CTA ends waiting for ordered atomics (linear attention's state reduction), how long: "" if not."""
+    if k.ordered_atomic_wait_s <= 0:
+        return ""
+    return (f"each CTA ends waiting {human_time(k.ordered_atomic_wait_s)} for its threads' ordered (acq_rel) atomics, "
+            f"one fenced round trip to L2 after another ({pct(k.ordered_atomic_wait_s / k.latency_s)} of the "
+            f"latency); relaxed atomics would not wait (--atomic-sem relaxed)")
 
 
 def _analytic_compute_line(k: KernelPrediction) -> str:

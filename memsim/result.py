@@ -40,6 +40,7 @@ class KernelPrediction:
     slots: int = 0  # CTAs resident on the whole GPU at once (ctas_per_sm x SMs)
     warps_per_cta: int = 0
     loop_instructions: float | None = None  # each warp's per loop iteration, where given (DES only)
+    ordered_atomic_wait_s: float = 0.0  # what each CTA waits out at its end for its threads' ordered atomics
 
     @staticmethod
     def from_time(t: KernelTime) -> "KernelPrediction":
@@ -56,6 +57,7 @@ class KernelPrediction:
             achieved=achieved(c.tensor_flops, total.hbm_read + total.hbm_write, total.l2_read + total.l2_write,
                               t.latency_s),
             slots=t.occupancy.slots, warps_per_cta=c.warps_per_cta,
+            ordered_atomic_wait_s=t.resource_s.get("ordered_atomics", 0.0) / max(t.occupancy.waves, 1),
         )
 
 

@@ -74,3 +74,20 @@ def test_an_unknown_ordering_is_refused_by_name():
     assert_refused_on_one_line(lambda: TileConfig(atomic_sem="seq_cst"), ["atomic_sem", "'seq_cst'", "acq_rel", "relaxed"])
     with pytest.raises(MemsimError):
         TileConfig(atomic_sem="")
+
+
+@pytest.mark.parametrize("engine", ["des", "analytic"])
+def test_explain_names_the_wait_for_ordered_atomics_and_only_where_there_is_one(engine):
+    from memsim.explain import explain
+    shape = AttentionShape(q_heads=16, q_len=4096, head_dim=128)
+    tiles = {sem: TileConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, num_splits=8, atomic_sem=sem)
+             for sem in ("acq_rel", "relaxed")}
+    ordered = predict("linear", shape, H100, tiles["acq_rel"], engine=engine)
+    state = ordered.kernels[0]
+    rounds = linear.ordered_atomic_rounds(linear.state_bytes_per_head(128), tiles["acq_rel"])
+    assert state.ordered_atomic_wait_s == pytest.approx(rounds * H100.ceilings().ordered_atomic_latency_s)
+    lines = [line for line in explain(ordered) if "ordered (acq_rel) atomics" in line]
+    assert len(lines) == 1 and "--atomic-sem relaxed" in lines[0]
+    relaxed = predict("linear", shape, H100, tiles["relaxed"], engine=engine)
+    assert relaxed.kernels[0].ordered_atomic_wait_s == 0
+    assert not [line for line in explain(relaxed) if "atomics" in line]

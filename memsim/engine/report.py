@@ -32,4 +32,5 @@ def kernel_prediction(r: LaunchResult) -> KernelPrediction:
         achieved=achieved(c.tensor_flops, totals["hbm_read"] + totals["hbm_write"],
                           totals["l2_read"] + totals["l2_write"], r.latency_s),
         slots=r.occupancy.slots, warps_per_cta=launch.warps_per_cta, loop_instructions=launch.loop_instructions,
+        ordered_atomic_wait_s=r.ordered_atomic_wait_s,
     )

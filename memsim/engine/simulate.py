@@ -12,7 +12,7 @@ from memsim.engine.dispatch import longest_loop, run_launch
 from memsim.engine.machine import BYTE_KEYS, Machine
 from memsim.hardware.spec import Ceilings, GPUSpec
 from memsim.occupancy import Occupancy, occupancy
-from memsim.schedules.steps import Launch
+from memsim.schedules.steps import Launch, ordered_atomic_rounds
 
 
 @dataclass
@@ -26,6 +26,7 @@ class LaunchResult:
     cohorts: list
     unit_intervals: dict  # unit -> [(start, end)] when tracing
     extrapolated_ctas: int = 0  # CTAs added at the steady rate instead of simulated (memsim.engine.extrapolate)
+    ordered_atomic_wait_s: float = 0.0  # each CTA's wait for its threads' ordered atomics (memsim.engine.cta)
     pooled_joins: int = 0  # cohorts whose SM group's pipes were pooled over unlike SMs (memsim.engine.sm_groups)
 
     @property
@@ -109,6 +110,7 @@ def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=None, 
         launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
         counters=m.counters, busy_s=m.busy_s(), cohorts=cohorts, unit_intervals=m.busy_intervals(),
         pooled_joins=m.sm_groups.pooled_joins,
+        ordered_atomic_wait_s=ordered_atomic_rounds(launch) * ceilings.ordered_atomic_latency_s,
     )
 
 

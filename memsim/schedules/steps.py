@@ -136,3 +136,12 @@ class Launch:
     @property
     def smem_bytes_per_cta(self) -> int:
         return int(sum(self.smem_buffers.values()))
+
+
+def ordered_atomic_rounds(launch: "Launch") -> int:
+    """The ordered atomics each thread of the launch's first CTA waits out one after another, outside its loop
+    (Atomic.ordered_rounds: linear attention's state reduction); 0 where it has none."""
+    program = launch.program(0)
+    return max((s.ordered_rounds for s in (*program.prologue, *program.epilogue) if isinstance(s, Atomic)),
+               default=0)
+
