@@ -10,9 +10,10 @@ validation/results/h100/ncu-sdpa-math-2026-11-22.csv and the sdpa_math rows of m
     P = softmax(S) -> isneginf(S) -> all(.., dim=-1) per row -> a scalar fill -> P = where(row masked, 0, P)
     P to the input dtype (the attention weights the path also returns) -> O = P V (fp32 GEMM) -> O to the input dtype
 
-So S and P cross HBM four times more than in memsim's standard attention, and the path reads S once more for
-the masked-row check. fp32 inputs skip the casts. GQA would add a copy of K and V per query head (not modelled:
-refused). The GEMMs and the softmax are memsim.algorithms.standard's, on fp32 operands.
+So the N x N scores cross between the SMs and L2 8 times in fp32 (10 causal) and once more in the input dtype,
+where memsim's standard attention moves them 4 times in the input dtype. fp32 inputs skip the casts. GQA is
+refused: no GQA case of the math path was recorded. The GEMMs and the softmax are memsim.algorithms.standard's,
+on fp32 operands.
 """
 
 import dataclasses
@@ -72,8 +73,8 @@ class Elementwise:
 def check_shape(shape: AttentionShape) -> None:
     if shape.group_size > 1:
         raise MemsimError(f"sdpa_math models multi-head attention only (q_heads = kv_heads); q_heads = "
-                          f"{shape.q_heads}, kv_heads = {shape.kv_heads}: under GQA the math path first copies K and V "
-                          f"out to every query head, which memsim does not model; use standard")
+                          f"{shape.q_heads}, kv_heads = {shape.kv_heads}: the math path's launches under GQA were never "
+                          f"recorded, so memsim does not model them; use standard")
 
 
 def fp32(shape: AttentionShape) -> AttentionShape:
