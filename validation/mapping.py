@@ -386,13 +386,17 @@ def map_ours(row: dict, gpu: str = GPU) -> Mapped:
     algo = row.get("memsim_algo") or row["kernel"]
     shape = shape_of(row)
     base = ALGORITHMS[algo].default_tiles(_gpu(gpu), shape)
+    staged = _config_named(row, configs, STAGES_LAUNCH[row["kernel"]]) if row["kernel"] in STAGES_LAUNCH else main
     tiles = replace(base, block_m=main["block_m"], block_n=main["block_n"] if main["block_n"] > 1 else base.block_n,
-                    num_warps=main["num_warps"],
-                    num_stages=_config_named(row, configs, STAGES_LAUNCH[row["kernel"]])["num_stages"]
-                    if row["kernel"] in STAGES_LAUNCH else main["num_stages"], num_splits=row.get("num_splits") or base.num_splits,
-                    page_size=row.get("page_size") or base.page_size)
-    tiles = replace(tiles, **KERNEL_STRUCTURE.get(row["kernel"], {}))
+                    num_warps=main["num_warps"], num_stages=staged["num_stages"],
+                    num_splits=row.get("num_splits") or base.num_splits, page_size=row.get("page_size") or base.page_size)
+    structure = KERNEL_STRUCTURE.get(row["kernel"], {})
+    tiles = replace(tiles, **structure)
     how = f"the kernel's own launch config ({main['kernel']})"
+    if staged is not main:
+        how += f"; its {staged['num_stages']} stages from {staged['kernel']}"
+    if structure:
+        how += "; as compiled: " + ", ".join(f"{k} = {v}" for k, v in structure.items())
     if row["kernel"] in NOT_MODELLED:
         how += f"; {NOT_MODELLED[row['kernel']]}"
     return Mapped(algo, shape, tiles, how=how, pass_=row.get("memsim_pass") or "fwd",
