@@ -103,3 +103,14 @@ def test_gqa_and_the_backward_are_refused_by_name():
                                    ["sdpa_math", "q_heads = 8", "kv_heads = 2", "standard"])
     assert_refused_on_one_line(lambda: predict("sdpa_math", AttentionShape(q_len=256), H100, pass_="bwd"),
                                ["sdpa_math", "fwd", "'bwd'"])
+
+
+@pytest.mark.parametrize("engine", ["analytic", "des"])
+def test_a_window_or_another_kv_dtype_is_refused_by_name(engine):
+    window = AttentionShape(q_heads=4, q_len=1024, head_dim=64, window=128)
+    assert_refused_on_one_line(lambda: predict("sdpa_math", window, H100, engine=engine),
+                               ["sdpa_math", "window = 128", "standard"])
+    int8 = AttentionShape(q_heads=4, q_len=1024, head_dim=64, kv_dtype="int8")
+    assert_refused_on_one_line(lambda: predict("sdpa_math", int8, H100, engine=engine),
+                               ["sdpa_math", "kv_dtype = int8", "dtype = bf16"])
+

@@ -71,6 +71,14 @@ class Elementwise:
 
 
 def check_shape(shape: AttentionShape) -> None:
+    """What scaled_dot_product_attention takes and memsim recorded: one dtype for Q, K and V, no sliding window,
+    one K/V head per query head."""
+    if shape.kv_dtype != shape.dtype:
+        raise MemsimError(f"sdpa_math takes K and V in the query's dtype, as scaled_dot_product_attention does; "
+                          f"kv_dtype = {shape.kv_dtype} with dtype = {shape.dtype}: give no --kv-dtype, or use standard")
+    if shape.window is not None:
+        raise MemsimError(f"sdpa_math has no sliding window (scaled_dot_product_attention takes none: a window is a "
+                          f"mask of its own, not recorded); window = {shape.window}: use standard or flash2")
     if shape.group_size > 1:
         raise MemsimError(f"sdpa_math models multi-head attention only (q_heads = kv_heads); q_heads = "
                           f"{shape.q_heads}, kv_heads = {shape.kv_heads}: the math path's launches under GQA were never "
