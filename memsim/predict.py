@@ -25,6 +25,7 @@ def algorithm(name: str):
 Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
 V_PREFETCH_ALGORITHMS = ("flash_decoding", "paged", "flash_decoding_pp")  # schedules that model TileConfig.v_prefetch
 DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
+ATOMIC_SEM_ALGORITHMS = ("linear",)  # whose ordered atomics TileConfig.atomic_sem describes (its state kernel)
 SPILL_ALGORITHMS = ("flash2",)  # forward schedules that model TileConfig.spill_bytes_per_*
 
 
@@ -80,6 +81,10 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
                           f"with atomics, leave dq at 'atomic'")
     if tiles.dq != "atomic" and "bwd" not in pass_:
         raise MemsimError(f"dq = {tiles.dq!r} describes a backward pass; pass {pass_!r} has none (use bwd or fwd+bwd)")
+    if tiles.atomic_sem != "acq_rel" and alg.name not in ATOMIC_SEM_ALGORITHMS:
+        raise MemsimError(f"atomic_sem = {tiles.atomic_sem!r} describes the atomics that add the partial states of "
+                          f"{', '.join(ATOMIC_SEM_ALGORITHMS)}; {alg.name} waits for no ordered atomics, leave it at "
+                          f"'acq_rel'")
     if tiles.spills and alg.name not in SPILL_ALGORITHMS:
         raise MemsimError(f"register spills (spill_bytes_per_iteration, spill_bytes_per_cta) are modelled for the "
                           f"forward of {', '.join(SPILL_ALGORITHMS)}, not {alg.name}; leave them at 0")

@@ -91,3 +91,9 @@ def test_explain_names_the_wait_for_ordered_atomics_and_only_where_there_is_one(
     relaxed = predict("linear", shape, H100, tiles["relaxed"], engine=engine)
     assert relaxed.kernels[0].ordered_atomic_wait_s == 0
     assert not [line for line in explain(relaxed) if "atomics" in line]
+
+
+def test_relaxed_atomics_are_refused_where_there_are_none_to_relax():
+    shape = AttentionShape(q_heads=4, q_len=1024, head_dim=64)
+    assert_refused_on_one_line(lambda: predict("flash2", shape, H100, TileConfig(atomic_sem="relaxed")),
+                               ["atomic_sem = 'relaxed'", "linear", "flash2", "'acq_rel'"])
