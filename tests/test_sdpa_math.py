@@ -91,6 +91,19 @@ def test_s_and_p_cross_l2_as_often_as_the_path_reads_them(batch, heads, n, m, d,
 ], ids=["bf16", "fp16-causal-uneven"])
 def test_the_engine_runs_the_closed_forms_kernels_and_moves_its_bytes(shape):
     """Small enough for L2 to hold everything: every launch, its work and every tensor's bytes at L2 and HBM."""
+    assert_engine_matches_the_closed_form(shape)
+
+
+@settings(max_examples=5, deadline=None)
+@given(batch=st.integers(1, 2), heads=st.integers(1, 3), n=st.integers(1, 300), m=st.integers(1, 300),
+       d=st.sampled_from([32, 64]), causal=st.booleans(), dtype=st.sampled_from(["fp16", "bf16", "fp32"]))
+def test_the_engine_matches_the_closed_form_on_any_small_shape(batch, heads, n, m, d, causal, dtype):
+    assert_engine_matches_the_closed_form(AttentionShape(batch=batch, q_heads=heads, q_len=n,
+                                                         kv_len=max(m, n) if causal else m, head_dim=d, dtype=dtype,
+                                                         causal=causal))
+
+
+def assert_engine_matches_the_closed_form(shape):
     tiles = sdpa_math.default_tiles(H100, shape)
     costs = sdpa_math.kernels(H100, shape, tiles, "fwd")
     assert_matches_closed_form(costs, simulate(H100, H100.ceilings(), sdpa_math.schedule(shape, tiles, "fwd", H100)))
