@@ -26,7 +26,7 @@ Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
 V_PREFETCH_ALGORITHMS = ("flash_decoding", "paged", "flash_decoding_pp")  # schedules that model TileConfig.v_prefetch
 DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
 ATOMIC_SEM_ALGORITHMS = ("linear",)  # whose ordered atomics TileConfig.atomic_sem describes (its state kernel)
-SPILL_ALGORITHMS = ("flash2",)  # forward schedules that model TileConfig.spill_bytes_per_*
+SPILL_ALGORITHMS = ("flash2", "flash_decoding")  # forward schedules that model TileConfig.spill_bytes_per_*
 
 
 def resolve_tiles(gpu: GPUSpec, algo: str, shape: AttentionShape, **overrides) -> TileConfig:

@@ -130,3 +130,50 @@ def test_the_mapping_holds_the_spills_fitted_on_shapes_outside_the_suite():
         per_iteration, per_cta = SDPA_FA2_SPILLS[p.tile]
         assert per_iteration * p.iterations + per_cta * p.ctas == pytest.approx(p.stored_bytes, rel=0.04)
     assert Case.from_id(found[0].case).kernel == "sdpa_flash"
+
+
+def test_the_mapping_holds_the_decode_kernels_spills_fitted_on_shapes_outside_the_suite():
+    """SDPA FA2's one-split decode kernel spills too: two constants explain every d = 128 probe exactly, and the
+    suite's decode rows that ran it are given them with its own 128 x 64 tile."""
+    from pathlib import Path
+    from validation.cases import suite
+    from validation.compare import load_rows
+    from validation.fit_spills import decode_probes, fit
+    from validation.mapping import SDPA_FA2_DECODE_SPILLS, map_case
+    found = decode_probes()
+    assert found and not {p.case for p in found} & {case.id for case in suite("third-party")}
+    assert fit(found) == SDPA_FA2_DECODE_SPILLS
+    for p in found:
+        if p.tile in SDPA_FA2_DECODE_SPILLS:
+            per_block, per_cta = SDPA_FA2_DECODE_SPILLS[p.tile]
+            assert per_block * p.iterations + per_cta * p.ctas == pytest.approx(p.stored_bytes, rel=1e-6)
+    rows = {r["id"]: r for r in load_rows(Path(__file__).parents[1] / "validation" / "results" / "h100")}
+    tiles = map_case(rows["sdpa_flash.b32h32k32n1m2048d128c0.bf16"]).tiles
+    assert (tiles.block_m, tiles.block_n, tiles.spill_bytes_per_iteration, tiles.spill_bytes_per_cta) == \
+        (128, 64, 4096, 3584)
+    split_kv = map_case(rows["sdpa_flash.b8h32k8n1m32768d128c0.bf16"]).tiles  # the split-KV kernel: not this one
+    assert not split_kv.spills
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.sampled_from([1, 4]), st.sampled_from([(8, 8), (8, 2)]), st.integers(64, 4096), st.integers(0, 8192),
+       st.integers(0, 8192), st.sampled_from([1, 3]))
+def test_decode_spills_reach_l2_in_full_in_both_engines_and_change_nothing_else(batch, heads, keys, per_block,
+                                                                               per_cta, splits):
+    from memsim.algorithms import flash_decoding
+    from memsim.schedules import flash_decoding as decode_schedule
+    shape = AttentionShape(batch=batch, q_heads=heads[0], kv_heads=heads[1], q_len=1, kv_len=keys, head_dim=128)
+    tiles = TileConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, num_splits=splits,
+                       spill_bytes_per_iteration=per_block, spill_bytes_per_cta=per_cta)
+    split = flash_decoding.split_kernel(H100, shape, tiles)
+    launch = decode_schedule.split_launch(shape, tiles)
+    iterations = sum(launch.program(pid).loop.iterations for pid in range(launch.grid))
+    stored = iterations * per_block + launch.grid * per_cta
+    sim = simulate(H100, H100.ceilings(), [launch])[0].counters.by_tensor()
+    if stored == 0:
+        assert "spill" not in sim and "spill" not in split.traffic
+        return
+    assert sim["spill"]["l2_write"] == pytest.approx(stored) == split.traffic["spill"].l2_write
+    plain = flash_decoding.split_kernel(H100, shape, dataclasses.replace(tiles, spill_bytes_per_iteration=0,
+                                                                         spill_bytes_per_cta=0))
+    assert {k: v for k, v in split.traffic.items() if k != "spill"} == plain.traffic

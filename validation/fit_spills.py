@@ -12,7 +12,11 @@ validation suite (results/h100/spill-probe-ncu-2026-11-23.csv: ncu's
 l1tex__t_sectors_pipe_lsu_mem_local_op_st), so that no row the suite reports is fitted.
 validation.mapping.SDPA_FA2_SPILLS holds the result (a test checks it against this fit).
 
-    python3 -m validation.fit_spills [CSV]
+    python3 -m validation.fit_spills [--decode] [CSV]
+
+With --decode (results/h100/decode-spill-probe-ncu-2026-11-23.csv) it fits the kernel's one-split decode instantiation
+(flash_fwd_kernel at q_len = 1: validation.mapping.SDPA_FA2_DECODE_SPILLS), each CTA one row block over every key
+block of its (batch, kv head).
 """
 
 import argparse
@@ -28,6 +32,7 @@ from validation.ncu import parse_raw
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "h100"
 PROBE = RESULTS / "spill-probe-ncu-2026-11-23.csv"
+DECODE_PROBE = RESULTS / "decode-spill-probe-ncu-2026-11-23.csv"  # its one-split decode instantiation
 LOCAL_STORE_SECTORS = "l1tex__t_sectors_pipe_lsu_mem_local_op_st.sum"
 SECTOR_BYTES = 32
 
@@ -57,13 +62,30 @@ def probes(csv_path: pathlib.Path = PROBE) -> list[Probe]:
     return out
 
 
+def decode_probes(csv_path: pathlib.Path = DECODE_PROBE) -> list[Probe]:
+    """The decode probe's launches (q_len = 1, the one-split flash_fwd_kernel): tile from the kernel's traits,
+    one key block of BLOCK_N keys per iteration of each CTA."""
+    from validation.mapping import FA2_TRAITS
+    out = []
+    for launch in parse_raw(csv_path.read_text()):
+        case = Case.from_id(launch["range"])
+        d, block_m, block_n = map(int, FA2_TRAITS.search(launch["kernel"]).groups())
+        ctas = int(launch["launch__grid_size"])
+        out.append(Probe(case.id, (d, block_m, block_n), ctas, ctas * -(-case.kv_len // block_n),
+                         launch[LOCAL_STORE_SECTORS] * SECTOR_BYTES))
+    return out
+
+
 def fit(found: list[Probe]) -> dict[tuple[int, int, int], tuple[int, int]]:
-    """(head_dim, BLOCK_M, BLOCK_N) -> (bytes per CTA per key block, bytes per CTA), whole bytes."""
+    """(head_dim, BLOCK_M, BLOCK_N) -> (bytes per CTA per key block, bytes per CTA), whole bytes; tiles probed at
+    fewer than two shapes have no fit."""
     by_tile = defaultdict(list)
     for p in found:
         by_tile[p.tile].append(p)
     out = {}
     for tile, group in sorted(by_tile.items()):
+        if len({(p.iterations, p.ctas) for p in group}) < 2:
+            continue
         a = np.array([[p.iterations, p.ctas] for p in group], dtype=float)
         b = np.array([p.stored_bytes for p in group])
         (per_iteration, per_cta), *_ = np.linalg.lstsq(a, b, rcond=None)
@@ -73,17 +95,22 @@ def fit(found: list[Probe]) -> dict[tuple[int, int, int], tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv", nargs="?", type=pathlib.Path, default=PROBE, help="ncu --page raw output")
+    parser.add_argument("csv", nargs="?", type=pathlib.Path, help="ncu --page raw output; default: the recorded probe")
+    parser.add_argument("--decode", action="store_true", help="the one-split decode kernel's probe (q_len = 1)")
     args = parser.parse_args(argv)
-    if not args.csv.is_file():
-        parser.error(f"{args.csv}: no such file")
-    found = probes(args.csv)
+    csv = args.csv or (DECODE_PROBE if args.decode else PROBE)
+    if not csv.is_file():
+        parser.error(f"{csv}: no such file")
+    found = decode_probes(csv) if args.decode else probes(csv)
     fitted = fit(found)
     print("head_dim BLOCK_M BLOCK_N   bytes per key block   bytes per CTA")
     for (d, bm, bn), (per_iteration, per_cta) in fitted.items():
         print(f"{d:8d} {bm:7d} {bn:7d}   {per_iteration:19d}   {per_cta:13d}")
     print("\ncase                                         measured MB   fitted MB")
     for p in found:
+        if p.tile not in fitted:
+            print(f"{p.case:44s} {p.stored_bytes / 1e6:11.2f}   (one shape of this tile: no fit)")
+            continue
         per_iteration, per_cta = fitted[p.tile]
         print(f"{p.case:44s} {p.stored_bytes / 1e6:11.2f}   {(per_iteration * p.iterations + per_cta * p.ctas) / 1e6:9.2f}")
     return 0

@@ -7,6 +7,7 @@ schedule) is named per backend below, with the reason.
 """
 
 import json
+import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import ceil
@@ -89,6 +90,11 @@ def kv_stage_keys(shape: AttentionShape, launch: dict, block_m: int) -> int:
 # CTA, by (head_dim, BLOCK_M, BLOCK_N), fitted by `python3 -m validation.fit_spills` on shapes outside the suite
 # (results/h100/spill-probe-ncu-2026-11-23.csv). A kernel property, like its launch config.
 SDPA_FA2_SPILLS = {(64, 128, 128): (3032, 13817), (128, 128, 64): (7158, 8424)}
+# Its one-split decode instantiation (flash_fwd_kernel at q_len = 1, 255 registers), (head_dim, BLOCK_M, BLOCK_N) ->
+# (bytes per CTA per key block, bytes per CTA): least squares over five d = 128 shapes outside the suite, residual 0
+# (results/h100/decode-spill-probe-ncu-2026-11-23.csv, validation.fit_spills.decode_fit).
+SDPA_FA2_DECODE_SPILLS = {(128, 128, 64): (4096, 3584)}
+FA2_TRAITS = re.compile(r"Flash_fwd_kernel_traits<\(int\)(\d+), \(int\)(\d+), \(int\)(\d+)")
 
 
 # FlashAttention-2's CUDA forward (flash_fwd_kernel.h, compute_attn_1rowblock) keeps one K and one V buffer but
@@ -119,6 +125,15 @@ def _decode(row: dict, shape: AttentionShape, launches: list[dict], how: str) ->
         raise Unmapped(f"decode grid {grid} is not batch {shape.batch} x kv heads {shape.kv_heads} x splits")
     tiles = TileConfig(block_m=64, block_n=128 if shape.head_dim <= 128 else 64, num_warps=_warps(split),
                        num_stages=2, num_splits=splits)
+    traits = FA2_TRAITS.search(split["kernel"])
+    if traits and "splitkv" not in split["kernel"]:  # FA2's one-split kernel: its own tile, and it spills
+        d, block_m, block_n = map(int, traits.groups())
+        per_block, per_cta = SDPA_FA2_DECODE_SPILLS.get((d, block_m, block_n), (0, 0))
+        tiles = replace(tiles, block_m=block_m, block_n=block_n, spill_bytes_per_iteration=per_block,
+                        spill_bytes_per_cta=per_cta)
+        how += f"; the one-split kernel's {block_m} x {block_n} tile"
+        if per_block or per_cta:
+            how += f"; register spills {per_block} B per key block and {per_cta} B per CTA (decode probe)"
     return Mapped("flash_decoding", shape, tiles, how=f"{how}; {splits} splits from the grid")
 
 
