@@ -65,6 +65,16 @@ def spill_traffic(gpu: GPUSpec, ctas: int, slots: int, iterations: float, tiles:
                    hbm_write=resident + rewritten)
 
 
+def spill_tensor(gpu: GPUSpec, traffic: dict, ctas: int, slots: int, iterations: float, tiles: TileConfig) -> dict:
+    """`traffic` with the kernel's register spills as a tensor of their own, aged by the kernel's other HBM traffic
+    (shared K/V weighted as memsim.writes.age_per_byte says); unchanged where the tiles spill nothing."""
+    if not tiles.spills:
+        return traffic
+    weight = (gpu.calibration.l2_shared_tile_age_weight or 1.0) if gpu.calibration else 1.0
+    other_hbm = sum(t.hbm_read * age_per_byte(t, weight) + t.hbm_write for t in traffic.values())
+    return {**traffic, "spill": spill_traffic(gpu, ctas, slots, iterations, tiles, other_hbm)}
+
+
 def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd",
             overlap: bool = False) -> KernelCost:
     bm, bn, d = tiles.block_m, tiles.block_n, shape.head_dim
@@ -93,10 +103,7 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = 
         "O": Traffic.streamed(write=heads * shape.q_len * d * shape.out_element_bytes),
         "LSE": Traffic.streamed(write=heads * shape.q_len * ACCUMULATOR_BYTES),
     }
-    if tiles.spills:
-        weight = (gpu.calibration.l2_shared_tile_age_weight or 1.0) if gpu.calibration else 1.0
-        other_hbm = sum(t.hbm_read * age_per_byte(t, weight) + t.hbm_write for t in traffic.values())
-        traffic["spill"] = spill_traffic(gpu, grid, slots, heads * float(blocks.tiles.sum()), tiles, other_hbm)
+    traffic = spill_tensor(gpu, traffic, grid, slots, heads * float(blocks.tiles.sum()), tiles)
     return KernelCost(
         name=name, grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem,
         registers_per_thread=regs, tensor_flops=4.0 * heads * bm * bn * d * blocks.tile_pairs,

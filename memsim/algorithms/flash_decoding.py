@@ -20,7 +20,7 @@ from math import ceil
 import numpy as np
 
 from memsim.algorithms.base import Algorithm, fit_shared_memory, registers_estimate, require_forward
-from memsim.algorithms.flash2 import smem_buffers, spill_traffic
+from memsim.algorithms.flash2 import smem_buffers, spill_tensor
 from memsim.algorithms.kv_quant import kv_load_work
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
@@ -32,7 +32,6 @@ from memsim.occupancy import occupancy
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
-from memsim.writes import age_per_byte
 
 MAX_DECODE_Q_LEN = 16  # query tokens per sequence a decode kernel takes (speculative decoding's few drafts)
 MAX_SPLITS = 128  # FA2 flash_api.cpp caps num_splits at 128 (its combine kernel handles up to 2^7)
@@ -182,10 +181,8 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
         "V": Traffic.streamed(read=kv_bytes, hbm_read=kv_hbm),
         **_split_outputs(shape, s),
     }
-    if tiles.spills:  # SDPA FA2's one-split decode kernel (validation.mapping.SDPA_FA2_DECODE_SPILLS)
-        weight = (gpu.calibration.l2_shared_tile_age_weight or 1.0) if gpu.calibration else 1.0
-        other_hbm = sum(t.hbm_read * age_per_byte(t, weight) + t.hbm_write for t in traffic.values())
-        traffic["spill"] = spill_traffic(gpu, grid, slots, groups * m_blocks * plan.tiles, tiles, other_hbm)
+    # Spills: SDPA FA2's one-split decode kernel (validation.mapping.SDPA_FA2_DECODE_SPILLS)
+    traffic = spill_tensor(gpu, traffic, grid, slots, groups * m_blocks * plan.tiles, tiles)
     return KernelCost(
         name=name, grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem, registers_per_thread=regs,
         tensor_flops=4.0 * groups * m_blocks * bm * bn * d * plan.tiles, tensor_dtype=tensor_core_dtype(shape.dtype),
