@@ -483,3 +483,13 @@ def test_fp8_runner_quantises_once_and_attends(monkeypatch):
     error = (o.double() - reference(q, k, v, True)).abs().max().item()
     print(f"{case.id}: max |O - O_ref| = {error:.3f}")
     assert o.dtype == torch.float16 and error < 0.25
+
+
+def test_the_fp8_rows_say_what_memsim_writes_and_it_writes_o_in_bf16():
+    from memsim import predict
+    row = next(r for r in cmp.load_rows(RESULTS) if r["kernel"] == "flash2_fp8")
+    mapped = map_case(row)
+    assert "O written in bf16" in mapped.how and "scales" in mapped.how
+    p = predict(mapped.algo, mapped.shape, "H100-SXM5-80GB", mapped.tiles, engine="analytic")
+    s = mapped.shape
+    assert p.bytes_by_tensor["O"]["l2_write"] == s.batch * s.q_heads * s.q_len * s.head_dim * 2

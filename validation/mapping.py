@@ -347,8 +347,8 @@ NOT_MODELLED = {
             "equal; the merge launch is not measured",
     "moba": "the gate runs outside the timed call (per query tile, as memsim assumes): only memsim's moba_attn "
             "launch is compared (MEASURED_KERNELS), not its moba_pool and moba_gate",
-    "flash2_fp8": "flash2 on fp8 inputs: memsim writes O in fp8 where the kernel writes bf16 (predicted O bytes "
-                  "half) and does not count the per-block scales (4 bytes per 128 tokens of Q, K, V)",
+    "flash2_fp8": "flash2 on fp8 inputs, O written in bf16 as the kernel does (AttentionShape.out_element_bytes); "
+                  "memsim does not count the per-block scales (4 bytes per 128 tokens of Q, K, V)",
 }
 
 
