@@ -2,13 +2,13 @@
 against the static SASS of the same kernels (validation.sass_loop): memsim's loop iterations are the kernel's."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from validation.compare import load_rows
 from validation.mapping import RESULTS, map_case
+from validation.sass_loop import INSTRUCTION, opcode
 
 ROWS = {row["id"]: row for row in load_rows(RESULTS)}
 
@@ -47,14 +47,8 @@ def test_instructions_pair_past_pytorchs_own_launches_and_across_grids():
 
 def loop_body(sass_text: str, first: str, last: str) -> list[str]:
     """The opcodes of the instructions from address `first` to `last` (hex) of a cuobjdump listing."""
-    body, inside = [], False
-    for address, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", sass_text):
-        inside = inside or int(address, 16) == int(first, 16)
-        if inside:
-            body.append(text.split()[1] if text.startswith("@") else text.split()[0])
-        if int(address, 16) == int(last, 16):
-            break
-    return body
+    return [opcode(text) for address, text in INSTRUCTION.findall(sass_text)
+            if int(first, 16) <= int(address, 16) <= int(last, 16)]
 
 
 def test_lightnings_loop_waits_for_every_copy_it_issued_after_its_matmuls_so_it_is_mapped_as_one_stage():
@@ -66,7 +60,7 @@ def test_lightnings_loop_waits_for_every_copy_it_issued_after_its_matmuls_so_it_
     (loop,) = launch["loops"]
     assert launch["num_stages"] == 2
     text = next(Path(RESULTS).glob("sass-lightning-b1h16k16n4096m4096d128c1-*.sass")).read_text()
-    first = re.search(rf"/\*{loop['from'][2:]}\*/\s+([^;]+);", text).group(1)
+    first = next(body for address, body in INSTRUCTION.findall(text) if int(address, 16) == int(loop["from"], 16))
     assert first.split() == ["DEPBAR.LE", "SB0,", "0x0"]
     body = loop_body(text, loop["from"], loop["to"])
     last_mma = max(i for i, op in enumerate(body) if op.startswith("HGMMA"))

@@ -1,7 +1,6 @@
 """PyTorch's math path (memsim.algorithms.sdpa_math, memsim.schedules.sdpa_math): its launches against the ones
 ncu recorded, its bytes against the closed form, and what it refuses."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ from memsim import AttentionShape, predict
 from memsim.algorithms import sdpa_math
 from memsim.engine import simulate
 from memsim.hardware import load_gpu
+
+from validation.compare import load_rows
 
 from checks import assert_matches_closed_form, assert_refused_on_one_line
 
@@ -24,14 +25,7 @@ def launches(shape, engine="analytic"):
 
 
 def recorded_math_rows() -> list[dict]:
-    rows = {}
-    for path in sorted(RESULTS.glob("measurements*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip() and '"sdpa_math"' in line:
-                row = json.loads(line)
-                if row.get("launches"):
-                    rows[row["id"]] = row
-    return list(rows.values())
+    return [row for row in load_rows(RESULTS) if row["kernel"] == "sdpa_math" and row.get("launches")]
 
 
 @pytest.mark.parametrize("row", recorded_math_rows(), ids=lambda row: row["id"])

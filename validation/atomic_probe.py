@@ -62,9 +62,7 @@ def measure(ctas: int, share: int, warps: int, rounds: int, ordered: bool) -> di
 
 def slope_s(rows: list[dict]) -> float:
     """Least-squares seconds per round over a series of rounds."""
-    xs, ys = [r["rounds"] for r in rows], [r["median_s"] for r in rows]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return statistics.linear_regression([r["rounds"] for r in rows], [r["median_s"] for r in rows]).slope
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ import sys
 import torch
 
 from validation import ncu
-from validation.measure import add_case_arguments, environment, launches_by_case, select
+from validation.measure import add_case_arguments, environment, launches_by_case, selected
 
 METRICS = [
     "smsp__inst_executed.sum",
@@ -50,10 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() or not ncu.available():
         print("instruction_mix: needs a CUDA device and ncu; run this on the GPU machine", file=sys.stderr)
         return 1
-    try:
-        cases = select(args)
-    except ValueError as err:
-        print(f"instruction_mix: {err}", file=sys.stderr)
+    cases = selected(args, "instruction_mix")
+    if cases is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = METRICS + (ncu.optional_counters(STALLS) if args.stalls else [])

@@ -63,6 +63,15 @@ def select(args) -> list[Case]:
     return cases
 
 
+def selected(args, prog: str) -> list[Case] | None:
+    """The cases the options choose, or None, said on stderr as `prog: ...`, where they choose wrongly."""
+    try:
+        return select(args)
+    except ValueError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return None
+
+
 def time_case(case: Case) -> dict:
     """Median milliseconds over do_bench's repeats (it also clears L2 before each), inputs rotated."""
     import triton.testing
@@ -117,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("measure: no CUDA device; run this on the GPU machine", file=sys.stderr)
         return 1
-    try:
-        cases = select(args)
-    except ValueError as err:
-        print(f"measure: {err}", file=sys.stderr)
+    cases = selected(args, "measure")
+    if cases is None:
         return 2
     if args.profile_pass:
         profile_pass(cases)

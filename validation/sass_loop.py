@@ -105,6 +105,11 @@ def registers(cubin: Path) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def opcode(instruction: str) -> str:
+    """An instruction's opcode, its predicate (@P0, @!UP1, ...) left aside."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0]
+
+
 def loops(text: str) -> list[dict]:
     """Each backward branch's span: address range, instructions per iteration and per opcode."""
     code = [(int(a, 16), body) for a, body in INSTRUCTION.findall(text)]
@@ -114,7 +119,7 @@ def loops(text: str) -> list[dict]:
         if target and target.group(1) and int(target.group(1), 16) < address:
             start = int(target.group(1), 16)
             span = [b for a, b in code if start <= a <= address]
-            opcodes = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", b).split()[0] for b in span)
+            opcodes = collections.Counter(map(opcode, span))
             out.append({"from": hex(start), "to": hex(address), "instructions": len(span),
                         "opcodes": dict(opcodes.most_common())})
     return out

@@ -152,12 +152,13 @@ def store_tile(m: Machine, step: Store | Atomic, cohort: Cohort):
     missing line comes from HBM, but no data moves to the SM. Ordered atomics (acq_rel) keep the CTA a
     fenced round trip per atomic each thread issues (validation/atomic_probe.py)."""
     key, nbytes, members = _key(step, cohort)
-    if isinstance(step, Atomic):
+    atomic = isinstance(step, Atomic)
+    if atomic:
         yield from _fetch_line(m, key, nbytes, step.tensor, members)
     m.counters.l2_write[step.tensor] += step.bytes * cohort.weight
     yield m.units["l2"].use(step.bytes, cohort.weight)
     m.write_back(m.l2.insert(key, nbytes, step.tensor, dirty=True, members=members))
-    if isinstance(step, Atomic) and step.ordered_rounds:
+    if atomic and step.ordered_rounds:
         yield m.env.timeout(step.ordered_rounds * m.ceilings.ordered_atomic_latency_s)
 
 

@@ -10,7 +10,7 @@ local-memory slots once at the start and again after each key block's matmuls.
 
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
-from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Spill, Store, Vector
+from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector, spill_steps
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
@@ -26,8 +26,7 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
     e, kv_e = shape.element_bytes, shape.kv_element_bytes
     uneven = shape.causal or shape.window is not None or shape.q_len % bm != 0
     matmul = Mma(2.0 * bm * bn * d, dtype)
-    spill_once = (Spill(1, tiles.spill_bytes_per_cta),) if tiles.spill_bytes_per_cta else ()
-    spill_each = (Spill(0, tiles.spill_bytes_per_iteration),) if tiles.spill_bytes_per_iteration else ()
+    spill_once, spill_each = spill_steps(tiles.spill_bytes_per_cta, tiles.spill_bytes_per_iteration)
 
     def locate(pid: int) -> tuple[int, int, int]:
         q_block, bh = pid % t_r, pid // t_r

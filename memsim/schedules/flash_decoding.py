@@ -27,7 +27,7 @@ from memsim.algorithms.flash2 import smem_buffers
 from memsim.algorithms.kv_quant import kv_load_ops, kv_load_work
 from memsim.algorithms.softmax import VectorOps, online_softmax
 from memsim.algorithms.tiling import q_block_tiles
-from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Spill, Store, Vector
+from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector, spill_steps
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
@@ -123,8 +123,7 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
     tile_loads = tile_loads or contiguous_tiles(shape, tiles)
     matmul = Mma(2.0 * bm * bn * d, tensor_core_dtype(shape.dtype))
     dequantises = kv_load_ops(shape, 1.0) > 0  # same for every tile, so every iteration has the same steps
-    spill_once = (Spill(1, tiles.spill_bytes_per_cta),) if tiles.spill_bytes_per_cta else ()  # as flash2's
-    spill_each = (Spill(0, tiles.spill_bytes_per_iteration),) if tiles.spill_bytes_per_iteration else ()
+    spill_once, spill_each = spill_steps(tiles.spill_bytes_per_cta, tiles.spill_bytes_per_iteration)
 
     def locate(pid: int) -> tuple[int, int, int, int]:
         m_block, rest = pid % m_blocks, pid // m_blocks

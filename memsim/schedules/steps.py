@@ -145,3 +145,11 @@ def ordered_atomic_rounds(launch: "Launch") -> int:
     return max((s.ordered_rounds for s in (*program.prologue, *program.epilogue) if isinstance(s, Atomic)),
                default=0)
 
+
+def spill_steps(spill_bytes_per_cta: int, spill_bytes_per_iteration: int) -> tuple[tuple[Spill, ...], tuple[Spill, ...]]:
+    """(once at the CTA's start, after each loop iteration's compute): a spilling kernel's local-memory stores
+    (TileConfig.spill_bytes_per_cta, _per_iteration), each into its own lines of the CTA's slot; none for 0."""
+    once = (Spill(1, spill_bytes_per_cta),) if spill_bytes_per_cta else ()
+    each = (Spill(0, spill_bytes_per_iteration),) if spill_bytes_per_iteration else ()
+    return once, each
+
