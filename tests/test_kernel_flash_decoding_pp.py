@@ -88,6 +88,24 @@ def test_fast_path_launches_no_recompute(dtype):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", low_precision_dtypes(), ids=str)
+def test_one_split_normalises_in_its_own_launch(dtype):
+    """With one split there is nothing to sum: unified_max_single alone writes O, LSE and the flags. Entry 1's
+    logits of about 100 leave the window: its rows are flagged there and recomputed, entry 0's are not."""
+    q, k, v = make_inputs(2, 2, 2, 1, 70, 64, dtype, 1.0, seed=13)
+    q[1] *= 60.0
+    launched = []
+    result = fdpp.flash_decode_pp(q, k, v, num_splits=1, launched=launched, out=poisoned(q.shape, dtype),
+                                  lse_out=poisoned(q.shape[:3], torch.float32))
+    assert launched[0].kernel == "unified_max_single" and "unified_max_combine" not in [c.kernel for c in launched]
+    assert result.recomputed[1].all() and not result.recomputed[0].any()
+    o64, lse64 = reference.attention(q, k, v)
+    peer = reference.attention(q, k, v, dtype=dtype)
+    check_close("one split O", result.out, o64, peer[0], dtype)
+    check_close("one split LSE", result.lse, lse64, peer[1], dtype)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_large_logits_recompute_exactly_the_rows_that_overflow():
     """Batch entry 1 gets logits of about 100: its rows leave the window and flash_decode recomputes them;
     entry 0 stays on the fast path."""
