@@ -126,7 +126,7 @@ def unified_max_single(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, flag_ptr,
                        stride_ob, stride_oh, stride_on, stride_od,
                        stride_lb, stride_lh, stride_ln,
                        stride_fb, stride_fh, stride_fn,
-                       kv_heads, q_len, kv_len, qk_scale_log2, phi, threshold,
+                       kv_heads, q_len, kv_len, qk_scale_log2, phi_log2, phi, threshold,
                        GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
     """One split over all the keys: nothing to sum, so the program normalises its own rows and flags those that
@@ -135,7 +135,7 @@ def unified_max_single(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, flag_ptr,
                                                            stride_qn, stride_qd, GROUP, HEAD_DIM, BLOCK_M, BLOCK_D)
     k_head, v_head = _kv_heads(k_ptr, v_ptr, b, kv_head, stride_kb, stride_kh, stride_vb, stride_vh)
     top, l, acc = _unified_partials(q, k_head, v_head, 0, kv_len, query + kv_len - q_len, stride_kn, stride_kd,
-                                    stride_vn, stride_vd, qk_scale_log2, phi * LOG2E, HEAD_DIM, BLOCK_M, BLOCK_N,
+                                    stride_vn, stride_vd, qk_scale_log2, phi_log2, HEAD_DIM, BLOCK_M, BLOCK_N,
                                     BLOCK_D, CAUSAL, IEEE)
     divisor, lse, flag, empty = _finish_rows(l, top * LN2, tl.max(tl.abs(acc), 1) / tl.where(l > 0.0, l, 1.0),
                                              phi, threshold)
@@ -239,8 +239,8 @@ def flash_decode_pp(q: Tensor, k: Tensor, v: Tensor, *, phi: float = DEFAULT_PHI
                 BLOCK_D=head_block(head_dim), CAUSAL=causal, IEEE=q.dtype == torch.float32)
     if num_splits == 1:
         launch(unified_max_single, split, q, k, v, out, lse, flags, *q.stride(), *k.stride(), *v.stride(),
-               *out.stride(), *lse.stride(), *flags.stride(), k.shape[1], q_len, k.shape[2], scale * LOG2E, float(phi),
-               float(threshold), launched=launched, **meta)
+               *out.stride(), *lse.stride(), *flags.stride(), k.shape[1], q_len, k.shape[2], scale * LOG2E, phi * LOG2E,
+               float(phi), float(threshold), launched=launched, **meta)
         return _recomputed(q, k, v, flags, out, lse, scale, causal, launched)
     merge = configs[1]
     acc = torch.empty((batch, q_heads, q_len, num_splits, head_dim), dtype=torch.float32, device=q.device)
