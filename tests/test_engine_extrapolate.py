@@ -28,6 +28,10 @@ def test_extrapolated_launch_matches_the_fully_simulated_one(monkeypatch, shape,
     monkeypatch.setattr(SIMULATE, "_extended", lambda result, cutoff: extended.append(cutoff) or real(result, cutoff))
     fast = predict("flash2", shape, tiles=tiles, engine="des")
     assert len(extended) == 1 and extended[0].limit <= 0.75 * extended[0].grid  # it did skip most of the launch
+    cutoff = extended[0]
+    assert cutoff.by_dispatch == shape.causal  # a causal launch is seen at its unit starts
+    if cutoff.by_dispatch:
+        assert all(s.done_ctas % cutoff.unit == 0 for s in cutoff.snapshots)
     monkeypatch.setattr(SIMULATE.extrapolate, "watched", lambda *args: False)
     full = predict("flash2", shape, tiles=tiles, engine="des")
     print(f"latency extrapolated {fast.latency_s * 1e3:.3f} ms, simulated {full.latency_s * 1e3:.3f} ms")
@@ -119,6 +123,38 @@ def test_a_causal_launch_stops_at_the_next_whole_unit():
     cutoff = _settle(launch, slots=384)
     assert cutoff.window % launch.repeat_unit == 0 and cutoff.start % launch.repeat_unit == 0
     assert cutoff.limit == -(-cutoff.dispatched // launch.repeat_unit) * launch.repeat_unit < launch.grid
+
+
+def test_a_causal_launch_is_seen_as_each_unit_starts_and_a_lockstep_one_as_ctas_finish():
+    """Causal CTAs finish as a changing mix of light and heavy ones; at each unit's start the machine holds the
+    same mix, so the cutoff takes its snapshots there, keyed by the CTAs dispatched before that unit."""
+    from memsim.schedules.flash2 import forward
+    causal = forward(AttentionShape(q_heads=8, q_len=131072, causal=True), TileConfig())
+    unit = causal.repeat_unit
+    cutoff = Cutoff(causal, slots=384, lifetime_bytes=None)
+    assert cutoff.by_dispatch
+    taken = []
+    cutoff.dispatching(unit + 1, unit - 2, lambda ctas: taken.append(ctas) or _snapshot(ctas, 0.0, 0.0))
+    assert taken == []  # inside a unit: nothing starts
+    cutoff.dispatching(2 * unit - 3, 5, lambda ctas: taken.append(ctas) or _snapshot(ctas, 0.0, 0.0))
+    assert taken == [2 * unit] and cutoff.dispatched == 2 * unit - 3  # the group holds unit 2's first CTAs
+    lockstep = Cutoff(forward(SHAPE, TileConfig()), slots=264, lifetime_bytes=None)
+    assert not lockstep.by_dispatch
+    lockstep.dispatching(0, 264, lambda ctas: taken.append(ctas))
+    assert taken == [2 * unit]
+
+
+def test_a_causal_launch_steady_at_its_unit_starts_stops_dispatch_at_one():
+    from memsim.schedules.flash2 import forward
+    launch = forward(AttentionShape(q_heads=8, q_len=131072, causal=True), TileConfig())
+    unit = launch.repeat_unit
+    cutoff = Cutoff(launch, slots=384, lifetime_bytes=None)
+    for position in range(0, launch.grid, 128):  # dispatch groups of 128 CTAs, one unit every unit / 128 groups
+        cutoff.dispatching(position, 128, lambda ctas: _snapshot(ctas, ctas * 1e-6, float(ctas)))
+        if cutoff.settled:
+            break
+    assert cutoff.settled and cutoff.limit % unit == 0 and cutoff.limit <= position + 128
+    assert cutoff.rate.time_s == pytest.approx(1e-6) and cutoff.rate.counters[("hbm_read", "K")] == pytest.approx(1.0)
 
 
 def test_a_counter_that_disagrees_once_is_slid_past_before_the_window_doubles():

@@ -41,10 +41,11 @@ def breadth_first(free_slots: list[int], slots_on_sm: list[int]) -> list[int]:
 
 
 def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_out: list,
-               batch: int | None = None, on_finish=None, cutoff=None):
+               batch: int | None = None, on_finish=None, cutoff=None, on_dispatch=None):
     """A SimPy process that runs every CTA of `launch` and ends when the last one does.
     `batch`: loop iterations simulated as one (default: from the launch itself);
-    `on_finish(cohort)` is called as each cohort ends; `cutoff` (memsim.engine.extrapolate.Cutoff), if
+    `on_finish(cohort)` is called as each cohort ends and `on_dispatch(position, count)` before CTAs
+    [position, position + count) are dispatched; `cutoff` (memsim.engine.extrapolate.Cutoff), if
     given, may lower the CTAs dispatched while the launch runs, and is told how many have been."""
     env = m.env
     free = simpy.Store(env)
@@ -78,6 +79,8 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
         yield env.timeout(0)  # let every CTA ending at this instant hand back its slot
         slots = breadth_first([first] + list(free.items), slots_on_sm)
         free.items.clear()
+        if on_dispatch is not None:
+            on_dispatch(position, min(limit() - position, len(slots)))
         pids = [order(i) for i in range(position, min(limit(), position + len(slots)))]
         position += len(pids)
         if cutoff is not None:

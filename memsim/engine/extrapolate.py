@@ -4,7 +4,8 @@ the next whole unit, let it drain, and add the CTAs never dispatched at that rat
 A launch of G CTAs made of repeating units (`Launch.repeat_unit` consecutive CTAs doing the same
 work on their own data, e.g. the q-blocks of one kv head) fills the GPU, runs at a steady rate,
 then drains. Ended after G' < G CTAs (whole units), it fills and drains the same way; only its
-steady middle is shorter. memsim runs the launch and watches it as CTAs finish: over two
+steady middle is shorter. memsim runs the launch and watches it as CTAs finish (a launch whose CTAs
+differ, as each time a unit starts: Cutoff says why): over two
 consecutive windows of whole units (at least STEADY_WAVES waves each), after the first WARM_WAVES
 waves and after the L2 has taken in a dirty lifetime's worth of data (before that the write-backs
 of the first outputs have not started: their rate is not steady yet), it compares the time and
@@ -66,9 +67,13 @@ class Cutoff:
     `rate` is the steady time, counters and busy seconds per CTA once found.
 
     In a lock-step launch (every CTA of a unit does the same work: CTAs started together finish
-    together) windows start and end on whole waves and slide a wave at a time. In one whose CTAs differ
-    (causal: each q-block sees its own share of the keys) nothing finishes in waves: windows are whole
-    units, where every unit's mix of light and heavy CTAs repeats, and slide a unit at a time. Either
+    together) windows start and end on whole waves and slide a wave at a time, seen as CTAs finish. In one
+    whose CTAs differ (causal: each q-block sees its own share of the keys) nothing finishes in waves, and
+    the CTAs finished at any instant are a changing mix of light and heavy ones, so counters per finished
+    CTA wander by a few percent however long the windows. There the machine is seen as each unit starts to
+    be dispatched (`dispatching`): in the steady state the machine then holds the same mix of CTAs at the
+    same points of their work every time, so what it did between two unit starts is exactly the work of the
+    units between them. Windows are whole units and slide a unit at a time. Either
     holds at least STEADY_WAVES waves and one unit. A window over which the time agrees but a counter
     does not may straddle a burst (K/V of a new head every unit, write-backs in bursts): the pair is tried
     again a step later, SLIDES_BEFORE_DOUBLING times, and if the counter still disagrees the window is too
@@ -87,10 +92,22 @@ class Cutoff:
         self.rate: Snapshot | None = None
         self.snapshots: list[Snapshot] = []
         self.slides = 0  # steps slid since the window last doubled
+        self.by_dispatch = not self.lockstep  # seen at unit starts (dispatching), else as CTAs finish (watch)
 
     @property
     def settled(self) -> bool:
         return self.rate is not None
+
+    def dispatching(self, position: int, count: int, snapshot) -> None:
+        """Called before CTAs [position, position + count) are dispatched: when they start a unit, the machine
+        now (`snapshot(ctas)`, keyed by the CTAs dispatched before that unit) is watched. Dispatch then goes on
+        up to `limit`, which a settled rate may just have lowered to this unit's start."""
+        if not self.by_dispatch or self.settled:
+            return
+        boundary = -(-position // self.unit) * self.unit
+        if boundary < position + count:
+            self.dispatched = position
+            self.watch(snapshot(boundary))
 
     def watch(self, snapshot: Snapshot) -> None:
         """Called as CTAs finish: tries every window pair that has ended, sliding a step at a time."""

@@ -89,7 +89,8 @@ class Progress:
 
 
 def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=None, cutoff=None) -> LaunchResult:
-    """Simulate one launch; with a `cutoff`, it sees the machine each time CTAs finish until it settles."""
+    """Simulate one launch; with a `cutoff`, it sees the machine each time CTAs finish (or, for a launch whose
+    CTAs differ, each time a unit starts) until it settles."""
     env = simpy.Environment(initial_time=clock_s + ceilings.launch_overhead_s)
     m = Machine(env, gpu, ceilings, trace=trace)
     cohorts: list = []
@@ -97,13 +98,17 @@ def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=None, 
 
     def on_finish(cohort):
         done[0] += cohort.weight
-        if cutoff is not None and not cutoff.settled:
+        if cutoff is not None and not cutoff.settled and not cutoff.by_dispatch:
             cutoff.watch(_snapshot(m, done[0]))
         if counted is not None:
             counted.ctas_done(done[0])
 
+    def on_dispatch(position, count):
+        cutoff.dispatching(position, count, lambda ctas: _snapshot(m, ctas))
+
     start = env.now
-    env.run(env.process(run_launch(m, launch, occ, fast, cohorts, batch, on_finish, cutoff)))
+    env.run(env.process(run_launch(m, launch, occ, fast, cohorts, batch, on_finish, cutoff,
+                                   on_dispatch=None if cutoff is None else on_dispatch)))
     end = env.now
     m.counters.flush(m.l2.flush())  # the next kernel starts cold, as under ncu
     return LaunchResult(
