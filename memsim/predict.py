@@ -26,7 +26,8 @@ Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
 V_PREFETCH_ALGORITHMS = ("flash_decoding", "paged", "flash_decoding_pp")  # schedules that model TileConfig.v_prefetch
 DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
 ATOMIC_SEM_ALGORITHMS = ("linear",)  # whose ordered atomics TileConfig.atomic_sem describes (its state kernel)
-SPILL_ALGORITHMS = ("flash2", "flash_decoding")  # forward schedules that model TileConfig.spill_bytes_per_*
+SPILL_ALGORITHMS = ("flash2", "flash_decoding")  # schedules that model TileConfig.spill_bytes_per_* (their forward;
+# flash2's backward too, in its dK/dV kernel with dq "separate")
 
 
 def resolve_tiles(gpu: GPUSpec, algo: str, shape: AttentionShape, **overrides) -> TileConfig:
@@ -88,8 +89,12 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if tiles.spills and alg.name not in SPILL_ALGORITHMS:
         raise MemsimError(f"register spills (spill_bytes_per_iteration, spill_bytes_per_cta) are modelled for the "
                           f"forward of {', '.join(SPILL_ALGORITHMS)}, not {alg.name}; leave them at 0")
-    if tiles.spills and pass_ != "fwd":
-        raise MemsimError(f"register spills describe the forward kernel; pass {pass_!r} has a backward (use pass fwd)")
+    if tiles.spills and pass_ == "fwd+bwd":
+        raise MemsimError("register spills describe one pass's main kernel (the forward, or the backward's dK/dV "
+                          "kernel with dq 'separate'); pass 'fwd+bwd' has both: predict them one pass at a time")
+    if tiles.spills and pass_ == "bwd" and (alg.name != "flash2" or tiles.dq != "separate"):
+        raise MemsimError(f"register spills of a backward are modelled for flash2's dK/dV kernel with dq 'separate', "
+                          f"not {alg.name} with dq {tiles.dq!r}; leave them at 0")
     ceilings = spec.ceilings(calibrated, tiles.mma)
     results, notes = [], ()
     if engine == "des":

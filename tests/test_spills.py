@@ -1,5 +1,6 @@
-"""Register spills (TileConfig.spill_bytes_per_iteration / _per_cta) in the FA2 forward: both engines, the CLI,
-scenarios, and the kernel property validation.fit_spills reads from the H100 probe."""
+"""Register spills (TileConfig.spill_bytes_per_iteration / _per_cta) in the FA2 forward, the decode split kernel and
+the FA2 backward's dK/dV kernel: both engines, the CLI, scenarios, and the kernel properties validation.fit_spills
+reads from the H100 probes."""
 
 import dataclasses
 
@@ -35,7 +36,10 @@ def test_spills_are_refused_where_no_schedule_models_them():
     shape = AttentionShape(q_heads=4, q_len=1024)
     assert_refused_on_one_line(lambda: predict("flash3", shape, tiles=spilling(7168, 0)), ["flash2", "flash3"])
     assert_refused_on_one_line(lambda: predict("flash2", shape, tiles=spilling(0, 8192), pass_="bwd"),
-                               ["forward", "bwd"])
+                               ["dK/dV", "separate", "'atomic'"])  # the atomic-dQ backward: no model of its spills
+    separate = dataclasses.replace(spilling(0, 8192), dq="separate")
+    assert_refused_on_one_line(lambda: predict("flash2", shape, tiles=separate, pass_="fwd+bwd"),
+                               ["one pass", "fwd+bwd"])
 
 
 def slots_and_iterations(shape, tiles):
@@ -177,3 +181,65 @@ def test_decode_spills_reach_l2_in_full_in_both_engines_and_change_nothing_else(
     plain = flash_decoding.split_kernel(H100, shape, dataclasses.replace(tiles, spill_bytes_per_iteration=0,
                                                                          spill_bytes_per_cta=0))
     assert {k: v for k, v in split.traffic.items() if k != "spill"} == plain.traffic
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.sampled_from([1, 2]), st.sampled_from([(8, 8), (8, 2)]), st.integers(256, 2048), st.booleans(),
+       st.integers(0, 8192), st.integers(0, 40000))
+def test_backward_spills_reach_l2_in_full_in_both_engines_and_change_nothing_else(batch, heads, n, causal,
+                                                                                per_pair, per_cta):
+    """Our backward's dK/dV kernel spills (validation.mapping.OUR_SPILLS): every byte is an SM -> L2 write of its
+    own tensor in both engines, and nothing else moves."""
+    from memsim.algorithms import flash2_bwd_separate_dq as backward
+    from memsim.schedules import flash2_bwd_separate_dq as backward_schedule
+    shape = AttentionShape(batch=batch, q_heads=heads[0], kv_heads=heads[1], q_len=n, head_dim=64, causal=causal)
+    tiles = TileConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, dq="separate",
+                       spill_bytes_per_iteration=per_pair, spill_bytes_per_cta=per_cta)
+    cost = backward.dkdv_kernel(H100, shape, tiles, "flash2_bwd")
+    launch = backward_schedule.dkdv_kernel(shape, tiles, "flash2_bwd")
+    pairs = sum(launch.program(pid).loop.iterations for pid in range(launch.grid))
+    stored = pairs * per_pair + launch.grid * per_cta
+    sim = simulate(H100, H100.ceilings(), [launch])[0].counters.by_tensor()
+    if stored == 0:
+        assert "spill" not in sim and "spill" not in cost.traffic
+        return
+    assert sim["spill"]["l2_write"] == pytest.approx(stored) == cost.traffic["spill"].l2_write
+    plain = backward.dkdv_kernel(H100, shape, dataclasses.replace(tiles, spill_bytes_per_iteration=0,
+                                                                  spill_bytes_per_cta=0), "flash2_bwd")
+    assert {k: v for k, v in cost.traffic.items() if k != "spill"} == plain.traffic
+
+
+def test_a_spilling_backward_is_predicted_pass_by_pass():
+    shape = AttentionShape(q_heads=8, q_len=2048, head_dim=64, causal=True)
+    tiles = TileConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, dq="separate", spill_bytes_per_cta=34304)
+    for engine in ("analytic", "des"):
+        p = predict("flash2", shape, tiles=tiles, pass_="bwd", engine=engine)
+        dkdv = next(k for k in p.kernels if k.name.endswith("_dkdv"))
+        assert dkdv.bytes_by_tensor["spill"]["l2_write"] == pytest.approx(34304 * dkdv.grid_ctas), engine
+
+
+def test_the_mapping_holds_our_kernels_spills_probed_on_shapes_outside_the_suite():
+    """Our FP8 forward and backward dK/dV kernel at d = 64 run at 255 registers and spill a fixed number of bytes per
+    CTA at every probed N; the suite's d = 64 rows of both get them, the d = 128 ones (no spills) do not."""
+    from pathlib import Path
+    from validation.cases import suite
+    from validation.compare import load_rows
+    from validation.fit_spills import fit_per_cta, ours_probes
+    from validation.mapping import OUR_SPILLS, map_case
+    found = ours_probes()
+    assert found and not {p.case for p in found} & {case.id for case in suite("full", ("flash2_fp8", "flash2_bwd"))}
+    assert fit_per_cta(found) == OUR_SPILLS
+    assert {p.key for p in found} == set(OUR_SPILLS)
+    rows = {r["id"]: r for r in load_rows(Path(__file__).parents[1] / "validation" / "results" / "h100")}
+    assert map_case(rows["flash2_bwd.b2h32k32n4096m4096d64c1.bf16"]).tiles.spill_bytes_per_cta == 34304
+    assert map_case(rows["flash2_fp8.b1h16k16n1024m1024d64c0.fp8"]).tiles.spill_bytes_per_cta == 6656
+    assert not map_case(rows["flash2_bwd.b1h16k16n4096m4096d128c0.bf16"]).tiles.spills
+    assert not map_case(rows["flash2_fp8.b4h32k32n4096m4096d128c0.fp8"]).tiles.spills
+
+
+def test_a_kernel_whose_spills_grow_with_the_shape_has_no_per_cta_fit():
+    from validation.fit_spills import OurProbe, fit_per_cta
+    found = [OurProbe("a", ("flash2_fp8", 64, False), 100, 100 * 6656.0),
+             OurProbe("b", ("flash2_fp8", 64, False), 200, 200 * 7000.0),
+             OurProbe("c", ("flash2_bwd", 64, True), 100, 100 * 34304.0)]
+    assert fit_per_cta(found) == {("flash2_bwd", 64, True): 34304}

@@ -17,6 +17,12 @@ validation.mapping.SDPA_FA2_SPILLS holds the result (a test checks it against th
 With --decode (results/h100/decode-spill-probe-ncu-2026-11-23.csv) it fits the kernel's one-split decode instantiation
 (flash_fwd_kernel at q_len = 1: validation.mapping.SDPA_FA2_DECODE_SPILLS), each CTA one row block over every key
 block of its (batch, kv head).
+
+With --ours (results/h100/ours-spill-probe-ncu-2026-11-23.csv) it reads our own kernels that run at 255 registers:
+the FP8 forward and the backward's dK/dV kernel at head dim 64, six shapes each outside the suite. Their local
+stores are a fixed number of bytes per CTA, whatever the CTA's loop length (N = 1024 to 8192), one number for
+the causal instantiation and one for the other (validation.mapping.OUR_SPILLS); a kernel whose bytes per CTA
+differ between shapes has no fit.
 """
 
 import argparse
@@ -33,6 +39,8 @@ from validation.ncu import parse_raw
 RESULTS = pathlib.Path(__file__).parent / "results" / "h100"
 PROBE = RESULTS / "spill-probe-ncu-2026-11-23.csv"
 DECODE_PROBE = RESULTS / "decode-spill-probe-ncu-2026-11-23.csv"  # its one-split decode instantiation
+OURS_PROBE = RESULTS / "ours-spill-probe-ncu-2026-11-23.csv"  # our FP8 forward and backward dK/dV kernel at d = 64
+OUR_SPILLING_LAUNCHES = {"flash2_fp8": "_flash2_fp8_fwd", "flash2_bwd": "_flash2_bwd_dkdv"}
 LOCAL_STORE_SECTORS = "l1tex__t_sectors_pipe_lsu_mem_local_op_st.sum"
 SECTOR_BYTES = 32
 
@@ -76,6 +84,36 @@ def decode_probes(csv_path: pathlib.Path = DECODE_PROBE) -> list[Probe]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class OurProbe:
+    case: str
+    key: tuple[str, int, bool]  # our kernel, head_dim, causal
+    ctas: int
+    stored_bytes: float
+
+
+def ours_probes(csv_path: pathlib.Path = OURS_PROBE) -> list[OurProbe]:
+    """The spilling launch of each of our probed cases (OUR_SPILLING_LAUNCHES), with its CTAs and local stores."""
+    out = []
+    for launch in parse_raw(csv_path.read_text()):
+        case = Case.from_id(launch["range"])
+        if launch["kernel"] != OUR_SPILLING_LAUNCHES.get(case.kernel):
+            continue
+        out.append(OurProbe(case.id, (case.kernel, case.head_dim, case.causal), int(launch["launch__grid_size"]),
+                            launch[LOCAL_STORE_SECTORS] * SECTOR_BYTES))
+    return out
+
+
+def fit_per_cta(found: list[OurProbe]) -> dict[tuple[str, int, bool], int]:
+    """(kernel, head_dim, causal) -> local-store bytes per CTA, where every probed shape of it stores the same
+    whole number of bytes per CTA (a per-CTA spill, as our kernels' are); keys whose shapes differ are left out."""
+    by_key = defaultdict(set)
+    for p in found:
+        by_key[p.key].add(p.stored_bytes / p.ctas)
+    return {key: round(next(iter(values))) for key, values in sorted(by_key.items())
+            if len(values) == 1 and float(next(iter(values))).is_integer()}
+
+
 def fit(found: list[Probe]) -> dict[tuple[int, int, int], tuple[int, int]]:
     """(head_dim, BLOCK_M, BLOCK_N) -> (bytes per CTA per key block, bytes per CTA), whole bytes; tiles probed at
     fewer than two shapes have no fit."""
@@ -96,11 +134,15 @@ def fit(found: list[Probe]) -> dict[tuple[int, int, int], tuple[int, int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="?", type=pathlib.Path, help="ncu --page raw output; default: the recorded probe")
-    parser.add_argument("--decode", action="store_true", help="the one-split decode kernel's probe (q_len = 1)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--decode", action="store_true", help="the one-split decode kernel's probe (q_len = 1)")
+    which.add_argument("--ours", action="store_true", help="our FP8 forward and backward dK/dV kernels' probe")
     args = parser.parse_args(argv)
-    csv = args.csv or (DECODE_PROBE if args.decode else PROBE)
+    csv = args.csv or (DECODE_PROBE if args.decode else OURS_PROBE if args.ours else PROBE)
     if not csv.is_file():
         parser.error(f"{csv}: no such file")
+    if args.ours:
+        return _print_ours(ours_probes(csv))
     found = decode_probes(csv) if args.decode else probes(csv)
     fitted = fit(found)
     print("head_dim BLOCK_M BLOCK_N   bytes per key block   bytes per CTA")
@@ -113,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         per_iteration, per_cta = fitted[p.tile]
         print(f"{p.case:44s} {p.stored_bytes / 1e6:11.2f}   {(per_iteration * p.iterations + per_cta * p.ctas) / 1e6:9.2f}")
+    return 0
+
+
+def _print_ours(found: list[OurProbe]) -> int:
+    fitted = fit_per_cta(found)
+    print("case                                        CTAs   local-store bytes per CTA")
+    for p in found:
+        print(f"{p.case:42s} {p.ctas:6d}   {p.stored_bytes / p.ctas:12.1f}")
+    print("\nkernel       head_dim causal   bytes per CTA")
+    for (kernel, d, causal), per_cta in fitted.items():
+        print(f"{kernel:12s} {d:8d} {str(causal):6s}   {per_cta:13d}")
+    for key in sorted({p.key for p in found} - set(fitted)):
+        print(f"{key}: bytes per CTA differ between shapes: no fit")
     return 0
 
 

@@ -94,6 +94,11 @@ SDPA_FA2_SPILLS = {(64, 128, 128): (3032, 13817), (128, 128, 64): (7158, 8424)}
 # (bytes per CTA per key block, bytes per CTA): least squares over five d = 128 shapes outside the suite, residual 0
 # (results/h100/decode-spill-probe-ncu-2026-11-23.csv, validation.fit_spills.decode_fit).
 SDPA_FA2_DECODE_SPILLS = {(128, 128, 64): (4096, 3584)}
+# Our kernels that run at 255 registers and spill, (kernel, head_dim, causal) -> local-store bytes per CTA, the same
+# at every probed N (1024-8192): `python3 -m validation.fit_spills --ours` over six shapes each outside the suite
+# (results/h100/ours-spill-probe-ncu-2026-11-23.csv). The FP8 forward's; the backward's dK/dV kernel's.
+OUR_SPILLS = {("flash2_bwd", 64, False): 14336, ("flash2_bwd", 64, True): 34304,
+              ("flash2_fp8", 64, False): 6656, ("flash2_fp8", 64, True): 7168}
 FA2_TRAITS = re.compile(r"Flash_fwd_kernel_traits<\(int\)(\d+), \(int\)(\d+), \(int\)(\d+)")
 
 
@@ -406,12 +411,15 @@ def map_ours(row: dict, gpu: str = GPU) -> Mapped:
                     num_warps=main["num_warps"], num_stages=staged["num_stages"],
                     num_splits=row.get("num_splits") or base.num_splits, page_size=row.get("page_size") or base.page_size)
     structure = KERNEL_STRUCTURE.get(row["kernel"], {})
-    tiles = replace(tiles, **structure)
+    spilled = OUR_SPILLS.get((row["kernel"], shape.head_dim, shape.causal), 0)
+    tiles = replace(tiles, **structure, spill_bytes_per_cta=spilled)
     how = f"the kernel's own launch config ({main['kernel']})"
     if staged is not main:
         how += f"; its {staged['num_stages']} stages from {staged['kernel']}"
     if structure:
         how += "; as compiled: " + ", ".join(f"{k} = {v}" for k, v in structure.items())
+    if spilled:
+        how += f"; spills {spilled} B per CTA (OUR_SPILLS, probed outside the suite)"
     if row["kernel"] in NOT_MODELLED:
         how += f"; {NOT_MODELLED[row['kernel']]}"
     return Mapped(algo, shape, tiles, how=how, pass_=row.get("memsim_pass") or "fwd",

@@ -20,6 +20,7 @@ from math import ceil
 
 from memsim.algorithms import flash2_bwd as atomic
 from memsim.algorithms.base import registers_estimate
+from memsim.algorithms.flash2 import spill_tensor
 from memsim.algorithms.kv_blocks import kv_block_visits, row_visits
 from memsim.algorithms.pointwise import pointwise_kernel
 from memsim.algorithms.tiling import QBlockTiles, keys_touched, q_block_tiles
@@ -103,6 +104,7 @@ def dkdv_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: st
     gradient = Traffic.streamed(write=kv_heads * shape.kv_len * d * e)
     traffic = {"Q": per_kv_head(d * e), "dO": per_kv_head(d * e), "LSE": per_kv_head(ACCUMULATOR_BYTES),
                "D": per_kv_head(ACCUMULATOR_BYTES), "K": kv, "V": kv, "dK": gradient, "dV": gradient}
+    traffic = spill_tensor(gpu, traffic, grid, slots, heads * float(blocks.tile_pairs), tiles)  # one per pair
     scores = bm * bn * float(blocks.tile_pairs)
     masked = bm * bn * float(blocks.edge_tiles.sum())
     return KernelCost(

@@ -62,10 +62,11 @@ def cli():
               "fastest (the GPU's own, wgmma on Hopper; default), mma_sync (sm_80 code such as FlashAttention-2) "
               "or fma (CUDA cores, no tensor cores).")
 @click.option("--spill-bytes-per-iteration", "spill_iteration", type=int,
-              help="flash2 forward: bytes of registers each CTA spills to local memory every key block (a property of "
-                   "the compiled kernel: ncu's local-store sectors x 32 at two shapes, validation/fit_spills.py).")
+              help="flash2 forward (or, with --pass bwd --dq separate, its dK/dV kernel) and the flash_decoding split "
+                   "kernel: bytes of registers each CTA spills to local memory every key block (a property of the "
+                   "compiled kernel: ncu's local-store sectors x 32 at two shapes, validation/fit_spills.py).")
 @click.option("--spill-bytes-per-cta", "spill_cta", type=int,
-              help="flash2 forward: bytes of registers each CTA spills to local memory once.")
+              help="the same kernels: bytes of registers each CTA spills to local memory once.")
 @click.option("--registers", type=int, help="Registers per thread of the pass's first launch, as ncu reports it "
                                              "(launch__registers_per_thread); default: memsim's estimate.")
 @click.option("--smem-bytes", type=int, help="Shared memory per CTA of the pass's first launch, dynamic + static, as "

@@ -13,7 +13,7 @@ from memsim.algorithms.flash2_bwd import MASK_OPS_PER_SCORE, key_block_registers
 from memsim.algorithms.kv_blocks import kv_block_visits
 from memsim.algorithms.tiling import q_block_tiles
 from memsim.schedules.flash2_bwd import P_FMA_OPS, edge_pairs, pointwise, visitors
-from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector
+from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector, spill_steps
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
@@ -46,6 +46,9 @@ def dkdv_kernel(shape: AttentionShape, tiles: TileConfig, name: str) -> Launch:
     edges = [edge_pairs(blocks, j, seen_by[j]) for j in range(t_c)]
     matmul = Mma(2.0 * bm * bn * d, tensor_core_dtype(shape.dtype))
     uneven = shape.causal or shape.window is not None or shape.q_len % bm != 0 or shape.kv_len % bn != 0
+    # A spilling dK/dV kernel (TileConfig.spill_bytes_per_*: our d = 64 one, validation.mapping.OUR_SPILLS) stores
+    # them once at its start and after each pair's work, as flash2's forward does.
+    spill_once, spill_each = spill_steps(tiles.spill_bytes_per_cta, tiles.spill_bytes_per_iteration)
 
     def locate(pid: int) -> tuple[int, int, int]:
         j, bkv = pid % t_c, pid // t_c
@@ -69,11 +72,11 @@ def dkdv_kernel(shape: AttentionShape, tiles: TileConfig, name: str) -> Launch:
             return _q_side_loads((batch, head), i, int(blocks.rows[i]), shape)
 
         def compute(t: int):
-            return _pair_work(bm * bn, bool(edge[step(t)[1]]), matmul, dkdv=True)
+            return _pair_work(bm * bn, bool(edge[step(t)[1]]), matmul, dkdv=True) + spill_each
 
         kv = (Load("K", None, 0, keys * d * kv_e), Load("V", None, 0, keys * d * kv_e))
         return CtaProgram(
-            prologue=kv if per_head else (),
+            prologue=spill_once + (kv if per_head else ()),
             loop=Loop(g * per_head, loads, compute),
             epilogue=(Vector(keys * d * closed_form.SCALE_OPS_PER_ELEMENT, 0.0),
                       Store("dK", None, 0, keys * d * e), Store("dV", None, 0, keys * d * e)),
