@@ -110,7 +110,8 @@ class Cutoff:
             self.watch(snapshot(boundary))
 
     def watch(self, snapshot: Snapshot) -> None:
-        """Called as CTAs finish: tries every window pair that has ended, sliding a step at a time."""
+        """Called with each snapshot (as CTAs finish, or as units start: `dispatching`): tries every window pair
+        that has ended, sliding a step at a time."""
         self.snapshots.append(snapshot)
         while self.rate is None and snapshot.done_ctas >= self.start + 2 * self.window:
             a, b, c = (_first_reaching(self.snapshots, self.start + k * self.window) for k in range(3))
