@@ -2,7 +2,8 @@
 
 memsim's engine runs identical CTAs in lock-step: CTAs started together finish together, so the
 outputs of a one-wave kernel are all written at its very end and stay dirty in L2 (decode kernels:
-predicted 0 bytes written to HBM, measured 0.05-0.4 MB; README, "What it gets wrong"). This probe
+predicted 0 bytes written to HBM, measured 0.05-0.4 MB; validation/ACCURACY.md, "What it gets wrong, in
+full"). This probe
 measures the two facts that decide it, with no attention kernel:
 
 1. the spread of CTA finish times: every CTA streams an equal share of R bytes (its own contiguous

@@ -166,7 +166,7 @@ def spill(m: Machine, step: Spill, cohort: Cohort) -> None:
     """Local-memory stores into L2; the warps go on without waiting for them. Local memory is backed per
     resident warp, so a CTA spills into the lines its slot's previous CTA used: rewritten in place, they
     reach HBM only if the L2 brings in a dirty lifetime's worth of other data between two spills
-    (validation/results/h100/spill-probe-ncu-2026-11-23.csv and the README)."""
+    (validation/results/h100/spill-probe-ncu-2026-11-23.csv and validation/ACCURACY.md)."""
     m.counters.l2_write["spill"] += step.bytes * cohort.weight
     m.units["l2"].use(step.bytes, cohort.weight)
     for slot in cohort.slots:
