@@ -1,7 +1,7 @@
 """What a kernel's writes leave dirty in L2 at its end (memsim.writes, and the engine's L2 under the same limits)."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from memsim import AttentionShape, predict
 from memsim.engine.l2cache import L2Cache
@@ -101,10 +101,57 @@ def test_l2_hits_do_not_age_dirty_tiles():
     assert l2.insert(("K", 2), 1, "K", dirty=False) == [("O", 10)]  # 31: O0 reaches HBM
 
 
+def test_a_tile_there_before_a_write_and_read_after_it_ages_it_once():
+    """Least-recently-used order: K0, filled before O0 was written and read after it, is above O0 in the stack,
+    so O0 is 20 bytes from the bottom however often K0 is read again (memsim.engine.recency)."""
+    l2 = L2Cache(capacity_bytes=1000, dirty_lifetime_bytes=30)
+    l2.insert(("K", 0), 20, "K", dirty=False)
+    l2.insert(("O", 0), 10, "O", dirty=True)
+    assert l2.oldest_dirty_age_bytes() == 0
+    for _ in range(5):
+        assert l2.lookup(("K", 0)) is True
+    assert l2.oldest_dirty_age_bytes() == 20 and l2.filled_bytes == 30  # nothing more brought in
+    assert l2.insert(("K", 1), 10, "K", dirty=False) == []  # 30 touched since O0: not more than the lifetime
+    assert l2.insert(("K", 2), 1, "K", dirty=False) == [("O", 10)]
+
+
+def test_reading_a_dirty_tile_again_makes_it_the_most_recent():
+    l2 = L2Cache(capacity_bytes=1000, dirty_lifetime_bytes=30)
+    l2.insert(("O", 0), 10, "O", dirty=True)
+    l2.insert(("K", 0), 25, "K", dirty=False)
+    assert l2.lookup(("O", 0)) is True and l2.oldest_dirty_age_bytes() == 0
+    assert l2.insert(("K", 1), 30, "K", dirty=False) == []  # 30 since it was read: still in
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(1, 30), st.sampled_from(["read", "clean", "dirty"])),
+                min_size=1, max_size=60))
+def test_a_dirty_tiles_age_is_its_stack_distance(ops):
+    """With room for everything and no write-back, the oldest dirty tile's age is the bytes of the other tiles
+    last touched after its own last touch: the least-recently-used stack distance, counted by brute force."""
+    l2 = L2Cache(capacity_bytes=10**6)
+    last, size, clock, dirty = {}, {}, 0, set()
+    for key, nbytes, kind in ops:
+        if kind == "read":
+            if l2.lookup(key) is True:
+                clock += 1
+                last[key] = clock
+            continue
+        l2.insert(key, nbytes, "T", kind == "dirty")
+        clock += 1
+        last[key], size[key] = clock, nbytes
+        dirty = dirty - {key} | ({key} if kind == "dirty" else set())
+    if not dirty:
+        assert l2.oldest_dirty_age_bytes() == 0
+        return
+    oldest = min(dirty, key=last.get)
+    assert l2.oldest_dirty_age_bytes() == pytest.approx(sum(size[k] for k in last if last[k] > last[oldest]))
+
+
 @given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 30), st.booleans()), max_size=60), st.integers(10, 200),
        st.integers(1, 300))
 def test_no_dirty_tile_outlives_the_lifetime(ops, limit, lifetime):
-    """No dirty tile stays once more than `lifetime` bytes have been brought into L2 after it was written."""
+    """No dirty tile stays once more than `lifetime` bytes of other tiles have been touched since it was."""
     l2 = L2Cache(capacity_bytes=150, dirty_limit_bytes=limit, dirty_lifetime_bytes=lifetime)
     for key, nbytes, dirty in ops:
         l2.insert(key, nbytes, "T", dirty)

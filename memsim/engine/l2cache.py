@@ -7,9 +7,15 @@ Dirty tiles are written back to HBM when evicted, or when the kernel ends (ncu f
 the cache between kernels, so each kernel starts cold: DESIGN.md). Two calibrated limits
 (memsim.writes says the same for the analytic model), under which the oldest dirty tiles are
 written back and stay in L2, clean:
-- `dirty_lifetime_bytes` (the GPU's `l2_dirty_lifetime_bytes`): a dirty tile reaches HBM once
-  that many bytes have been brought into L2 after it (tiles filled from HBM and tiles written that were not
-  there: rewriting a resident tile, as a spill or an atomic does, takes no new line);
+- `dirty_lifetime_bytes` (the GPU's `l2_dirty_lifetime_bytes`): a dirty tile reaches HBM once that many
+  bytes of other tiles have been touched since it was last touched: its least-recently-used stack distance
+  (memsim.engine.recency). That is the bytes brought into L2 after it (tiles filled from HBM and tiles written:
+  rewriting a resident tile, as a spill or an atomic does, takes no new line but moves it up), plus the tiles
+  that were there before it and are read again after it, each once: K and V of the heads in flight, which
+  their CTAs keep reading while the outputs of earlier CTAs wait. A tile read again and again counts once, as
+  the microbenchmark says (hits on 4 MiB of data read after the stores sent nothing to HBM). The write-backs
+  are checked as tiles are brought in or written. The analytic model (memsim.writes) ages by bytes brought
+  in only: it does not follow tiles;
 - `dirty_limit_bytes` (`l2_dirty_resident_bytes`): no more than that stays dirty.
 
 The H100's L2 is two partitions, each caching for the SMs next to it (A100 whitepaper, "L2 cache";
@@ -29,12 +35,12 @@ needs, each with its own age: exactly what the members' tiles one by one would d
 """
 
 from collections import OrderedDict
-from bisect import bisect_left
 from math import ceil
 from typing import Hashable
 
 import simpy
 
+from memsim.engine.recency import Recency
 from memsim.writes import on_both_partitions
 
 _BYTE_ROUNDING = 1e-9  # relative: a fraction of a member this small is float rounding, not a member
@@ -45,8 +51,9 @@ class _Entry:
 
     def __init__(self, member_bytes: float, members: int, tensor: str):
         self.member_bytes, self.members, self.tensor = member_bytes, members, tensor
-        # when each dirty member was written (filled_bytes then), oldest first: the newest members are the dirty ones
-        self.stamps: list[float] = []
+        # each dirty member's (sequence number of the entry's last touch, bytes of the members after it in the entry),
+        # oldest first: the newest members are the dirty ones (memsim.engine.recency)
+        self.stamps: list[tuple[int, float]] = []
 
     @property
     def nbytes(self) -> float:
@@ -67,7 +74,9 @@ class L2Cache:
         self._readers: dict[Hashable, int] = {}  # shared tile -> CTAs that have read it
         self._lines: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
         self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # keys with dirty members, least recently written first
-        self.filled_bytes = 0.0  # bytes brought into L2 so far (filled or newly written): the age of a dirty tile
+        self.filled_bytes = 0.0  # bytes brought into L2 so far (filled or newly written)
+        self.recency = Recency()  # bytes of distinct tiles touched since each touch: a dirty tile's age
+        self._newest_stamp = 0  # the latest sequence number a dirty tile was stamped with
         self._inflight: dict[Hashable, simpy.Event] = {}
         self._transfers: dict[Hashable, simpy.Event] = {}  # fetches in flight -> when their HBM transfer starts
         self.used_bytes = 0.0
@@ -77,6 +86,7 @@ class L2Cache:
         """True on a hit (and the tile becomes most recent), the pending fetch's event, or False on a miss."""
         if key in self._lines:
             self._lines.move_to_end(key)
+            self._touch(key, self._lines[key])
             return True
         return self._inflight.get(key, False)
 
@@ -89,6 +99,7 @@ class L2Cache:
         if extra <= 0:
             return []
         self.filled_bytes += extra
+        self.recency.touch_bytes(extra)
         return self._write_back_oldest()
 
     def start_fetch(self, key: Hashable, event: simpy.Event, transfer: simpy.Event | None = None) -> None:
@@ -116,6 +127,7 @@ class L2Cache:
         if old is None:
             self._lines[key] = entry = _Entry(member_bytes, 0, tensor)
             return self._add_members(key, entry, members, dirty)
+        self.recency.forget(key)  # its lines are written anew below, each touched as it is
         # Rewritten (a clean fill never lands on a present tile): member by member, each replacing its own old
         # tile, which counts as written now; the old entry keeps its place until its last member is replaced.
         new_key = ("rewrite of", key)
@@ -128,6 +140,7 @@ class L2Cache:
             written_back += self._add_members(new_key, entry, 1, dirty, brought_in=not resident)
         self._lines.pop(key, None)
         self._dirty.pop(key, None)
+        self.recency.rename(new_key, key)
         self._lines[key] = self._lines.pop(new_key)
         if new_key in self._dirty:
             self._dirty.pop(new_key)
@@ -138,16 +151,30 @@ class L2Cache:
                      brought_in: bool = True) -> list[tuple[str, float]]:
         entry.members += count
         self.used_bytes += count * entry.member_bytes
-        for _ in range(count):
-            if brought_in:
-                self.filled_bytes += entry.member_bytes
-            if dirty:
-                entry.stamps.append(self.filled_bytes)
+        if brought_in:
+            self.filled_bytes += count * entry.member_bytes
         if dirty:
+            entry.stamps.extend([(0, 0.0)] * count)  # set by _touch
             self.dirty_bytes += count * entry.member_bytes
             self._dirty[key] = None
-            self._dirty.move_to_end(key)
+        self._touch(key, entry)
         return self._evict() + self._write_back_oldest()
+
+    def _touch(self, key: Hashable, entry: _Entry) -> None:
+        """The entry's tiles are touched, oldest member first: a dirty member's age starts again from the members
+        after it."""
+        if entry.stamps:
+            seq = self.recency.touch(key, entry.nbytes)
+            dirty = len(entry.stamps)
+            entry.stamps = [(seq, (dirty - 1 - i) * entry.member_bytes) for i in range(dirty)]
+            self._dirty.move_to_end(key)
+            self._newest_stamp = seq
+        else:  # only the ages of dirty tiles stamped before this one's last touch could change
+            self.recency.touch(key, entry.nbytes, watched_from=self._newest_stamp)
+
+    def _age(self, stamp: tuple[int, float]) -> float:
+        seq, later = stamp
+        return self.recency.since(seq) + later
 
     def _drop_oldest(self, key: Hashable, entry: _Entry) -> None:
         """Its oldest member leaves without a write-back (it is being rewritten)."""
@@ -195,8 +222,9 @@ class L2Cache:
             key = next(iter(self._dirty))
             entry = self._lines[key]
             count = 0
-            if lifetime is not None:  # aged: written more than the lifetime ago
-                count = bisect_left(entry.stamps, self.filled_bytes - lifetime)
+            if lifetime is not None:  # aged: more than the lifetime touched since it was (its stamps: ages falling)
+                while count < len(entry.stamps) and self._age(entry.stamps[count]) > lifetime:
+                    count += 1
             if limit is not None and self.dirty_bytes > limit:
                 keep = 1 if len(self._dirty) == 1 else 0  # the newest dirty tile stays
                 over = _members_covering(self.dirty_bytes - limit, entry.member_bytes)
@@ -212,10 +240,10 @@ class L2Cache:
         return written_back
 
     def oldest_dirty_age_bytes(self) -> float:
-        """Bytes brought into L2 since the oldest dirty tile was written (0 when none is dirty)."""
+        """Bytes of other tiles touched since the least recently touched dirty tile (0 when none is dirty)."""
         if not self._dirty:
             return 0.0
-        return self.filled_bytes - self._lines[next(iter(self._dirty))].stamps[0]
+        return self._age(self._lines[next(iter(self._dirty))].stamps[0])
 
     def flush(self) -> list[tuple[str, float]]:
         """Empty the cache (kernel end); returns the dirty (tensor, bytes) written back."""
@@ -225,6 +253,8 @@ class L2Cache:
         self._inflight.clear()
         self._transfers.clear()
         self._readers.clear()
+        self.recency.clear()
+        self._newest_stamp = 0
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
         return dirty
