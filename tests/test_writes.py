@@ -1,7 +1,7 @@
 """What a kernel's writes leave dirty in L2 at its end (memsim.writes, and the engine's L2 under the same limits)."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from memsim import AttentionShape, predict
 from memsim.engine.l2cache import L2Cache
@@ -188,6 +188,8 @@ def test_l2_dirty_bytes_stay_under_the_limit_and_nothing_is_written_back_that_wa
 @given(st.lists(st.tuples(st.integers(0, 8), st.integers(1, 20), st.sampled_from(["read", "store", "fill"])),
                 max_size=50),
        st.integers(10, 120), st.integers(5, 150), st.integers(40, 200))
+@example(ops=[(1, 5, "store"), (0, 1, "store"), (1, 1, "store")], limit=10, lifetime=5, capacity=40)  # a cohort's
+# tiles read after a dirty tile and then rewritten smaller: each member moves on its own
 def test_an_entry_of_members_is_its_tiles_one_by_one(ops, limit, lifetime, capacity):
     """A cohort's private tiles share one entry (memsim.engine.cta): it must evict and write back exactly as the
     members' own tiles put in one after another would, byte for byte, whatever comes before and after."""

@@ -47,13 +47,14 @@ _BYTE_ROUNDING = 1e-9  # relative: a fraction of a member this small is float ro
 
 
 class _Entry:
-    __slots__ = ("member_bytes", "members", "stamps", "tensor")
+    __slots__ = ("member_bytes", "members", "stamps", "tensor", "first")
 
     def __init__(self, member_bytes: float, members: int, tensor: str):
         self.member_bytes, self.members, self.tensor = member_bytes, members, tensor
-        # each dirty member's (sequence number of the entry's last touch, bytes of the members after it in the entry),
-        # oldest first: the newest members are the dirty ones (memsim.engine.recency)
-        self.stamps: list[tuple[int, float]] = []
+        # each dirty member's last touch (memsim.engine.recency's sequence number), oldest first: the newest members
+        # are the dirty ones
+        self.stamps: list[int] = []
+        self.first = 0  # the oldest member still here: member i of the cohort is tile (key, i) to memsim.engine.recency
 
     @property
     def nbytes(self) -> float:
@@ -127,7 +128,6 @@ class L2Cache:
         if old is None:
             self._lines[key] = entry = _Entry(member_bytes, 0, tensor)
             return self._add_members(key, entry, members, dirty)
-        self.recency.forget(key)  # its lines are written anew below, each touched as it is
         # Rewritten (a clean fill never lands on a present tile): member by member, each replacing its own old
         # tile, which counts as written now; the old entry keeps its place until its last member is replaced.
         new_key = ("rewrite of", key)
@@ -137,44 +137,48 @@ class L2Cache:
             resident = old.members > 0 and k >= members - old.members  # member k's old tile is still there
             if resident:
                 self._drop_oldest(key, old)
-            written_back += self._add_members(new_key, entry, 1, dirty, brought_in=not resident)
+            written_back += self._add_members(new_key, entry, 1, dirty, brought_in=not resident, tiles_of=key)
         self._lines.pop(key, None)
         self._dirty.pop(key, None)
-        self.recency.rename(new_key, key)
         self._lines[key] = self._lines.pop(new_key)
         if new_key in self._dirty:
             self._dirty.pop(new_key)
             self._dirty[key] = None
         return written_back
 
-    def _add_members(self, key: Hashable, entry: _Entry, count: int, dirty: bool,
-                     brought_in: bool = True) -> list[tuple[str, float]]:
+    def _add_members(self, key: Hashable, entry: _Entry, count: int, dirty: bool, brought_in: bool = True,
+                     tiles_of: Hashable | None = None) -> list[tuple[str, float]]:
+        """`count` members put in after the entry's others. `tiles_of`: the key their tiles have (while a rewrite
+        builds the entry under another)."""
         entry.members += count
         self.used_bytes += count * entry.member_bytes
         if brought_in:
             self.filled_bytes += count * entry.member_bytes
         if dirty:
-            entry.stamps.extend([(0, 0.0)] * count)  # set by _touch
+            entry.stamps.extend([0] * count)  # set by _touch
             self.dirty_bytes += count * entry.member_bytes
             self._dirty[key] = None
-        self._touch(key, entry)
+        self._touch(key, entry, newest=count, tiles_of=tiles_of)
         return self._evict() + self._write_back_oldest()
 
-    def _touch(self, key: Hashable, entry: _Entry) -> None:
-        """The entry's tiles are touched, oldest member first: a dirty member's age starts again from the members
-        after it."""
+    def _touch(self, key: Hashable, entry: _Entry, newest: int | None = None, tiles_of: Hashable | None = None) -> None:
+        """The entry's members (its `newest` only, if given) are touched one by one, oldest first, each its own tile
+        (tiles_of or key, member): a dirty member's age starts again."""
+        members = entry.members if newest is None else newest
+        start = entry.first + entry.members - members
+        dirty_from = entry.first + entry.members - len(entry.stamps)  # the newest members are the dirty ones
+        tiles_of = key if tiles_of is None else tiles_of
+        watched = None if entry.stamps else self._newest_stamp  # a clean entry can move no dirty tile's age back
+        for member in range(start, start + members):
+            seq = self.recency.touch((tiles_of, member), entry.member_bytes, watched_from=watched)
+            if member >= dirty_from:
+                entry.stamps[member - dirty_from] = seq
+                self._newest_stamp = seq
         if entry.stamps:
-            seq = self.recency.touch(key, entry.nbytes)
-            dirty = len(entry.stamps)
-            entry.stamps = [(seq, (dirty - 1 - i) * entry.member_bytes) for i in range(dirty)]
             self._dirty.move_to_end(key)
-            self._newest_stamp = seq
-        else:  # only the ages of dirty tiles stamped before this one's last touch could change
-            self.recency.touch(key, entry.nbytes, watched_from=self._newest_stamp)
 
-    def _age(self, stamp: tuple[int, float]) -> float:
-        seq, later = stamp
-        return self.recency.since(seq) + later
+    def _age(self, stamp: int) -> float:
+        return self.recency.since(stamp)
 
     def _drop_oldest(self, key: Hashable, entry: _Entry) -> None:
         """Its oldest member leaves without a write-back (it is being rewritten)."""
@@ -184,6 +188,7 @@ class L2Cache:
             if not entry.dirty:
                 self._dirty.pop(key, None)
         entry.members -= 1
+        entry.first += 1
         self.used_bytes -= entry.member_bytes
         if not entry.members:
             del self._lines[key]
@@ -209,6 +214,7 @@ class L2Cache:
                     self._dirty.pop(key, None)
             self.used_bytes -= count * entry.member_bytes
             entry.members -= count
+            entry.first += count
             if not entry.members:
                 lines.popitem(last=False)
         return written_back
@@ -222,7 +228,7 @@ class L2Cache:
             key = next(iter(self._dirty))
             entry = self._lines[key]
             count = 0
-            if lifetime is not None:  # aged: more than the lifetime touched since it was (its stamps: ages falling)
+            if lifetime is not None:  # aged: more than the lifetime touched since it was (stamps oldest first: ages falling)
                 while count < len(entry.stamps) and self._age(entry.stamps[count]) > lifetime:
                     count += 1
             if limit is not None and self.dirty_bytes > limit:

@@ -48,17 +48,6 @@ class Recency:
         self._add(self.seq, nbytes)
         return self.seq
 
-    def forget(self, key: Hashable) -> None:
-        """`key`'s bytes leave the count (its lines are being written anew, and will be touched again)."""
-        old = self._last.pop(key, None)
-        if old is not None:
-            self._add(old[0], -old[1])
-
-    def rename(self, old: Hashable, new: Hashable) -> None:
-        """The tile touched as `old` is `new` from now on."""
-        if old in self._last:
-            self._last[new] = self._last.pop(old)
-
     def since(self, seq: int) -> float:
         """Bytes of distinct tiles touched after sequence number `seq` (each at its last touch)."""
         i, prefix = min(seq, self._size), 0.0
