@@ -163,19 +163,23 @@ class L2Cache:
 
     def _touch(self, key: Hashable, entry: _Entry, newest: int | None = None, tiles_of: Hashable | None = None) -> None:
         """The entry's members (its `newest` only, if given) are touched one by one, oldest first, each its own tile
-        (tiles_of or key, member): a dirty member's age starts again."""
+        (member 0: tiles_of or key; member i: (that key, i)): a dirty member's age starts again."""
         members = entry.members if newest is None else newest
         start = entry.first + entry.members - members
-        dirty_from = entry.first + entry.members - len(entry.stamps)  # the newest members are the dirty ones
         tiles_of = key if tiles_of is None else tiles_of
-        watched = None if entry.stamps else self._newest_stamp  # a clean entry can move no dirty tile's age back
+        touch, nbytes = self.recency.touch, entry.member_bytes
+        if not entry.stamps:  # a clean entry can move no dirty tile's age back
+            watched = self._newest_stamp
+            for member in range(start, start + members):
+                touch((tiles_of, member) if member else tiles_of, nbytes, watched)
+            return
+        dirty_from = entry.first + entry.members - len(entry.stamps)  # the newest members are the dirty ones
         for member in range(start, start + members):
-            seq = self.recency.touch((tiles_of, member), entry.member_bytes, watched_from=watched)
+            seq = touch((tiles_of, member) if member else tiles_of, nbytes)
             if member >= dirty_from:
                 entry.stamps[member - dirty_from] = seq
                 self._newest_stamp = seq
-        if entry.stamps:
-            self._dirty.move_to_end(key)
+        self._dirty.move_to_end(key)
 
     def _age(self, stamp: int) -> float:
         return self.recency.since(stamp)
