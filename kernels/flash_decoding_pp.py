@@ -76,14 +76,14 @@ def _unified_partials(q, k_head, v_head, start, end, last_key, stride_kn, stride
 
 
 @triton.jit
-def _finish_rows(total, top, o_largest, phi, threshold):
-    """Rows (any shape) from their summed l, their largest score and largest |O| (natural units): (what O is
-    divided by: l, or 1 for a row with l = 0; LSE = phi + ln l or -inf; flag: the row left [phi - threshold, phi + threshold] or its
-    result is not finite, so it must be recomputed; empty: it saw no key)."""
+def _finish_rows(total, top, acc_largest, phi, threshold):
+    """Rows (any shape) from their summed l, their largest score (natural units) and largest |acc|: (what O is
+    divided by: l, or 1 for a row with l = 0; LSE = phi + ln l or -inf; flag: the row left
+    [phi - threshold, phi + threshold] or its result is not finite, so it must be recomputed; empty: it saw no key)."""
     empty = top == float("-inf")
-    finite = (tl.abs(total) < float("inf")) & (o_largest < float("inf"))  # NaN compares false
-    flag = (~empty) & ((top > phi + threshold) | (top < phi - threshold) | ~finite | (total <= 0.0))
     safe = tl.where(total > 0.0, total, 1.0)
+    finite = (tl.abs(total) < float("inf")) & (acc_largest / safe < float("inf"))  # NaN compares false
+    flag = (~empty) & ((top > phi + threshold) | (top < phi - threshold) | ~finite | (total <= 0.0))
     lse = tl.where(empty, float("-inf"), phi + tl.log(safe))
     return safe, lse, flag, empty
 
@@ -137,7 +137,7 @@ def unified_max_single(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, flag_ptr,
     top, l, acc = _unified_partials(q, k_head, v_head, 0, kv_len, query + kv_len - q_len, stride_kn, stride_kd,
                                     stride_vn, stride_vd, qk_scale_log2, phi_log2, HEAD_DIM, BLOCK_M, BLOCK_N,
                                     BLOCK_D, CAUSAL, IEEE)
-    divisor, lse, flag, empty = _finish_rows(l, top * LN2, tl.max(tl.abs(acc), 1) / tl.where(l > 0.0, l, 1.0),
+    divisor, lse, flag, empty = _finish_rows(l, top * LN2, tl.max(tl.abs(acc), 1),
                                              phi, threshold)
     o = tl.where(empty[:, None], 0.0, acc / divisor[:, None])
     b64, q64 = b.to(tl.int64), query.to(tl.int64)
@@ -171,7 +171,7 @@ def unified_max_combine(acc_ptr, sum_ptr, top_ptr, o_ptr, lse_ptr, flag_ptr,
     accs = tl.load(acc_ptr + b * stride_ab + head * stride_ah + query * stride_an + splits[:, None] * stride_as
                    + dims[None, :] * stride_ad, mask=split_ok[:, None] & (dims[None, :] < HEAD_DIM), other=0.0)
     summed = tl.sum(accs, 0)
-    divisor, lse, flag, empty = _finish_rows(total, top, tl.max(tl.abs(summed), 0) / tl.where(total > 0.0, total, 1.0),
+    divisor, lse, flag, empty = _finish_rows(total, top, tl.max(tl.abs(summed), 0),
                                              phi, threshold)
     o = tl.where(empty, 0.0, summed / divisor)
     tl.store(o_ptr + b * stride_ob + head * stride_oh + query * stride_on + dims * stride_od,

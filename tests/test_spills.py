@@ -160,7 +160,7 @@ def test_the_mapping_holds_the_decode_kernels_spills_fitted_on_shapes_outside_th
 
 
 @settings(max_examples=6, deadline=None)
-@given(st.sampled_from([1, 4]), st.sampled_from([(8, 8), (8, 2)]), st.integers(64, 4096), st.integers(0, 8192),
+@given(st.sampled_from([1, 4]), st.sampled_from([(8, 8), (8, 2)]), st.integers(192, 4096), st.integers(0, 8192),
        st.integers(0, 8192), st.sampled_from([1, 3]))
 def test_decode_spills_reach_l2_in_full_in_both_engines_and_change_nothing_else(batch, heads, keys, per_block,
                                                                                per_cta, splits):
@@ -169,18 +169,23 @@ def test_decode_spills_reach_l2_in_full_in_both_engines_and_change_nothing_else(
     shape = AttentionShape(batch=batch, q_heads=heads[0], kv_heads=heads[1], q_len=1, kv_len=keys, head_dim=128)
     tiles = TileConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, num_splits=splits,
                        spill_bytes_per_iteration=per_block, spill_bytes_per_cta=per_cta)
-    split = flash_decoding.split_kernel(H100, shape, tiles)
-    launch = decode_schedule.split_launch(shape, tiles)
+    assert_spills_stored_in_both_engines(decode_schedule.split_launch(shape, tiles),
+                                         lambda t: flash_decoding.split_kernel(H100, shape, t), tiles)
+
+
+def assert_spills_stored_in_both_engines(launch, closed_form_of, tiles):
+    """Every spilled byte of `launch` (its loop iterations x per iteration, its CTAs x per CTA) is an SM -> L2 write of
+    the spill tensor in the engine and in `closed_form_of(tiles)`, which spilling changes in nothing else."""
     iterations = sum(launch.program(pid).loop.iterations for pid in range(launch.grid))
-    stored = iterations * per_block + launch.grid * per_cta
+    stored = iterations * tiles.spill_bytes_per_iteration + launch.grid * tiles.spill_bytes_per_cta
     sim = simulate(H100, H100.ceilings(), [launch])[0].counters.by_tensor()
+    cost = closed_form_of(tiles)
     if stored == 0:
-        assert "spill" not in sim and "spill" not in split.traffic
+        assert "spill" not in sim and "spill" not in cost.traffic
         return
-    assert sim["spill"]["l2_write"] == pytest.approx(stored) == split.traffic["spill"].l2_write
-    plain = flash_decoding.split_kernel(H100, shape, dataclasses.replace(tiles, spill_bytes_per_iteration=0,
-                                                                         spill_bytes_per_cta=0))
-    assert {k: v for k, v in split.traffic.items() if k != "spill"} == plain.traffic
+    assert sim["spill"]["l2_write"] == pytest.approx(stored) == cost.traffic["spill"].l2_write
+    plain = closed_form_of(dataclasses.replace(tiles, spill_bytes_per_iteration=0, spill_bytes_per_cta=0))
+    assert {k: v for k, v in cost.traffic.items() if k != "spill"} == plain.traffic
 
 
 @settings(max_examples=6, deadline=None)
@@ -195,18 +200,8 @@ def test_backward_spills_reach_l2_in_full_in_both_engines_and_change_nothing_els
     shape = AttentionShape(batch=batch, q_heads=heads[0], kv_heads=heads[1], q_len=n, head_dim=64, causal=causal)
     tiles = TileConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, dq="separate",
                        spill_bytes_per_iteration=per_pair, spill_bytes_per_cta=per_cta)
-    cost = backward.dkdv_kernel(H100, shape, tiles, "flash2_bwd")
-    launch = backward_schedule.dkdv_kernel(shape, tiles, "flash2_bwd")
-    pairs = sum(launch.program(pid).loop.iterations for pid in range(launch.grid))
-    stored = pairs * per_pair + launch.grid * per_cta
-    sim = simulate(H100, H100.ceilings(), [launch])[0].counters.by_tensor()
-    if stored == 0:
-        assert "spill" not in sim and "spill" not in cost.traffic
-        return
-    assert sim["spill"]["l2_write"] == pytest.approx(stored) == cost.traffic["spill"].l2_write
-    plain = backward.dkdv_kernel(H100, shape, dataclasses.replace(tiles, spill_bytes_per_iteration=0,
-                                                                  spill_bytes_per_cta=0), "flash2_bwd")
-    assert {k: v for k, v in cost.traffic.items() if k != "spill"} == plain.traffic
+    assert_spills_stored_in_both_engines(backward_schedule.dkdv_kernel(shape, tiles, "flash2_bwd"),
+                                         lambda t: backward.dkdv_kernel(H100, shape, t, "flash2_bwd"), tiles)
 
 
 def test_a_spilling_backward_is_predicted_pass_by_pass():

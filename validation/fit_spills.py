@@ -110,8 +110,12 @@ def fit_per_cta(found: list[OurProbe]) -> dict[tuple[str, int, bool], int]:
     by_key = defaultdict(set)
     for p in found:
         by_key[p.key].add(p.stored_bytes / p.ctas)
-    return {key: round(next(iter(values))) for key, values in sorted(by_key.items())
-            if len(values) == 1 and float(next(iter(values))).is_integer()}
+    fitted = {}
+    for key, values in sorted(by_key.items()):
+        per_cta = values.pop()
+        if not values and float(per_cta).is_integer():
+            fitted[key] = round(per_cta)
+    return fitted
 
 
 def fit(found: list[Probe]) -> dict[tuple[int, int, int], tuple[int, int]]:

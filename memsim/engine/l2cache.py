@@ -74,7 +74,7 @@ class L2Cache:
         self.shared_age_weight = shared_age_weight
         self._readers: dict[Hashable, int] = {}  # shared tile -> CTAs that have read it
         self._lines: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
-        self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # keys with dirty members, least recently written first
+        self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # keys with dirty members, least recently touched first
         self.filled_bytes = 0.0  # bytes brought into L2 so far (filled or newly written)
         self.recency = Recency()  # bytes of distinct tiles touched since each touch: a dirty tile's age
         self._newest_stamp = 0  # the latest sequence number a dirty tile was stamped with
@@ -181,9 +181,6 @@ class L2Cache:
                 self._newest_stamp = seq
         self._dirty.move_to_end(key)
 
-    def _age(self, stamp: int) -> float:
-        return self.recency.since(stamp)
-
     def _drop_oldest(self, key: Hashable, entry: _Entry) -> None:
         """Its oldest member leaves without a write-back (it is being rewritten)."""
         if entry.dirty == entry.members:
@@ -233,7 +230,7 @@ class L2Cache:
             entry = self._lines[key]
             count = 0
             if lifetime is not None:  # aged: more than the lifetime touched since it was (stamps oldest first: ages falling)
-                while count < len(entry.stamps) and self._age(entry.stamps[count]) > lifetime:
+                while count < len(entry.stamps) and self.recency.since(entry.stamps[count]) > lifetime:
                     count += 1
             if limit is not None and self.dirty_bytes > limit:
                 keep = 1 if len(self._dirty) == 1 else 0  # the newest dirty tile stays
@@ -253,7 +250,7 @@ class L2Cache:
         """Bytes of other tiles touched since the least recently touched dirty tile (0 when none is dirty)."""
         if not self._dirty:
             return 0.0
-        return self._age(self._lines[next(iter(self._dirty))].stamps[0])
+        return self.recency.since(self._lines[next(iter(self._dirty))].stamps[0])
 
     def flush(self) -> list[tuple[str, float]]:
         """Empty the cache (kernel end); returns the dirty (tensor, bytes) written back."""

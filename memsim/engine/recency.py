@@ -17,12 +17,13 @@ from typing import Hashable
 
 
 class Recency:
-    __slots__ = ("_tree", "_values", "_size", "_last", "seq", "total")
+    __slots__ = ("_tree", "_size", "_last", "seq", "total")
 
     def __init__(self, capacity: int = 1 << 12):
+        if capacity <= 0 or capacity & (capacity - 1):
+            raise ValueError(f"capacity = {capacity}: must be a power of two (the tree grows by doubling)")
         self._size = capacity
         self._tree = [0.0] * (capacity + 1)
-        self._values = [0.0] * (capacity + 1)  # bytes at each sequence number, to rebuild the tree as it grows
         self._last: dict[Hashable, tuple[int, float]] = {}  # key -> (its last touch, the bytes put there)
         self.seq = 0  # the last sequence number given
         self.total = 0.0
@@ -62,7 +63,6 @@ class Recency:
     def _add(self, i: int, value: float) -> None:
         if i > self._size:
             self._grow(i)
-        self._values[i] += value
         self.total += value
         tree, size = self._tree, self._size
         while i <= size:
@@ -70,13 +70,10 @@ class Recency:
             i += i & -i
 
     def _grow(self, needed: int) -> None:
-        size = self._size
-        while size < needed:
-            size *= 2
-        values = self._values + [0.0] * (size - self._size)
-        tree = values[:]  # O(n) build: each node adds itself to its parent
-        for i in range(1, size + 1):
-            parent = i + (i & -i)
-            if parent <= size:
-                tree[parent] += tree[i]
-        self._size, self._values, self._tree = size, values, tree
+        """Double the tree until it holds `needed`: of the new nodes n+1 .. 2n only node 2n covers anything already
+        counted (all of it), the others cover numbers not given yet."""
+        while self._size < needed:
+            n = self._size
+            self._tree.extend([0.0] * n)
+            self._tree[2 * n] = self.total
+            self._size = 2 * n
