@@ -259,3 +259,21 @@ def test_the_preset_lifetime_and_weight_are_what_the_microbenchmark_fits():
     assert ceilings.l2_dirty_lifetime_bytes == pytest.approx(fitted["lifetime_bytes"], rel=0.005)
     assert ceilings.l2_shared_tile_age_weight == pytest.approx(fitted["weight"], abs=0.01)
     assert 1 < fitted["two_reader_weight"] < fitted["weight"]  # two readers: on both sides half the time
+
+
+def test_the_probe_edge_is_soft_and_a_zero_spread_is_the_sharp_lifetime():
+    """validation.fit_l2_dirty_lifetime also fits lifetimes spread evenly (not used by memsim: ACCURACY.md): with no
+    spread its curve is the sharp clip, a spread takes bytes from the sharp edge's far side and gives them to its
+    near side, and on the probe's unique rows the spread fits closer."""
+    import json
+    from pathlib import Path
+    import numpy as np
+    from validation.fit_l2_dirty_lifetime import PROBE, fit, written_back
+    w, r = np.array([8.0, 8.0, 16.0, 16.0]) * MB, np.array([20.0, 50.0, 0.0, 80.0]) * MB
+    assert written_back(w, r, 40 * MB, spread=0.0) == pytest.approx(np.clip(w + r - 40 * MB, 0, w))
+    soft = written_back(w, r, 40 * MB, spread=30 * MB)
+    assert soft[0] > 0 and soft[1] < w[1] and soft[2] == 0 and soft[3] == pytest.approx(w[3])
+    rows = json.loads((Path(__file__).resolve().parent.parent / PROBE).read_text())["rows"]
+    fitted = fit(rows)
+    assert fitted["rms_bytes"]["spread"] < fitted["rms_bytes"]["sharp"] / 2
+    assert 0 < fitted["spread_bytes"] < 2 * fitted["spread_lifetime_bytes"]
