@@ -39,6 +39,7 @@ MIN_BLOCK_M = 16  # tensor-core tile M (mma.m16n8k16); Triton's tl.dot needs M >
 MAX_BLOCK_M = 64  # FA2 run_mha_fwd_splitkv_dispatch: kBlockM = 64 for every head dim
 FILLED_FRACTION = 0.8  # FA2 num_splits_heuristic: no split once the grid fills 80% of the SMs
 EFFICIENCY_FRACTION = 0.85  # FA2 num_splits_heuristic: smallest split count within 85% of the best
+SECTOR_BYTES = 32  # bytes: the L2's smallest write (sector_bytes)
 COMBINE_THREADS = 128  # FA2 flash_fwd_splitkv_combine_kernel launch: 128 threads
 
 ASSUMPTIONS = (
@@ -179,7 +180,7 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
                               hbm_read=shared_hbm_reads(groups, m_blocks * s, slots, q_group_bytes, gpu.l2_bytes)),
         "K": Traffic.streamed(read=kv_bytes, hbm_read=kv_hbm),
         "V": Traffic.streamed(read=kv_bytes, hbm_read=kv_hbm),
-        **_split_outputs(shape, s),
+        **_split_outputs(shape, tiles),
     }
     # Spills: SDPA FA2's one-split decode kernel (validation.mapping.SDPA_FA2_DECODE_SPILLS)
     traffic = spill_tensor(gpu, traffic, grid, slots, groups * m_blocks * plan.tiles, tiles)
@@ -192,14 +193,49 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
     )
 
 
-def _split_outputs(shape: AttentionShape, splits: int) -> dict[str, Traffic]:
-    """One split writes O and LSE as the final result; more write fp32 partials per split."""
-    rows = shape.batch * shape.q_heads * shape.q_len
+def _split_outputs(shape: AttentionShape, tiles: TileConfig) -> dict[str, Traffic]:
+    """One split writes O and LSE as the final result; more write fp32 partials per split. The per-row LSE goes
+    out in whole sectors (split_statistic_bytes)."""
+    rows, splits = shape.batch * shape.q_heads * shape.q_len, tiles.num_splits
+    statistic = sum(split_statistic_bytes(shape, tiles, batch, kv_head, split, m_block)
+                    for batch in range(shape.batch) for kv_head in range(shape.kv_heads)
+                    for split in range(splits) for m_block in range(ceil(decode_rows(shape) / tiles.block_m)))
     if splits == 1:
         return {"O": Traffic.streamed(write=rows * shape.head_dim * shape.element_bytes),
-                "LSE": Traffic.streamed(write=rows * ACCUMULATOR_BYTES)}
+                "LSE": Traffic.streamed(write=statistic)}
     return {"O_partial": Traffic.streamed(write=splits * rows * shape.head_dim * ACCUMULATOR_BYTES),
-            "LSE_partial": Traffic.streamed(write=splits * rows * ACCUMULATOR_BYTES)}
+            "LSE_partial": Traffic.streamed(write=statistic)}
+
+
+def sector_bytes(first: int, count: int, stride: int, element_bytes: int = ACCUMULATOR_BYTES) -> int:
+    """Bytes of the 32-byte sectors that `count` elements of `element_bytes`, `stride` elements apart from element
+    `first`, fall in: what storing them costs L2 and HBM. A sector is the smallest unit the L2 takes in and writes
+    back (CUDA C++ Best Practices Guide, "Coalesced Access to Global Memory"), and ncu's lts__t_sectors count
+    them: a decode CTA's one 4-byte LSE is a 32-byte write (validation/ACCURACY.md)."""
+    if count <= 0:
+        return 0
+    if stride == 1:  # one contiguous run
+        low, high = first * element_bytes, (first + count) * element_bytes - 1
+        return (high // SECTOR_BYTES - low // SECTOR_BYTES + 1) * SECTOR_BYTES
+    if stride * element_bytes >= SECTOR_BYTES and SECTOR_BYTES % element_bytes == 0:
+        return count * SECTOR_BYTES  # a sector or more apart, and none straddles two: one sector each
+    sectors = set()
+    for k in range(count):
+        low = (first + k * stride) * element_bytes
+        sectors.update(range(low // SECTOR_BYTES, (low + element_bytes - 1) // SECTOR_BYTES + 1))
+    return len(sectors) * SECTOR_BYTES
+
+
+def split_statistic_bytes(shape: AttentionShape, tiles: TileConfig, batch: int, kv_head: int, split: int,
+                          m_block: int) -> int:
+    """What one split CTA's per-row statistic (the LSE, or with splits its split's partial) costs in sectors.
+    Layout as kernels/flash_decoding.py has it: [B, Hq, Nq, S] fp32 (S = 1: the final LSE). The CTA's packed row r is
+    q head kv_head x group + r // Nq, query r % Nq, so its rows are consecutive (b, head, query) rows, S apart."""
+    splits, rows = tiles.num_splits, decode_rows(shape)
+    first_row = m_block * tiles.block_m
+    count = min(tiles.block_m, rows - first_row)
+    base_row = (batch * shape.q_heads + kv_head * shape.group_size) * shape.q_len + first_row
+    return sector_bytes(base_row * splits + split, count, splits)
 
 
 def _split_notes(shape: AttentionShape, tiles: TileConfig, plan: SplitPlan) -> tuple[str, ...]:
@@ -220,6 +256,11 @@ def _split_notes(shape: AttentionShape, tiles: TileConfig, plan: SplitPlan) -> t
 def combine_rows_per_cta(head_dim: int) -> int:
     """FA2's combine launch: 4 rows per CTA when d % 128 == 0, 8 when d % 64 == 0, else 16."""
     return 4 if head_dim % 128 == 0 else 8 if head_dim % 64 == 0 else 16
+
+
+def combine_statistic_bytes(rows: int, per_cta: int, cta: int) -> int:
+    """A combine CTA's final LSE: its rows [cta x per_cta, ...) of [B, Hq, Nq] fp32, one run, in whole sectors."""
+    return sector_bytes(cta * per_cta, min(per_cta, rows - cta * per_cta), 1)
 
 
 def combine_vector_ops_per_row(splits: int, head_dim: int) -> tuple[float, float]:
@@ -243,7 +284,8 @@ def combine_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
         "O_partial": Traffic.streamed(read=partial_o),
         "LSE_partial": Traffic.streamed(read=partial_lse),
         "O": Traffic.streamed(write=rows * d * shape.element_bytes),
-        "LSE": Traffic.streamed(write=rows * ACCUMULATOR_BYTES),
+        "LSE": Traffic.streamed(write=sum(combine_statistic_bytes(rows, per_cta, cta)
+                                          for cta in range(ceil(rows / per_cta)))),
     }
     fits = "fit" if partial_o + partial_lse <= gpu.l2_bytes else "do not fit"
     note = (f"partials {(partial_o + partial_lse) / 1e6:.2f} MB read from HBM (cold L2); they {fits} in the "

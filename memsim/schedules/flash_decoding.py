@@ -157,7 +157,9 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
         return CtaProgram(
             prologue=spill_once + (Load("Q", (batch, kv_head), m_block, rows_here * d * shape.element_bytes),),
             loop=Loop(-(-(end - start) // bn), loads, compute),
-            epilogue=(vector(softmax.end(rows_here)), *split_outputs(shape, splits, rows_here, softmax.statistic)),
+            epilogue=(vector(softmax.end(rows_here)),
+                      *split_outputs(shape, splits, rows_here, softmax.statistic,
+                                     fd.split_statistic_bytes(shape, tiles, batch, kv_head, split, m_block))),
         )
 
     return Launch(
@@ -168,13 +170,15 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
     )
 
 
-def split_outputs(shape: AttentionShape, splits: int, rows: int, statistic: str) -> tuple[Store, ...]:
-    """One split writes O and LSE as the result; more write each row's fp32 partial O and its statistic."""
+def split_outputs(shape: AttentionShape, splits: int, rows: int, statistic: str,
+                  statistic_bytes: int) -> tuple[Store, ...]:
+    """One split writes O and LSE as the result; more write each row's fp32 partial O and its statistic
+    (`statistic_bytes`: the sectors its rows' values fall in, memsim.algorithms.flash_decoding.sector_bytes)."""
     if splits == 1:
         return (Store("O", None, 0, rows * shape.head_dim * shape.element_bytes),
-                Store("LSE", None, 0, rows * ACCUMULATOR_BYTES))
+                Store("LSE", None, 0, statistic_bytes))
     return (Store("O_partial", None, 0, rows * shape.head_dim * ACCUMULATOR_BYTES),
-            Store(statistic, None, 0, rows * ACCUMULATOR_BYTES))
+            Store(statistic, None, 0, statistic_bytes))
 
 
 def combine_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_decoding_combine",
@@ -194,7 +198,7 @@ def combine_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_
             loop=Loop(splits, lambda i: (Load("O_partial", None, i, r * d * ACCUMULATOR_BYTES),),
                       lambda i: (vector(times(ops.per_split, r)),)),
             epilogue=(vector(times(ops.after, r)), Store("O", None, 0, r * d * shape.element_bytes),
-                      Store("LSE", None, 0, r * ACCUMULATOR_BYTES)),
+                      Store("LSE", None, 0, fd.combine_statistic_bytes(rows, per_cta, cta))),
         )
 
     return Launch(
