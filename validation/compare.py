@@ -30,13 +30,13 @@ from pathlib import Path
 
 from memsim.errors import MemsimError
 from memsim.predict import predict
+from memsim.sectors import SECTOR_BYTES
 from validation.mapping import Mapped, Unmapped, map_case
 
 # time: the do_bench median of the whole call, host included; kernel_time: the GPU time of its launches under
 # ncu (gpu__time_duration, cold L2), which is what memsim models. A call whose host side is slower than its
 # kernels (short launches from Python, a host sync) shows in time and not in kernel_time.
 FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "time", "kernel_time")
-SECTOR_BYTES = 32
 # The named calibration subset: cases of these kernels fitted a model parameter (the H100 preset's
 # dependent_step_latency_s: our flash2 forward rows). Summaries leave them out; every other case is held out.
 CALIBRATION_KERNELS = ("flash2",)

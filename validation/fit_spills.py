@@ -33,6 +33,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from memsim.sectors import SECTOR_BYTES
 from validation.cases import Case
 from validation.ncu import parse_raw
 
@@ -42,7 +43,6 @@ DECODE_PROBE = RESULTS / "decode-spill-probe-ncu-2026-11-23.csv"  # its one-spli
 OURS_PROBE = RESULTS / "ours-spill-probe-ncu-2026-11-23.csv"  # our FP8 forward and backward dK/dV kernel at d = 64
 OUR_SPILLING_LAUNCHES = {"flash2_fp8": "_flash2_fp8_fwd", "flash2_bwd": "_flash2_bwd_dkdv"}
 LOCAL_STORE_SECTORS = "l1tex__t_sectors_pipe_lsu_mem_local_op_st.sum"
-SECTOR_BYTES = 32
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,6 @@ CROSSBAR_COUNTERS = [
 TENSOR_COUNTERS = [
     "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
 ]
-SECTOR_BYTES = 32
 
 
 def available() -> bool:

@@ -29,6 +29,7 @@ from memsim.hardware.spec import GPUSpec
 from memsim.kernel import KernelCost, Traffic
 from memsim.l2_reuse import shared_hbm_reads
 from memsim.occupancy import occupancy
+from memsim.sectors import sector_bytes, sector_period
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
@@ -39,7 +40,6 @@ MIN_BLOCK_M = 16  # tensor-core tile M (mma.m16n8k16); Triton's tl.dot needs M >
 MAX_BLOCK_M = 64  # FA2 run_mha_fwd_splitkv_dispatch: kBlockM = 64 for every head dim
 FILLED_FRACTION = 0.8  # FA2 num_splits_heuristic: no split once the grid fills 80% of the SMs
 EFFICIENCY_FRACTION = 0.85  # FA2 num_splits_heuristic: smallest split count within 85% of the best
-SECTOR_BYTES = 32  # bytes: the L2's smallest write (sector_bytes)
 COMBINE_THREADS = 128  # FA2 flash_fwd_splitkv_combine_kernel launch: 128 threads
 
 ASSUMPTIONS = (
@@ -197,33 +197,22 @@ def _split_outputs(shape: AttentionShape, tiles: TileConfig) -> dict[str, Traffi
     """One split writes O and LSE as the final result; more write fp32 partials per split. The per-row LSE goes
     out in whole sectors (split_statistic_bytes)."""
     rows, splits = shape.batch * shape.q_heads * shape.q_len, tiles.num_splits
-    statistic = sum(split_statistic_bytes(shape, tiles, batch, kv_head, split, m_block)
-                    for batch in range(shape.batch) for kv_head in range(shape.kv_heads)
-                    for split in range(splits) for m_block in range(ceil(decode_rows(shape) / tiles.block_m)))
     if splits == 1:
         return {"O": Traffic.streamed(write=rows * shape.head_dim * shape.element_bytes),
-                "LSE": Traffic.streamed(write=statistic)}
+                "LSE": Traffic.streamed(write=_split_statistic_total(shape, tiles))}
     return {"O_partial": Traffic.streamed(write=splits * rows * shape.head_dim * ACCUMULATOR_BYTES),
-            "LSE_partial": Traffic.streamed(write=statistic)}
+            "LSE_partial": Traffic.streamed(write=_split_statistic_total(shape, tiles))}
 
 
-def sector_bytes(first: int, count: int, stride: int, element_bytes: int = ACCUMULATOR_BYTES) -> int:
-    """Bytes of the 32-byte sectors that `count` elements of `element_bytes`, `stride` elements apart from element
-    `first`, fall in: what storing them costs L2 and HBM. A sector is the smallest unit the L2 takes in and writes
-    back (CUDA C++ Best Practices Guide, "Coalesced Access to Global Memory"), and ncu's lts__t_sectors count
-    them: a decode CTA's one 4-byte LSE is a 32-byte write (validation/ACCURACY.md)."""
-    if count <= 0:
-        return 0
-    if stride == 1:  # one contiguous run
-        low, high = first * element_bytes, (first + count) * element_bytes - 1
-        return (high // SECTOR_BYTES - low // SECTOR_BYTES + 1) * SECTOR_BYTES
-    if stride * element_bytes >= SECTOR_BYTES and SECTOR_BYTES % element_bytes == 0:
-        return count * SECTOR_BYTES  # a sector or more apart, and none straddles two: one sector each
-    sectors = set()
-    for k in range(count):
-        low = (first + k * stride) * element_bytes
-        sectors.update(range(low // SECTOR_BYTES, (low + element_bytes - 1) // SECTOR_BYTES + 1))
-    return len(sectors) * SECTOR_BYTES
+def _split_statistic_total(shape: AttentionShape, tiles: TileConfig) -> int:
+    """split_statistic_bytes over every split CTA. (batch, kv head) groups whose index differs by a multiple of
+    sector_period start their rows at the same place in a sector, so one group per residue stands for them all."""
+    groups, period = shape.batch * shape.kv_heads, sector_period(ACCUMULATOR_BYTES)
+    m_blocks = ceil(decode_rows(shape) / tiles.block_m)
+    return sum(len(range(group, groups, period))
+               * sum(split_statistic_bytes(shape, tiles, *divmod(group, shape.kv_heads), split, m_block)
+                     for split in range(tiles.num_splits) for m_block in range(m_blocks))
+               for group in range(min(groups, period)))
 
 
 def split_statistic_bytes(shape: AttentionShape, tiles: TileConfig, batch: int, kv_head: int, split: int,
@@ -235,7 +224,7 @@ def split_statistic_bytes(shape: AttentionShape, tiles: TileConfig, batch: int, 
     first_row = m_block * tiles.block_m
     count = min(tiles.block_m, rows - first_row)
     base_row = (batch * shape.q_heads + kv_head * shape.group_size) * shape.q_len + first_row
-    return sector_bytes(base_row * splits + split, count, splits)
+    return sector_bytes(base_row * splits + split, count, splits, ACCUMULATOR_BYTES)
 
 
 def _split_notes(shape: AttentionShape, tiles: TileConfig, plan: SplitPlan) -> tuple[str, ...]:
@@ -260,7 +249,7 @@ def combine_rows_per_cta(head_dim: int) -> int:
 
 def combine_statistic_bytes(rows: int, per_cta: int, cta: int) -> int:
     """A combine CTA's final LSE: its rows [cta x per_cta, ...) of [B, Hq, Nq] fp32, one run, in whole sectors."""
-    return sector_bytes(cta * per_cta, min(per_cta, rows - cta * per_cta), 1)
+    return sector_bytes(cta * per_cta, min(per_cta, rows - cta * per_cta), 1, ACCUMULATOR_BYTES)
 
 
 def combine_vector_ops_per_row(splits: int, head_dim: int) -> tuple[float, float]:

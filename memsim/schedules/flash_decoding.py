@@ -173,7 +173,7 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
 def split_outputs(shape: AttentionShape, splits: int, rows: int, statistic: str,
                   statistic_bytes: int) -> tuple[Store, ...]:
     """One split writes O and LSE as the result; more write each row's fp32 partial O and its statistic
-    (`statistic_bytes`: the sectors its rows' values fall in, memsim.algorithms.flash_decoding.sector_bytes)."""
+    (`statistic_bytes`: the sectors its rows' values fall in, memsim.sectors.sector_bytes)."""
     if splits == 1:
         return (Store("O", None, 0, rows * shape.head_dim * shape.element_bytes),
                 Store("LSE", None, 0, statistic_bytes))
