@@ -24,6 +24,7 @@ def algorithm(name: str):
 
 Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
 V_PREFETCH_ALGORITHMS = ("flash_decoding", "paged", "flash_decoding_pp")  # schedules that model TileConfig.v_prefetch
+LSE_OUTPUT_ALGORITHMS = ("flash2", "flash3", "flash_decoding")  # forwards that model TileConfig.lse_output
 DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
 ATOMIC_SEM_ALGORITHMS = ("linear",)  # whose ordered atomics TileConfig.atomic_sem describes (its state kernel)
 SPILL_ALGORITHMS = ("flash2", "flash_decoding")  # schedules that model TileConfig.spill_bytes_per_* (their forward;
@@ -77,6 +78,12 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if not tiles.v_prefetch and alg.name not in V_PREFETCH_ALGORITHMS:
         raise MemsimError(f"v_prefetch = false (V loaded in the iteration that uses it) applies to "
                           f"{', '.join(V_PREFETCH_ALGORITHMS)}; {alg.name} keeps V in its shared-memory stages")
+    if not tiles.lse_output and alg.name not in LSE_OUTPUT_ALGORITHMS:
+        raise MemsimError(f"lse_output = false (O written without its log-sum-exp) applies to the forward of "
+                          f"{', '.join(LSE_OUTPUT_ALGORITHMS)}; leave it true for {alg.name}")
+    if not tiles.lse_output and "bwd" in pass_:
+        raise MemsimError(f"lse_output = false describes an inference forward; pass {pass_!r} has a backward, which "
+                          f"reads the forward's log-sum-exp: use pass fwd")
     if tiles.dq != "atomic" and alg.name not in DQ_ALGORITHMS:
         raise MemsimError(f"dq applies to the backward of {', '.join(DQ_ALGORITHMS)}; {alg.name}'s computes dQ "
                           f"with atomics, leave dq at 'atomic'")

@@ -60,6 +60,16 @@ def test_no_v_prefetch_slows_a_decode_split_kernel_and_is_refused_elsewhere(caps
     assert code != 0 and "v_prefetch = false" in err and "flash2" in err and "Traceback" not in err + out
 
 
+def test_no_lse_writes_o_alone_and_is_refused_elsewhere(capsys):
+    _, kept, _ = run(capsys, "predict", "--json", "--heads", "4", "--seq", "1024")
+    _, dropped, _ = run(capsys, "predict", "--json", "--heads", "4", "--seq", "1024", "--no-lse")
+    kept, dropped = json.loads(kept), json.loads(dropped)
+    assert dropped["tiles"]["lse_output"] is False and "LSE" not in dropped["bytes_by_tensor"]
+    assert kept["bytes"]["l2_write"] - dropped["bytes"]["l2_write"] == kept["bytes_by_tensor"]["LSE"]["l2_write"]
+    code, out, err = run(capsys, "predict", "--algo", "standard", "--no-lse")
+    assert code != 0 and "lse_output = false" in err and "standard" in err and "Traceback" not in err + out
+
+
 def test_faithful_runs_every_tile_and_agrees_with_fast_mode(capsys, monkeypatch):
     import memsim.cli.main as cli
 

@@ -120,16 +120,16 @@ def _fa2_prefill(row: dict, shape: AttentionShape, launch: dict, how: str) -> Ma
     return Mapped("flash2", shape, tiles, how=how)
 
 
-def _decode(row: dict, shape: AttentionShape, launches: list[dict], how: str) -> Mapped:
+def _decode(row: dict, shape: AttentionShape, launches: list[dict], how: str, lse_output: bool = True) -> Mapped:
     """Split-KV decode (FA2's splitkv kernel, cuDNN's sm80 decode path): GQA packed into the Q tile,
-    grid = batch x kv heads x splits (one M block)."""
+    grid = batch x kv heads x splits (one M block). `lse_output` False: the kernel writes no final LSE."""
     split = launches[0]
     grid = int(split["launch__grid_size"])
     splits = grid // (shape.batch * shape.kv_heads)
     if splits < 1 or grid % (shape.batch * shape.kv_heads):
         raise Unmapped(f"decode grid {grid} is not batch {shape.batch} x kv heads {shape.kv_heads} x splits")
     tiles = TileConfig(block_m=64, block_n=128 if shape.head_dim <= 128 else 64, num_warps=_warps(split),
-                       num_stages=2, num_splits=splits)
+                       num_stages=2, num_splits=splits, lse_output=lse_output)
     traits = FA2_TRAITS.search(split["kernel"])
     if traits and "splitkv" not in split["kernel"]:  # FA2's one-split kernel: its own tile, and it spills
         d, block_m, block_n = map(int, traits.groups())
@@ -161,18 +161,20 @@ def map_sdpa_cudnn(row: dict) -> Mapped:
     DynamicPersistentTileScheduler when causal or local, StaticPersistentTileScheduler otherwise); with
     one CTA per SM that is the hardware's own first-free-slot dispatch, memsim's program-id order (a
     static stride lets CTAs drift onto many heads at once: 10x the measured HBM reads at N=16384). Its
-    decode path is an sm80 split kernel like FA2's."""
+    decode path is an sm80 split kernel like FA2's. Called without grad, as the suite calls it, both write O and
+    no log-sum-exp (SM -> L2 bytes: exactly O's at one split, O's plus 0.2% at d = 64 prefill): lse_output False."""
     shape = shape_of(row)
     launches = main_launches(row)
     if shape.q_len == 1:
-        return _decode(row, shape, launches, "cuDNN sm80 decode")
+        return _decode(row, shape, launches, "cuDNN sm80 decode, no LSE", lse_output=False)
     grid = int(launches[0]["launch__grid_size"])
+    tiles = replace(ALGORITHMS["flash3"].default_tiles(_gpu(GPU), shape), lse_output=False)
     if shape.causal:
-        return Mapped("flash3", shape, None, how=f"FA3 tiles (memsim default), tiles handed to whichever of the "
-                                                 f"{grid} persistent CTAs is free (dynamic scheduler): "
-                                                 f"program-id dispatch")
-    return Mapped("flash3", shape, None, order="persistent", ctas=grid,
-                  how=f"FA3 tiles (memsim default), persistent grid of {grid} CTAs")
+        return Mapped("flash3", shape, tiles, how=f"FA3 tiles (memsim default), no LSE, tiles handed to whichever of "
+                                                  f"the {grid} persistent CTAs is free (dynamic scheduler): "
+                                                  f"program-id dispatch")
+    return Mapped("flash3", shape, tiles, order="persistent", ctas=grid,
+                  how=f"FA3 tiles (memsim default), no LSE, persistent grid of {grid} CTAs")
 
 
 def map_sdpa_efficient(row: dict) -> Mapped:

@@ -101,8 +101,9 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, name: str = 
         "K": Traffic.streamed(read=kv_streamed, hbm_read=kv_hbm),
         "V": Traffic.streamed(read=kv_streamed, hbm_read=kv_hbm),
         "O": Traffic.streamed(write=heads * shape.q_len * d * shape.out_element_bytes),
-        "LSE": Traffic.streamed(write=heads * shape.q_len * ACCUMULATOR_BYTES),
     }
+    if tiles.lse_output:
+        traffic["LSE"] = Traffic.streamed(write=heads * shape.q_len * ACCUMULATOR_BYTES)
     traffic = spill_tensor(gpu, traffic, grid, slots, heads * float(blocks.tiles.sum()), tiles)
     return KernelCost(
         name=name, grid_ctas=grid, warps_per_cta=tiles.num_warps, smem_buffers=smem,

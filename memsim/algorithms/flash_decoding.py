@@ -194,12 +194,14 @@ def split_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
 
 
 def _split_outputs(shape: AttentionShape, tiles: TileConfig) -> dict[str, Traffic]:
-    """One split writes O and LSE as the final result; more write fp32 partials per split. The per-row LSE goes
-    out in whole sectors (split_statistic_bytes)."""
+    """One split writes O and LSE as the final result (O alone without TileConfig.lse_output); more write fp32
+    partials per split. The per-row LSE goes out in whole sectors (split_statistic_bytes)."""
     rows, splits = shape.batch * shape.q_heads * shape.q_len, tiles.num_splits
     if splits == 1:
-        return {"O": Traffic.streamed(write=rows * shape.head_dim * shape.element_bytes),
-                "LSE": Traffic.streamed(write=_split_statistic_total(shape, tiles))}
+        out = {"O": Traffic.streamed(write=rows * shape.head_dim * shape.element_bytes)}
+        if tiles.lse_output:
+            out["LSE"] = Traffic.streamed(write=_split_statistic_total(shape, tiles))
+        return out
     return {"O_partial": Traffic.streamed(write=splits * rows * shape.head_dim * ACCUMULATOR_BYTES),
             "LSE_partial": Traffic.streamed(write=_split_statistic_total(shape, tiles))}
 
@@ -273,9 +275,10 @@ def combine_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig,
         "O_partial": Traffic.streamed(read=partial_o),
         "LSE_partial": Traffic.streamed(read=partial_lse),
         "O": Traffic.streamed(write=rows * d * shape.element_bytes),
-        "LSE": Traffic.streamed(write=sum(combine_statistic_bytes(rows, per_cta, cta)
-                                          for cta in range(ceil(rows / per_cta)))),
     }
+    if tiles.lse_output:
+        traffic["LSE"] = Traffic.streamed(write=sum(combine_statistic_bytes(rows, per_cta, cta)
+                                                    for cta in range(ceil(rows / per_cta))))
     fits = "fit" if partial_o + partial_lse <= gpu.l2_bytes else "do not fit"
     note = (f"partials {(partial_o + partial_lse) / 1e6:.2f} MB read from HBM (cold L2); they {fits} in the "
             f"{gpu.l2_bytes / 2**20:.0f} MiB L2, so back to back the reads would hit there")

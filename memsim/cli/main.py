@@ -52,6 +52,10 @@ def cli():
               help="flash_decoding, paged, flash_decoding_pp: the kernel loads each V tile into registers "
                    "in the iteration that uses it instead of through the shared-memory stages (kernels/kv_quant.py's int8 "
                    "decode), so every iteration waits out its V load (--engine des; the analytic model has no load latency).")
+@click.option("--no-lse", "no_lse", is_flag=True,
+              help="flash2, flash3, flash_decoding forward: the kernel writes O alone, not each row's log-sum-exp "
+                   "beside it (an inference kernel such as cuDNN's; partial statistics between splits are still "
+                   "written).")
 @click.option("--dq", type=click.Choice(DQ_MODES), help="flash2 backward: dQ by fp32 atomics in L2 (atomic, "
               "flash-attention's CUDA kernels; default) or in a kernel of its own that recomputes S and dP (separate, "
               "the Triton tutorial and kernels/flash2.py).")
@@ -94,7 +98,7 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, dq, atomic_sem, mma, spill_iteration, spill_cta, registers,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, no_lse, dq, atomic_sem, mma, spill_iteration, spill_cta, registers,
                 smem_bytes, loop_instructions, pass_, engine, faithful, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
@@ -105,7 +109,8 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                      num_splits=splits, page_size=page_size, q_reload=reload_q or None,
-                     v_prefetch=False if no_v_prefetch else None, dq=dq, atomic_sem=atomic_sem, mma=mma,
+                     v_prefetch=False if no_v_prefetch else None, lse_output=False if no_lse else None, dq=dq,
+                     atomic_sem=atomic_sem, mma=mma,
                      spill_bytes_per_iteration=spill_iteration, spill_bytes_per_cta=spill_cta)
     given = (registers, smem_bytes, loop_instructions)
     resources = {FIRST_LAUNCH: CtaResources(*given)} if any(v is not None for v in given) else None

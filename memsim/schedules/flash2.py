@@ -57,7 +57,8 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
             prologue=spill_once + (() if tiles.q_reload else (q_tile,)),
             loop=Loop(count, loads, compute, overlap_vector=overlap),
             epilogue=(Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
-                      Store("O", None, 0, rows * d * shape.out_element_bytes), Store("LSE", None, 0, rows * ACCUMULATOR_BYTES)),
+                      Store("O", None, 0, rows * d * shape.out_element_bytes),
+                      *((Store("LSE", None, 0, rows * ACCUMULATOR_BYTES),) if tiles.lse_output else ())),
         )
 
     def work_class(pid: int):

@@ -159,7 +159,8 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
             loop=Loop(-(-(end - start) // bn), loads, compute),
             epilogue=(vector(softmax.end(rows_here)),
                       *split_outputs(shape, splits, rows_here, softmax.statistic,
-                                     fd.split_statistic_bytes(shape, tiles, batch, kv_head, split, m_block))),
+                                     fd.split_statistic_bytes(shape, tiles, batch, kv_head, split, m_block),
+                                     tiles.lse_output)),
         )
 
     return Launch(
@@ -171,12 +172,13 @@ def split_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_de
 
 
 def split_outputs(shape: AttentionShape, splits: int, rows: int, statistic: str,
-                  statistic_bytes: int) -> tuple[Store, ...]:
-    """One split writes O and LSE as the result; more write each row's fp32 partial O and its statistic
-    (`statistic_bytes`: the sectors its rows' values fall in, memsim.sectors.sector_bytes)."""
+                  statistic_bytes: int, lse_output: bool = True) -> tuple[Store, ...]:
+    """One split writes O and LSE as the result (O alone without `lse_output`: TileConfig.lse_output); more write
+    each row's fp32 partial O and its statistic (`statistic_bytes`: the sectors its rows' values fall in,
+    memsim.sectors.sector_bytes), which the combine needs either way."""
     if splits == 1:
-        return (Store("O", None, 0, rows * shape.head_dim * shape.element_bytes),
-                Store("LSE", None, 0, statistic_bytes))
+        out = Store("O", None, 0, rows * shape.head_dim * shape.element_bytes)
+        return (out, Store("LSE", None, 0, statistic_bytes)) if lse_output else (out,)
     return (Store("O_partial", None, 0, rows * shape.head_dim * ACCUMULATOR_BYTES),
             Store(statistic, None, 0, statistic_bytes))
 
@@ -198,7 +200,8 @@ def combine_launch(shape: AttentionShape, tiles: TileConfig, name: str = "flash_
             loop=Loop(splits, lambda i: (Load("O_partial", None, i, r * d * ACCUMULATOR_BYTES),),
                       lambda i: (vector(times(ops.per_split, r)),)),
             epilogue=(vector(times(ops.after, r)), Store("O", None, 0, r * d * shape.element_bytes),
-                      Store("LSE", None, 0, fd.combine_statistic_bytes(rows, per_cta, cta))),
+                      *((Store("LSE", None, 0, fd.combine_statistic_bytes(rows, per_cta, cta)),)
+                        if tiles.lse_output else ())),
         )
 
     return Launch(

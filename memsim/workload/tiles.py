@@ -39,6 +39,9 @@ class TileConfig:
     (Triton's default for tl.atomic_add: each thread's atomics one at a time, each behind a GPU-scope fence and
     waiting for its result, MEMBAR.ALL.GPU + ATOMG in the SASS) or "relaxed" (RED: the warps go on).
     FlashAttention-2's dQ atomics are atomicAdd, relaxed, whatever this says.
+    `lse_output` False: the forward writes O alone, not each row's log-sum-exp beside it (an inference kernel
+    that keeps no statistics for a backward: cuDNN's, through PyTorch SDPA without grad, wrote exactly O's bytes,
+    validation/results/h100). Partial statistics that splits exchange are still written.
     """
 
     block_m: int = 128
@@ -55,6 +58,7 @@ class TileConfig:
     atomic_sem: str = "acq_rel"
     spill_bytes_per_iteration: int = 0
     spill_bytes_per_cta: int = 0
+    lse_output: bool = True
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "num_warps", "num_stages", "num_splits", "page_size"):
@@ -67,7 +71,7 @@ class TileConfig:
                 raise MemsimError(f"{name} = {value!r} must be a whole number of bytes, 0 or more")
         if self.num_warps & (self.num_warps - 1):
             raise MemsimError(f"num_warps = {self.num_warps} must be a power of two (1, 2, 4, 8, 16)")
-        for name in ("q_reload", "v_prefetch"):
+        for name in ("q_reload", "v_prefetch", "lse_output"):
             if not isinstance(getattr(self, name), bool):
                 raise MemsimError(f"{name} = {getattr(self, name)!r} must be true or false")
         if self.mma not in MMA_PATHS:
