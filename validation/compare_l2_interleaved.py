@@ -25,30 +25,32 @@ from memsim.hardware.load import load_gpu
 from memsim.kernel import Traffic
 from memsim.schedules.steps import CtaProgram, Launch, Load, Store, Vector
 from memsim.writes import resident_writes
+from validation.l2_interleaved_probe import MIB, TILE_BYTES, TILE_ELEMENTS, Case
 
 RESULTS = Path(__file__).parent / "results" / "h100"
 PROBES = (RESULTS / "l2-interleaved-2026-11-24.json", RESULTS / "l2-interleaved-rerun-2026-11-24.json")
-TILE_BYTES = 16 * 1024
-TILE_ELEMENTS = TILE_BYTES // 4
 WARPS = 8
 REGISTERS_PER_THREAD = 32  # not measured: the most 8-warp CTAs an SM holds (64 warps) fit
-MIB = 1 << 20
+
+
+def case_of(row: dict) -> Case:
+    """The probe case a recorded row measured (rows of the first run have no `spin`: 0)."""
+    return Case(row["label"], row["written_bytes"], row["unique"], row["shared"], row["readers"], row.get("spin", 0))
 
 
 def launch(row: dict) -> Launch:
     """The probe kernel of one case as a memsim launch."""
-    ctas, unique, shared, readers = row["written_bytes"] // TILE_BYTES, row["unique"], row["shared"], row["readers"]
-    spin = row.get("spin", 0)
+    case = case_of(row)
 
     def program(pid: int) -> CtaProgram:
-        loads = tuple(Load("unique", None, j, TILE_BYTES) for j in range(unique))
-        loads += tuple(Load("shared", ("group", pid // readers), j, TILE_BYTES) for j in range(shared))
-        work = (Vector(cuda_ops=2.0 * spin * TILE_ELEMENTS),) if spin else ()
+        loads = tuple(Load("unique", None, j, TILE_BYTES) for j in range(case.unique))
+        loads += tuple(Load("shared", ("group", pid // case.readers), j, TILE_BYTES) for j in range(case.shared))
+        work = (Vector(cuda_ops=2.0 * case.spin * TILE_ELEMENTS),) if case.spin else ()
         return CtaProgram(prologue=loads + work, epilogue=(Store("out", None, 0, TILE_BYTES),))
 
-    return Launch(name=row["label"], grid=ctas, warps_per_cta=WARPS, smem_buffers={},
+    return Launch(name=case.label, grid=case.ctas, warps_per_cta=WARPS, smem_buffers={},
                   registers_per_thread=REGISTERS_PER_THREAD, num_stages=1, program=program,
-                  work_class=lambda pid: pid // readers)
+                  work_class=lambda pid: pid // case.readers)
 
 
 def des_dirty_at_end(row: dict, gpu) -> float:
@@ -60,13 +62,11 @@ def des_dirty_at_end(row: dict, gpu) -> float:
 
 def analytic_dirty_at_end(row: dict, gpu) -> float:
     """The same from memsim.writes over the kernel's bytes per tensor (each read tile from HBM once)."""
-    ceilings = gpu.ceilings()
-    ctas = row["written_bytes"] // TILE_BYTES
-    shared_bytes = -(-ctas // row["readers"]) * row["shared"] * TILE_BYTES
+    ceilings, case = gpu.ceilings(), case_of(row)
     traffic = {
-        "unique": Traffic(l2_read=ctas * row["unique"] * TILE_BYTES, hbm_read=ctas * row["unique"] * TILE_BYTES),
-        "shared": Traffic(l2_read=ctas * row["shared"] * TILE_BYTES, hbm_read=shared_bytes),
-        "out": Traffic(l2_write=row["written_bytes"], hbm_write=row["written_bytes"]),
+        "unique": Traffic(l2_read=case.unique_read_bytes, hbm_read=case.unique_read_bytes),
+        "shared": Traffic(l2_read=case.ctas * case.shared * TILE_BYTES, hbm_read=case.shared_read_bytes),
+        "out": Traffic(l2_write=case.written_bytes, hbm_write=case.written_bytes),
     }
     kept = resident_writes(traffic, ceilings.l2_dirty_resident_bytes, ceilings.l2_dirty_lifetime_bytes,
                            ceilings.l2_shared_tile_age_weight)

@@ -15,7 +15,6 @@ measures the two facts that decide it, with no attention kernel:
     python3 validation/cta_spread_probe.py --out DIR         # on the GPU; runs ncu on itself
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -92,16 +91,8 @@ def profile_pass() -> None:
     """Under ncu: each case once with no stamps, warmed up outside the profiled region."""
     sm_count = torch.cuda.get_device_properties(0).multi_processor_count
     src, out, stamps = buffers(sm_count)
-    for _, r, g, w in cases(sm_count):
-        launch(src, out, stamps, r, g, w, stamp=False)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    for label, r, g, w in cases(sm_count):
-        torch.cuda.nvtx.range_push(label)
-        launch(src, out, stamps, r, g, w, stamp=False)
-        torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    self_profile.profiled([(label, lambda r=r, g=g, w=w: launch(src, out, stamps, r, g, w, stamp=False))
+                           for label, r, g, w in cases(sm_count)])
 
 
 def spread(stamps: torch.Tensor, grid: int) -> dict:
@@ -163,8 +154,7 @@ def main() -> int:
               f"{ends[3]:.3f} {ends[4]:.3f}  starts p90 {row['start_quantiles'][3]:.3f}  "
               f"HBM written {row.get('dram_write_bytes', float('nan')) / 1e6:8.3f} MB of "
               f"{row.get('l2_write_bytes', float('nan')) / 1e6:8.3f} MB stored")
-    (out / "cta-spread.json").write_text(json.dumps(
-        {**self_profile.provenance("python3 validation/cta_spread_probe.py --out DIR"), "rows": rows}, indent=2))
+    self_profile.write_rows(out / "cta-spread.json", "python3 validation/cta_spread_probe.py --out DIR", rows)
     return 0 if counters else 1
 
 

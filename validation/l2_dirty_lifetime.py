@@ -14,7 +14,6 @@ once R > L - W (all of them once R >= L); if hits do not age them, "reuse" write
     python3 validation/l2_dirty_lifetime.py --out DIR         # on the GPU; runs ncu on itself
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -68,16 +67,8 @@ def profile_pass() -> None:
     src = torch.ones(max(UNIQUE_READS_MIB + tuple(r for r, _ in REUSE)) * MIB // 4, device="cuda")
     sink = torch.zeros(1 << 16, device="cuda")
     outs = {w: torch.empty(w * MIB // 4, device="cuda") for w in WRITES_MIB}
-    for _, w, r, u, c in cases():
-        launch(outs[w // MIB], src, sink, r, u, c)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    for label, w, r, u, c in cases():
-        torch.cuda.nvtx.range_push(label)
-        launch(outs[w // MIB], src, sink, r, u, c)
-        torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    self_profile.profiled([(label, lambda w=w, r=r, u=u, c=c: launch(outs[w // MIB], src, sink, r, u, c))
+                           for label, w, r, u, c in cases()])
 
 
 def main() -> int:
@@ -107,8 +98,7 @@ def main() -> int:
                      "time_s": launch_row["gpu__time_duration.sum"] * 1e-9})
         print(f"{label:22s} W {w / MIB:4.0f} MiB, R {r / MIB:4.0f} MiB over {u / MIB:4.0f}: DRAM writes "
               f"{dram / MIB:7.2f} MiB, DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")
-    (out / "l2-dirty-lifetime.json").write_text(json.dumps(
-        {**self_profile.provenance("python3 validation/l2_dirty_lifetime.py --out DIR"), "rows": rows}, indent=2))
+    self_profile.write_rows(out / "l2-dirty-lifetime.json", "python3 validation/l2_dirty_lifetime.py --out DIR", rows)
     return 0 if rows else 1
 
 

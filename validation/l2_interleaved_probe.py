@@ -13,7 +13,6 @@ prediction for each case beside it (both engines). No attention kernel takes par
     python3 validation/l2_interleaved_probe.py --out DIR         # on the GPU; runs ncu on itself
 """
 
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,16 +95,8 @@ def profile_pass() -> None:
     unique_src = torch.ones(max(c.unique_read_bytes for c in every) // 4 + TILE_ELEMENTS, device="cuda")
     shared_src = torch.ones(max(c.shared_read_bytes for c in every) // 4 + TILE_ELEMENTS, device="cuda")
     out = torch.empty(max(c.written_bytes for c in every) // 4, device="cuda")
-    for case in every:
-        launch(kernel, case, out, unique_src, shared_src)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    for case in every:
-        torch.cuda.nvtx.range_push(case.label)
-        launch(kernel, case, out, unique_src, shared_src)
-        torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    self_profile.profiled([(case.label, lambda case=case: launch(kernel, case, out, unique_src, shared_src))
+                           for case in every])
 
 
 def main() -> int:
@@ -132,8 +123,7 @@ def main() -> int:
         print(f"{case.label:22s} W {case.written_bytes / MIB:4.0f} MiB: DRAM writes {dram / MIB:7.2f} MiB, "
               f"dirty at end {(case.written_bytes - dram) / MIB:6.2f} MiB, "
               f"DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")
-    (out / "l2-interleaved.json").write_text(json.dumps(
-        {**self_profile.provenance("python3 validation/l2_interleaved_probe.py --out DIR"), "rows": rows}, indent=2))
+    self_profile.write_rows(out / "l2-interleaved.json", "python3 validation/l2_interleaved_probe.py --out DIR", rows)
     return 0 if rows else 1
 
 

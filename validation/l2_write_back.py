@@ -53,20 +53,11 @@ def profile_pass() -> None:
     """Under ncu: each size once, warmed up outside the profiled region."""
     buffers = {mib: torch.empty(mib << 18, dtype=torch.float32, device="cuda") for mib in SIZES_MIB}  # 4 B each
     sources = {mib: torch.ones_like(out) for mib, out in buffers.items()}
+    launches = []
     for mib, out in buffers.items():
-        write(out)
-        copy(sources[mib], out)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    for mib, out in buffers.items():
-        torch.cuda.nvtx.range_push(f"write{mib}MiB")
-        write(out)
-        torch.cuda.nvtx.range_pop()
-        torch.cuda.nvtx.range_push(f"copy{mib}MiB")
-        copy(sources[mib], out)
-        torch.cuda.nvtx.range_pop()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+        launches += [(f"write{mib}MiB", lambda out=out: write(out)),
+                     (f"copy{mib}MiB", lambda mib=mib, out=out: copy(sources[mib], out))]
+    self_profile.profiled(launches)
 
 
 def main() -> int:

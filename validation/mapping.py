@@ -16,6 +16,7 @@ from pathlib import Path
 from memsim.algorithms import ALGORITHMS
 from memsim.algorithms.moba import MOBA_BLOCK_SIZE, MOBA_TOP_K
 from memsim.hardware import load_gpu
+from memsim.predict import resolve_tiles
 from memsim.resources import CtaResources
 from memsim.workload import AttentionShape, TileConfig
 from memsim.workload.dtypes import bytes_per_element
@@ -168,7 +169,7 @@ def map_sdpa_cudnn(row: dict) -> Mapped:
     if shape.q_len == 1:
         return _decode(row, shape, launches, "cuDNN sm80 decode, no LSE", lse_output=False)
     grid = int(launches[0]["launch__grid_size"])
-    tiles = replace(ALGORITHMS["flash3"].default_tiles(_gpu(GPU), shape), lse_output=False)
+    tiles = resolve_tiles(_gpu(GPU), "flash3", shape, lse_output=False)
     if shape.causal:
         return Mapped("flash3", shape, tiles, how=f"FA3 tiles (memsim default), no LSE, tiles handed to whichever of "
                                                   f"the {grid} persistent CTAs is free (dynamic scheduler): "

@@ -9,6 +9,7 @@ which launches its kernels once each inside NVTX ranges, and reads the counters 
 
 import argparse
 import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,28 @@ def profile(script: str, metrics: list[str]) -> subprocess.CompletedProcess:
     """ncu over `script --profile-pass`, its CSV on stdout."""
     return subprocess.run(ncu.command([sys.executable, script, "--profile-pass"], metrics),
                           capture_output=True, text=True)
+
+
+def profiled(launches: list[tuple[str, Callable[[], None]]]) -> None:
+    """The profiling pass: every (NVTX label, launch) once to warm up (compile, allocate), then each again inside
+    its NVTX range between cudaProfilerStart and Stop, which is all that ncu sees (ncu.command)."""
+    import torch
+
+    for _, run in launches:
+        run()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for label, run in launches:
+        torch.cuda.nvtx.range_push(label)
+        run()
+        torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+def write_rows(path: Path, command: str, rows: list[dict]) -> None:
+    """A probe's rows as JSON with their provenance (device, driver, versions, date, command)."""
+    path.write_text(json.dumps({**provenance(command), "rows": rows}, indent=2))
 
 
 def driver_version() -> str:
