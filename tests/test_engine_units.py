@@ -63,6 +63,23 @@ def test_l2_evicts_least_recent_and_writes_back_dirty():
     assert l2.used_bytes == 0
 
 
+@given(st.lists(st.tuples(st.sampled_from("OQK"), st.integers(1, 60), st.booleans()), min_size=1, max_size=40))
+def test_dirty_by_tensor_is_what_was_written_and_not_yet_written_back(inserts):
+    """Fast mode's extrapolation reads the dirty stock per tensor (memsim.engine.simulate._snapshot): every byte
+    written is either written back or still dirty, tensor by tensor, and the stock sums to dirty_bytes."""
+    l2 = L2Cache(capacity_bytes=200, dirty_limit_bytes=90)
+    written, written_back = {}, {}
+    for n, (tensor, nbytes, dirty) in enumerate(inserts):
+        for t, b in l2.insert((tensor, n), nbytes, tensor, dirty=dirty):
+            written_back[t] = written_back.get(t, 0) + b
+        if dirty:
+            written[tensor] = written.get(tensor, 0) + nbytes
+    stock = l2.dirty_by_tensor()
+    assert sum(stock.values()) == l2.dirty_bytes
+    for tensor, nbytes in written.items():
+        assert stock.get(tensor, 0) + written_back.get(tensor, 0) == nbytes
+
+
 def test_inflight_fetch_is_returned_to_later_readers():
     env = simpy.Environment()
     l2 = L2Cache(1000)

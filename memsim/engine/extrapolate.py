@@ -12,7 +12,9 @@ of the first outputs have not started: their rate is not steady yet), it compare
 every counter per CTA, window against window. Once the time agrees within STEADY_TOLERANCE and
 every counter within COUNTER_TOLERANCE, dispatch stops at the end of the unit being dispatched;
 the launch drains as the full one would, and the G - G' missing CTAs are added at the rate of the
-two windows. A launch that never settles is simulated in full, with no time lost.
+two windows. A launch that never settles is simulated in full, with no time lost. HBM writes are watched as
+bytes written back or still dirty in L2 (memsim.engine.simulate._snapshot): write-backs come in bursts, that
+sum grows smoothly, and in the steady state every dirty byte reaches HBM.
 
 Only launches of at least MIN_WAVES waves in program-id order are watched (shorter ones have
 little middle to skip). The error is that of the rate: two windows that agree within the

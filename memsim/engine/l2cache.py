@@ -246,6 +246,14 @@ class L2Cache:
             del self._dirty[key]
         return written_back
 
+    def dirty_by_tensor(self) -> dict[str, float]:
+        """tensor -> bytes dirty in L2 now: written, not yet written back."""
+        out: dict[str, float] = {}
+        for key in self._dirty:
+            entry = self._lines[key]
+            out[entry.tensor] = out.get(entry.tensor, 0.0) + entry.dirty * entry.member_bytes
+        return out
+
     def oldest_dirty_age_bytes(self) -> float:
         """Bytes of other tiles touched since the least recently touched dirty tile (0 when none is dirty)."""
         if not self._dirty:

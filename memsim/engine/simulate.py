@@ -122,6 +122,11 @@ def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=None, 
 def _snapshot(m: Machine, done_ctas: int) -> extrapolate.Snapshot:
     c = m.counters
     flat = {(group, tensor): value for group in BYTE_KEYS for tensor, value in getattr(c, group).items()}
+    # Write-backs come in bursts (a head's outputs age out together), so the bytes written back per CTA wander
+    # from window to window; what has been written back or is still dirty grows smoothly, and in the steady state
+    # every dirty byte reaches HBM in the end: that is the rate at which skipped CTAs write back.
+    for tensor, dirty in m.l2.dirty_by_tensor().items():
+        flat[("hbm_write", tensor)] = flat.get(("hbm_write", tensor), 0.0) + dirty
     flat.update({("scalar", name): getattr(c, name) for name in _SCALARS})
     return extrapolate.Snapshot(done_ctas, m.env.now, flat, m.busy_s(), m.l2.filled_bytes)
 
