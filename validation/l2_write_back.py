@@ -12,7 +12,6 @@ attention kernel is involved: nothing here is fitted to the validation cases.
     python3 validation/l2_write_back.py --out DIR         # on the GPU; runs ncu on itself
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -80,9 +79,7 @@ def main() -> int:
                      "time_s": launch["gpu__time_duration.sum"] * 1e-9})
         print(f"{kind:5s} {written / 2**20:6.0f} MiB: DRAM writes {dram / 2**20:8.2f} MiB, "
               f"dirty in L2 at the end {(written - dram) / 2**20:6.2f} MiB")
-    (out / "l2-write-back.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-         "command": "python3 validation/l2_write_back.py --out DIR", "rows": rows}, indent=2))
+    self_profile.write_rows(out / "l2-write-back.json", "python3 validation/l2_write_back.py --out DIR", rows)
     return 0 if rows else 1
 
 
