@@ -493,3 +493,9 @@ def test_the_fp8_rows_say_what_memsim_writes_and_it_writes_o_in_bf16():
     p = predict(mapped.algo, mapped.shape, "H100-SXM5-80GB", mapped.tiles, engine="analytic")
     s = mapped.shape
     assert p.bytes_by_tensor["O"]["l2_write"] == s.batch * s.q_heads * s.q_len * s.head_dim * 2
+
+
+def test_probe_counters_are_bytes_and_seconds_of_what_was_profiled():
+    launch = {"range": "r", "dram__bytes_write.sum": 1000.0, "lts__t_sectors_srcunit_tex_op_write.sum": 10.0,
+              "gpu__time_duration.sum": 2500.0}
+    assert ncu.probe_counters(launch) == {"dram_write_bytes": 1000.0, "l2_write_bytes": 320.0, "time_s": 2.5e-6}

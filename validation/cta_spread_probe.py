@@ -144,10 +144,7 @@ def main() -> int:
     for label, (r, g, w) in by_label.items():
         row = {"case": label, "read_bytes": r, "grid": g, "written_bytes_per_cta": w, **timings[label]}
         if label in counters:
-            c = counters[label]
-            row.update({"dram_write_bytes": c["dram__bytes_write.sum"], "dram_read_bytes": c["dram__bytes_read.sum"],
-                        "l2_write_bytes": 32 * c["lts__t_sectors_srcunit_tex_op_write.sum"],
-                        "time_s": c["gpu__time_duration.sum"] * 1e-9})
+            row.update(ncu.probe_counters(counters[label]))
         rows.append(row)
         ends = row["end_quantiles"]
         print(f"{label:18s} span {row['span_s'] * 1e6:8.1f} us  ends at {ends[0]:.3f} {ends[1]:.3f} {ends[2]:.3f} "

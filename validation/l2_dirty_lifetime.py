@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: `validation` importable
+from memsim.sectors import SECTOR_BYTES  # noqa: E402
 from validation import ncu, self_profile  # noqa: E402
 
 BLOCK = 4096  # fp32 elements per CTA: 16 KiB
@@ -90,12 +91,8 @@ def main() -> int:
         w, r, u, c = by_label[label]
         dram = launch_row["dram__bytes_write.sum"]
         rows.append({"case": label, "written_bytes": w, "read_bytes": r, "read_region_bytes": u, "readers_per_tile": c,
-                     "fabric_bytes": 32 * (launch_row.get("lts__t_sectors_srcunit_ltcfabric.sum") or 0.0),
-                     "dram_write_bytes": dram, "dram_read_bytes": launch_row["dram__bytes_read.sum"],
-                     "dirty_at_end_bytes": w - dram,
-                     "l2_write_bytes": 32 * launch_row["lts__t_sectors_srcunit_tex_op_write.sum"],
-                     "l2_read_bytes": 32 * launch_row["lts__t_sectors_srcunit_tex_op_read.sum"],
-                     "time_s": launch_row["gpu__time_duration.sum"] * 1e-9})
+                     "fabric_bytes": SECTOR_BYTES * (launch_row.get("lts__t_sectors_srcunit_ltcfabric.sum") or 0.0),
+                     **ncu.probe_counters(launch_row), "dirty_at_end_bytes": w - dram})
         print(f"{label:22s} W {w / MIB:4.0f} MiB, R {r / MIB:4.0f} MiB over {u / MIB:4.0f}: DRAM writes "
               f"{dram / MIB:7.2f} MiB, DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")
     self_profile.write_rows(out / "l2-dirty-lifetime.json", "python3 validation/l2_dirty_lifetime.py --out DIR", rows)

@@ -115,11 +115,7 @@ def main() -> int:
         if case is None:
             continue
         dram = launch_row["dram__bytes_write.sum"]
-        rows.append({**asdict(case), "dram_write_bytes": dram, "dram_read_bytes": launch_row["dram__bytes_read.sum"],
-                     "dirty_at_end_bytes": case.written_bytes - dram,
-                     "l2_write_bytes": 32 * launch_row["lts__t_sectors_srcunit_tex_op_write.sum"],
-                     "l2_read_bytes": 32 * launch_row["lts__t_sectors_srcunit_tex_op_read.sum"],
-                     "time_s": launch_row["gpu__time_duration.sum"] * 1e-9})
+        rows.append({**asdict(case), **ncu.probe_counters(launch_row), "dirty_at_end_bytes": case.written_bytes - dram})
         print(f"{case.label:22s} W {case.written_bytes / MIB:4.0f} MiB: DRAM writes {dram / MIB:7.2f} MiB, "
               f"dirty at end {(case.written_bytes - dram) / MIB:6.2f} MiB, "
               f"DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")

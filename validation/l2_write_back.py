@@ -73,10 +73,8 @@ def main() -> int:
         kind = "copy" if launch["range"].startswith("copy") else "write"
         written = int(launch["range"].removeprefix(kind).removesuffix("MiB")) << 20
         dram = launch["dram__bytes_write.sum"]
-        rows.append({"kernel": kind, "written_bytes": written, "dram_write_bytes": dram,
-                     "dram_read_bytes": launch["dram__bytes_read.sum"], "dirty_at_end_bytes": written - dram,
-                     "l2_write_bytes": 32 * launch["lts__t_sectors_srcunit_tex_op_write.sum"],
-                     "time_s": launch["gpu__time_duration.sum"] * 1e-9})
+        rows.append({"kernel": kind, "written_bytes": written, **ncu.probe_counters(launch),
+                     "dirty_at_end_bytes": written - dram})
         print(f"{kind:5s} {written / 2**20:6.0f} MiB: DRAM writes {dram / 2**20:8.2f} MiB, "
               f"dirty in L2 at the end {(written - dram) / 2**20:6.2f} MiB")
     self_profile.write_rows(out / "l2-write-back.json", "python3 validation/l2_write_back.py --out DIR", rows)

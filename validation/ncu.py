@@ -11,6 +11,8 @@ import io
 import shutil
 import subprocess
 
+from memsim.sectors import SECTOR_BYTES
+
 COUNTERS = [
     "dram__bytes_read.sum",
     "dram__bytes_write.sum",
@@ -105,6 +107,20 @@ def parse(csv_text: str) -> list[dict]:
         launch = launches.setdefault(row["ID"], _names(row.get("Kernel Name", "")))
         launch[row["Metric Name"]] = _number(row.get("Metric Value", ""))
     return list(launches.values())
+
+
+_PROBE_FIELDS = (  # (row key, metric, factor): bytes from sectors, seconds from nanoseconds
+    ("dram_write_bytes", "dram__bytes_write.sum", 1),
+    ("dram_read_bytes", "dram__bytes_read.sum", 1),
+    ("l2_write_bytes", "lts__t_sectors_srcunit_tex_op_write.sum", SECTOR_BYTES),
+    ("l2_read_bytes", "lts__t_sectors_srcunit_tex_op_read.sum", SECTOR_BYTES),
+    ("time_s", "gpu__time_duration.sum", 1e-9),
+)
+
+
+def probe_counters(launch: dict) -> dict:
+    """A microbenchmark's counters from one parsed launch, in bytes and seconds: those of _PROBE_FIELDS it has."""
+    return {key: launch[metric] * factor for key, metric, factor in _PROBE_FIELDS if metric in launch}
 
 
 def parse_raw(csv_text: str) -> list[dict]:
