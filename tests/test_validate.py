@@ -499,3 +499,7 @@ def test_probe_counters_are_bytes_and_seconds_of_what_was_profiled():
     launch = {"range": "r", "dram__bytes_write.sum": 1000.0, "lts__t_sectors_srcunit_tex_op_write.sum": 10.0,
               "gpu__time_duration.sum": 2500.0}
     assert ncu.probe_counters(launch) == {"dram_write_bytes": 1000.0, "l2_write_bytes": 320.0, "time_s": 2.5e-6}
+
+
+def test_probe_counters_give_the_l2_fabric_sectors_in_bytes():
+    assert ncu.probe_counters({"lts__t_sectors_srcunit_ltcfabric.sum": 3.0}) == {"fabric_bytes": 96.0}

@@ -135,11 +135,10 @@ def main() -> int:
     timings = timing_pass()
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "gpu__time_duration.sum"]
-    done = self_profile.profile(__file__, metrics)
-    (out / "cta-spread-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
+    launches = self_profile.profiled_launches(__file__, metrics, out, "cta-spread-ncu.csv")
     sm_count = torch.cuda.get_device_properties(0).multi_processor_count
     by_label = {label: (r, g, w) for label, r, g, w in cases(sm_count)}
-    counters = {row["range"]: row for row in ncu.parse(done.stdout) if row["range"] in by_label}
+    counters = {row["range"]: row for row in launches if row["range"] in by_label}
     rows = []
     for label, (r, g, w) in by_label.items():
         row = {"case": label, "read_bytes": r, "grid": g, "written_bytes_per_cta": w, **timings[label]}

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: `validation` importable
-from memsim.sectors import SECTOR_BYTES  # noqa: E402
 from validation import ncu, self_profile  # noqa: E402
 
 BLOCK_M, BLOCK_N, WARPS, STAGES = 128, 64, 4, 2
@@ -137,20 +136,17 @@ def main() -> int:
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "lts__t_sectors_srcunit_tex_op_read.sum", "lts__t_sectors_srcunit_ltcfabric.sum",
                "gpu__time_duration.sum"]
-    done = self_profile.profile(__file__, metrics)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "key-order-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
+    launches = self_profile.profiled_launches(__file__, metrics, out, "key-order-ncu.csv")
     by_label = {f"{name}.{case.label}": (name, case) for case in CASES for name in KERNELS}
     rows = []
-    for launch_row in ncu.parse(done.stdout):
+    for launch_row in launches:
         found = by_label.get(launch_row["range"])
         if found is None:
             continue
         name, case = found
         counters = ncu.probe_counters(launch_row)
-        fabric = launch_row.get("lts__t_sectors_srcunit_ltcfabric.sum")
         rows.append({"kernel": name, "launch": launch_row.get("kernel", ""), **asdict(case), "qkv_bytes": case.qkv_bytes,
-                     **counters, "ltcfabric_bytes": None if fabric is None else fabric * SECTOR_BYTES})
+                     **counters, "ltcfabric_bytes": counters.pop("fabric_bytes", None)})
         print(f"{name:11s} {case.label:18s} DRAM read {counters['dram_read_bytes'] / MB:8.1f} MB "
               f"({counters['dram_read_bytes'] / case.qkv_bytes:.2f}x Q+K+V), written "
               f"{counters['dram_write_bytes'] / MB:7.1f} MB, {counters['time_s'] * 1e6:8.1f} us")

@@ -22,7 +22,6 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file: `validation` importable
-from memsim.sectors import SECTOR_BYTES  # noqa: E402
 from validation import ncu, self_profile  # noqa: E402
 
 BLOCK = 4096  # fp32 elements per CTA: 16 KiB
@@ -79,20 +78,17 @@ def main() -> int:
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum",
                "lts__t_sectors_srcunit_ltcfabric.sum"]
-    done = self_profile.profile(__file__, metrics)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "l2-dirty-lifetime-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
+    launches = self_profile.profiled_launches(__file__, metrics, out, "l2-dirty-lifetime-ncu.csv")
     by_label = {label: (w, r, u, c) for label, w, r, u, c in cases()}
     rows = []
-    for launch_row in ncu.parse(done.stdout):
+    for launch_row in launches:
         label = launch_row["range"]
         if label not in by_label:
             continue
         w, r, u, c = by_label[label]
         dram = launch_row["dram__bytes_write.sum"]
         rows.append({"case": label, "written_bytes": w, "read_bytes": r, "read_region_bytes": u, "readers_per_tile": c,
-                     "fabric_bytes": SECTOR_BYTES * (launch_row.get("lts__t_sectors_srcunit_ltcfabric.sum") or 0.0),
-                     **ncu.probe_counters(launch_row), "dirty_at_end_bytes": w - dram})
+                     "fabric_bytes": 0.0, **ncu.probe_counters(launch_row), "dirty_at_end_bytes": w - dram})
         print(f"{label:22s} W {w / MIB:4.0f} MiB, R {r / MIB:4.0f} MiB over {u / MIB:4.0f}: DRAM writes "
               f"{dram / MIB:7.2f} MiB, DRAM reads {launch_row['dram__bytes_read.sum'] / MIB:7.2f} MiB")
     self_profile.write_rows(out / "l2-dirty-lifetime.json", "python3 validation/l2_dirty_lifetime.py --out DIR", rows)

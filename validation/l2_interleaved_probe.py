@@ -105,12 +105,10 @@ def main() -> int:
         return 0
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "lts__t_sectors_srcunit_tex_op_read.sum", "gpu__time_duration.sum"]
-    done = self_profile.profile(__file__, metrics)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "l2-interleaved-ncu.csv").write_text(done.stdout + done.stderr[-4000:])
+    launches = self_profile.profiled_launches(__file__, metrics, out, "l2-interleaved-ncu.csv")
     by_label = {case.label: case for case in cases()}
     rows = []
-    for launch_row in ncu.parse(done.stdout):
+    for launch_row in launches:
         case = by_label.get(launch_row["range"])
         if case is None:
             continue

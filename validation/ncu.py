@@ -115,6 +115,7 @@ _PROBE_FIELDS = (  # (row key, metric, factor): bytes from sectors, seconds from
     ("l2_write_bytes", "lts__t_sectors_srcunit_tex_op_write.sum", SECTOR_BYTES),
     ("l2_read_bytes", "lts__t_sectors_srcunit_tex_op_read.sum", SECTOR_BYTES),
     ("time_s", "gpu__time_duration.sum", 1e-9),
+    ("fabric_bytes", "lts__t_sectors_srcunit_ltcfabric.sum", SECTOR_BYTES),  # between the two L2 partitions
 )
 
 

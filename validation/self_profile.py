@@ -1,6 +1,6 @@
 """What the probes that run Nsight Compute on themselves share (l2_write_back.py, l2_dirty_lifetime.py,
-cta_spread_probe.py): their command line, the ncu run over their own profiling pass, and the provenance
-written beside their rows.
+l2_interleaved_probe.py, cta_spread_probe.py, key_order_probe.py): their command line, the ncu run over their own
+profiling pass (its CSV kept beside their rows), and the provenance written beside their rows.
 
 Each probe is `python3 validation/<probe>.py --out DIR`: it runs ncu (validation.ncu.command: clocks as
 found, only what lies between cudaProfilerStart and Stop) on `python3 validation/<probe>.py --profile-pass`,
@@ -36,6 +36,15 @@ def profile(script: str, metrics: list[str]) -> subprocess.CompletedProcess:
     """ncu over `script --profile-pass`, its CSV on stdout."""
     return subprocess.run(ncu.command([sys.executable, script, "--profile-pass"], metrics),
                           capture_output=True, text=True)
+
+
+def profiled_launches(script: str, metrics: list[str], out: Path, csv_name: str) -> list[dict]:
+    """ncu over `script --profile-pass`; its CSV (and the tail of its messages) kept as out/csv_name; the launches
+    it profiled, parsed (validation.ncu.parse)."""
+    done = profile(script, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / csv_name).write_text(done.stdout + done.stderr[-4000:])
+    return ncu.parse(done.stdout)
 
 
 def profiled(launches: list[tuple[str, Callable[[], None]]]) -> None:
