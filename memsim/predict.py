@@ -26,6 +26,7 @@ Q_RELOAD_ALGORITHMS = ("flash2",)  # schedules that model TileConfig.q_reload
 V_PREFETCH_ALGORITHMS = ("flash_decoding", "paged", "flash_decoding_pp")  # schedules that model TileConfig.v_prefetch
 LSE_OUTPUT_ALGORITHMS = ("flash2", "flash3", "flash_decoding")  # forwards that model TileConfig.lse_output
 DQ_ALGORITHMS = ("flash2",)  # backward schedules that model TileConfig.dq
+KEY_ORDER_ALGORITHMS = ("flash2",)  # forward schedules that model TileConfig.key_order
 ATOMIC_SEM_ALGORITHMS = ("linear",)  # whose ordered atomics TileConfig.atomic_sem describes (its state kernel)
 SPILL_ALGORITHMS = ("flash2", "flash_decoding")  # schedules that model TileConfig.spill_bytes_per_* (their forward;
 # flash2's backward too, in its dK/dV kernel with dq "separate")
@@ -84,6 +85,9 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
     if not tiles.lse_output and "bwd" in pass_:
         raise MemsimError(f"lse_output = false describes an inference forward; pass {pass_!r} has a backward, which "
                           f"reads the forward's log-sum-exp: use pass fwd")
+    if tiles.key_order != "ascending" and (alg.name not in KEY_ORDER_ALGORITHMS or pass_ != "fwd"):
+        raise MemsimError(f"key_order = {tiles.key_order!r} describes the forward of {', '.join(KEY_ORDER_ALGORITHMS)} "
+                          f"(pass fwd), not {alg.name} pass {pass_!r}; leave it at 'ascending'")
     if tiles.dq != "atomic" and alg.name not in DQ_ALGORITHMS:
         raise MemsimError(f"dq applies to the backward of {', '.join(DQ_ALGORITHMS)}; {alg.name}'s computes dQ "
                           f"with atomics, leave dq at 'atomic'")

@@ -8,6 +8,8 @@ hold the bytes per tensor at each level and the work per unit. Test files import
 `from checks import ...`: pytest puts the tests folder on sys.path.
 """
 
+import dataclasses
+
 import pytest
 from hypothesis import strategies as st
 
@@ -21,6 +23,14 @@ BYTE_KEYS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred
 # What the closed form gives per tensor; its hbm_write is everything written back, during the kernel or after.
 TRAFFIC_KEYS = ("l2_read", "l2_write", "hbm_read", "hbm_write")
 L2_KEYS = ("l2_read", "l2_write")
+
+
+def fully_associative(gpu):
+    """The GPU with an L2 that loses nothing to its sets (memsim.engine.l2cache, "Sets"): least recently used
+    out first, once full. The closed forms assume that L2, so the engine's bytes equal theirs exactly there."""
+    if gpu.calibration is None:
+        return gpu
+    return dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, l2_ways=None))
 
 
 # ---- the schedule against the closed form --------------------------------------------------------

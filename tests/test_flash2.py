@@ -5,6 +5,8 @@ from memsim.algorithms.flash2 import forward
 from memsim.errors import MemsimError
 from memsim.hardware import load_gpu
 
+from checks import fully_associative
+
 H100 = load_gpu("H100-SXM5-80GB")
 
 
@@ -82,7 +84,7 @@ def test_q_reload_reads_a_q_tile_per_key_block_from_l2_not_from_hbm():
     assert reloaded.traffic["Q"].l2_read == q_bytes * 4096 // 128  # one Q tile per key block of 128
     assert reloaded.traffic["Q"].hbm_read == q_bytes
     assert reloaded.total.l2_read == 2.5 * 2**30  # recorded: l1tex__m_xbar2l1tex_read_bytes 2,684,354,560
-    des = predict("flash2", shape, tiles=tiles, engine="des")
+    des = predict("flash2", shape, fully_associative(H100), tiles=tiles, engine="des")  # Q re-read from L2 alone
     assert des.bytes["l2_read"] == pytest.approx(reloaded.total.l2_read)
     assert des.bytes["hbm_read"] == pytest.approx(reloaded.total.hbm_read, rel=0.01)
 

@@ -114,3 +114,18 @@ def test_calibration_replaces_only_what_was_measured():
     assert peak.l2_hit_latency_s == 0.0 < measured.l2_hit_latency_s
     assert measured.tensor_flops_per_s["int8"] == peak.tensor_flops_per_s["int8"]  # not measured: peak stays
     assert measured.tensor_flops_per_s["bf16"] < peak.tensor_flops_per_s["bf16"]
+
+
+@pytest.mark.parametrize("ways", [6.5, 0])
+def test_l2_ways_must_be_a_whole_number_of_ways(tmp_path, ways):
+    def odd(d):
+        d["calibration"]["l2_ways"] = ways
+    message = _error(tmp_path, odd)
+    assert "calibration.l2_ways" in message and f"{ways:g}" in message and "whole number" in message
+
+
+def test_the_h100s_l2_has_six_ways_and_a_file_without_them_is_fully_associative(tmp_path):
+    assert load_gpu("H100-SXM5-80GB").ceilings().l2_ways == 6
+    def without(d):
+        d["calibration"].pop("l2_ways")
+    assert load_gpu(str(write_variant(tmp_path, without))).ceilings().l2_ways is None

@@ -12,11 +12,11 @@ from memsim.hardware import load_gpu
 from memsim.schedules import flash_decoding as fd_sched
 from memsim.schedules import paged as sched
 
-from checks import (assert_fast_matches_faithful, assert_same_bytes_per_tensor, assert_same_kernels,
+from checks import (fully_associative, assert_fast_matches_faithful, assert_same_bytes_per_tensor, assert_same_kernels,
                     assert_same_total_bytes, assert_same_work)
 
 H100 = load_gpu("H100-SXM5-80GB")
-CEILINGS = H100.ceilings()
+CEILINGS = fully_associative(H100).ceilings()  # the closed form's L2: nothing lost to its sets
 SHAPE = AttentionShape(batch=2, q_heads=32, kv_heads=4, q_len=1, kv_len=5001)  # K+V 20.5 MB: fits in L2
 
 # (page_size, block_n, num_splits): pages inside tiles, one split, pages across tiles with split

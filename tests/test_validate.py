@@ -72,11 +72,12 @@ def test_a_case_id_reads_back_into_its_case_and_a_bad_one_names_the_form():
 def test_fa2_launch_config_read_from_ncu_gives_its_tiles():
     """README's worked example: grid 512 = 32 q-blocks x 16 heads -> BLOCK_M 128; 64 KiB shared memory less
     the 32 KiB Q tile holds one 64-key K and V tile -> BLOCK_N 64; 128 threads -> 4 warps. The kernel loads the
-    next K and V while it computes (two stages of pipelining), in the 64 KiB that ncu reported."""
+    next K and V while it computes (two stages of pipelining), in the 64 KiB that ncu reported, and walks each
+    query block's key blocks last to first (flash_fwd_kernel.h)."""
     mapped = map_case(row("sdpa_flash.b1h16k16n4096m4096d128c0.bf16"))
     assert mapped.algo == "flash2"
     t = mapped.tiles
-    assert (t.block_m, t.block_n, t.num_warps, t.num_stages) == (128, 64, 4, 2)
+    assert (t.block_m, t.block_n, t.num_warps, t.num_stages, t.key_order) == (128, 64, 4, 2, "descending")
     full = next(r for r in cmp.load_rows(RESULTS) if r["id"] == "sdpa_flash.b1h16k16n4096m4096d128c0.bf16")
     assert map_case(full).resources["flash2_fwd"].smem_bytes == 65536  # occupancy: the launch's, not 2 stages' worth
 

@@ -114,8 +114,8 @@ def _fa2_prefill(row: dict, shape: AttentionShape, launch: dict, how: str) -> Ma
     block_n = kv_stage_keys(shape, launch, block_m)
     spills = SDPA_FA2_SPILLS.get((shape.head_dim, block_m, block_n), (0, 0))
     tiles = TileConfig(block_m=block_m, block_n=block_n, num_warps=_warps(launch), num_stages=SDPA_FA2_PIPELINE_STAGES,
-                       spill_bytes_per_iteration=spills[0], spill_bytes_per_cta=spills[1])
-    how += "; K and V loads overlap compute (2 stages)"
+                       spill_bytes_per_iteration=spills[0], spill_bytes_per_cta=spills[1], key_order="descending")
+    how += "; K and V loads overlap compute (2 stages); key blocks walked last to first (flash_fwd_kernel.h)"
     if any(spills):
         how += f"; register spills {spills[0]} B per key block and {spills[1]} B per CTA (validation.fit_spills)"
     return Mapped("flash2", shape, tiles, how=how)

@@ -16,7 +16,7 @@ from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
 from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
-from memsim.workload.tiles import ATOMIC_SEMS, DQ_MODES
+from memsim.workload.tiles import ATOMIC_SEMS, DQ_MODES, KEY_ORDERS
 from memsim.cli import capacity as capacity_cli, render, run as run_cli, sweep as sweep_cli, validate
 from memsim.cli.progress import ctas_progress
 
@@ -56,6 +56,10 @@ def cli():
               help="flash2, flash3, flash_decoding forward: the kernel writes O alone, not each row's log-sum-exp "
                    "beside it (an inference kernel such as cuDNN's; partial statistics between splits are still "
                    "written).")
+@click.option("--key-order", type=click.Choice(KEY_ORDERS), help="flash2 forward: the order a query block walks its "
+              "key blocks: ascending (the Triton tutorial; default) or descending (FlashAttention-2's CUDA kernel, "
+              "PyTorch SDPA's flash path), which on the H100 re-reads K and V from HBM as heads grow (--engine des: the "
+              "L2's sets; the analytic model reads both walks alike).")
 @click.option("--dq", type=click.Choice(DQ_MODES), help="flash2 backward: dQ by fp32 atomics in L2 (atomic, "
               "flash-attention's CUDA kernels; default) or in a kernel of its own that recomputes S and dP (separate, "
               "the Triton tutorial and kernels/flash2.py).")
@@ -98,7 +102,7 @@ def cli():
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
-                block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, no_lse, dq, atomic_sem, mma, spill_iteration, spill_cta, registers,
+                block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, no_lse, key_order, dq, atomic_sem, mma, spill_iteration, spill_cta, registers,
                 smem_bytes, loop_instructions, pass_, engine, faithful, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
     """Predict bytes, FLOPs, latency and bound of one attention call."""
@@ -109,7 +113,7 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
                            head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                      num_splits=splits, page_size=page_size, q_reload=reload_q or None,
-                     v_prefetch=False if no_v_prefetch else None, lse_output=False if no_lse else None, dq=dq,
+                     v_prefetch=False if no_v_prefetch else None, lse_output=False if no_lse else None, key_order=key_order, dq=dq,
                      atomic_sem=atomic_sem, mma=mma,
                      spill_bytes_per_iteration=spill_iteration, spill_bytes_per_cta=spill_cta)
     given = (registers, smem_bytes, loop_instructions)

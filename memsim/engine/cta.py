@@ -72,11 +72,12 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
                 m.write_back(l2.read_shared(key, nbytes, cohort.weight))
             found = l2.lookup(key)
             if found is False:
-                missed[key] = (nbytes, load.tensor, members)
+                fraction = l2.missing_fraction(key)  # part of a tile its L2 sets kept need not come again
+                missed[key] = (nbytes, load.tensor, members, fraction)
                 if load.region is None:
-                    private_bytes += load.bytes
+                    private_bytes += load.bytes * fraction
                 else:
-                    shared_bytes += nbytes
+                    shared_bytes += nbytes * fraction
                 outcome = False
             elif found is not True:
                 pending.append(found)
@@ -100,8 +101,8 @@ def load_tiles(m: Machine, iterations: list[tuple[Load, ...]], cohort: Cohort):
         yield from _all(env, streaming)
         delivery = m.units["l2"].use(deliver, cohort.weight)
         yield _both(env, m.units["hbm"].use(shared_bytes), m.units["hbm"].use(private_bytes, cohort.weight))
-        for key, (nbytes, tensor, members) in missed.items():
-            c.hbm_read[tensor] += nbytes
+        for key, (nbytes, tensor, members, fraction) in missed.items():
+            c.hbm_read[tensor] += nbytes * fraction
             m.write_back(l2.finish_fetch(key, nbytes, tensor, members))
         fetched.succeed()
     else:
@@ -184,8 +185,9 @@ def _fetch_line(m: Machine, key, nbytes: float, tensor: str, members: int):
     fetched = m.env.event()
     m.l2.start_fetch(key, fetched)
     yield m.env.timeout(m.ceilings.hbm_latency_s)
-    yield m.units["hbm"].use(nbytes)
-    m.counters.hbm_read[tensor] += nbytes
+    fraction = m.l2.missing_fraction(key)
+    yield m.units["hbm"].use(nbytes * fraction)
+    m.counters.hbm_read[tensor] += nbytes * fraction
     m.write_back(m.l2.finish_fetch(key, nbytes, tensor, members))
     fetched.succeed()
 

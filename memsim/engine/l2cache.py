@@ -28,6 +28,16 @@ read by 2 CTAs 1.29 times (python3 -m validation.fit_l2_dirty_lifetime). memsim 
 k-th reader as bringing in (weight - 1) x (the rise in the chance that k readers are not all on one side,
 memsim.writes.on_both_partitions) of its bytes: 1.43 for 2 readers, 1.85 from about 8.
 
+Sets. The H100's L2 is set-associative: a line lives in one of its sets, and a line touched again after D bytes of
+other lines have been touched survives only while fewer than `ways` of those landed in its set. With addresses
+hashed evenly over the sets, the lines landing in one set are Poisson with mean ways x D / capacity, so a tile touched
+again at stack distance D still holds P(Poisson(ways D / C) < ways) of its lines (the set-associative stack model:
+A. J. Smith, "A comparative study of set associative memory mapping algorithms and their use for cache and main
+memory", IEEE Trans. Software Engineering SE-4(2), 1978). The rest comes from HBM again. That is what a walk of key
+blocks last to first re-reads on the H100, where a fully associative LRU of 50 MiB keeps everything: K and V of a
+head wait there 18-30 MB apart (validation/key_order_probe.py, validation/ACCURACY.md). `ways` None: fully
+associative; the least recently used tiles still leave first once the capacity is full.
+
 An entry may hold several equal tiles put in together, one per member of a cohort of CTAs
 (memsim.engine.cta: each member's private Q or O tile, in program-id order). The entry keeps
 them as members, oldest first, and evicts or writes back only as many members as each limit
@@ -35,7 +45,7 @@ needs, each with its own age: exactly what the members' tiles one by one would d
 """
 
 from collections import OrderedDict
-from math import ceil
+from math import ceil, exp, lgamma, log
 from typing import Hashable
 
 import simpy
@@ -44,6 +54,8 @@ from memsim.engine.recency import Recency
 from memsim.writes import on_both_partitions
 
 _BYTE_ROUNDING = 1e-9  # relative: a fraction of a member this small is float rounding, not a member
+_EXP_UNDERFLOW = 600.0  # exp(-x) of a double underflows near x = 745
+_NEGLIGIBLE_LOSS = 1e-4  # a tile whose sets lost less than this of it counts as a hit
 
 
 class _Entry:
@@ -67,8 +79,10 @@ class _Entry:
 
 class L2Cache:
     def __init__(self, capacity_bytes: float, dirty_limit_bytes: float | None = None,
-                 dirty_lifetime_bytes: float | None = None, shared_age_weight: float = 1.0):
+                 dirty_lifetime_bytes: float | None = None, shared_age_weight: float = 1.0, ways: int | None = None):
         self.capacity_bytes = capacity_bytes
+        self.ways = ways
+        self._missing: dict[Hashable, float] = {}  # tiles lost in part to their sets: the fraction to fetch again
         self.dirty_limit_bytes = dirty_limit_bytes
         self.dirty_lifetime_bytes = dirty_lifetime_bytes
         self.shared_age_weight = shared_age_weight
@@ -84,13 +98,35 @@ class L2Cache:
         self.dirty_bytes = 0.0
 
     def lookup(self, key: Hashable) -> bool | simpy.Event:
-        """True on a hit (and the tile becomes most recent), the pending fetch's event, or False on a miss."""
-        if key in self._lines:
-            self._lines.move_to_end(key)
-            self._touch(key, self._lines[key])
-            return True
+        """True on a hit (and the tile becomes most recent), the pending fetch's event, or False on a miss (then
+        `missing_fraction(key)` says how much of it is to be fetched)."""
+        entry = self._lines.get(key)
+        if entry is not None:
+            lost = self._lost_to_sets(key, entry)
+            if lost <= _NEGLIGIBLE_LOSS:
+                self._lines.move_to_end(key)
+                self._touch(key, entry)
+                return True
+            self._missing[key] = lost
+            del self._lines[key]
+            self.used_bytes -= entry.nbytes
+            return False
         return self._inflight.get(key, False)
 
+    def missing_fraction(self, key: Hashable) -> float:
+        """The fraction of a missed tile that must come from HBM: all of it, unless its set lost only part of it."""
+        return self._missing.get(key, 1.0)
+
+    def _lost_to_sets(self, key: Hashable, entry: _Entry) -> float:
+        """The fraction of a resident tile's lines its sets have evicted since it was last touched (module
+        docstring, "Sets"). Only a clean tile of one member is followed (K and V; a cohort's private tiles are
+        read once)."""
+        if self.ways is None or entry.stamps or entry.members != 1 or entry.first:
+            return 0.0
+        last = self.recency.last_touch(key)
+        if last is None:
+            return 0.0
+        return 1.0 - set_survival(self.recency.since(last), self.capacity_bytes, self.ways)
     def read_shared(self, key: Hashable, nbytes: float, readers: int) -> list[tuple[str, float]]:
         """`readers` more CTAs read a tile that CTAs share: the copies they make in the far partition age dirty
         tiles (module docstring). Returns the dirty (tensor, bytes) that this sends to HBM."""
@@ -117,7 +153,10 @@ class L2Cache:
         """Install a fetched tile (or `members` equal tiles); returns the dirty (tensor, bytes) it evicted."""
         self._inflight.pop(key, None)
         self._transfers.pop(key, None)
-        return self.insert(key, nbytes, tensor, dirty=False, members=members)
+        fetched = self._missing.pop(key, 1.0)
+        written_back = self.insert(key, nbytes, tensor, dirty=False, members=members)
+        self.filled_bytes -= (1.0 - fetched) * nbytes  # the lines its sets had kept were not brought in again
+        return written_back
 
     def insert(self, key: Hashable, nbytes: float, tensor: str, dirty: bool,
                members: int = 1) -> list[tuple[str, float]]:
@@ -169,7 +208,7 @@ class L2Cache:
         tiles_of = key if tiles_of is None else tiles_of
         touch, nbytes = self.recency.touch, entry.member_bytes
         if not entry.stamps:  # a clean entry can move no dirty tile's age back
-            watched = self._newest_stamp
+            watched = self._newest_stamp if self.ways is None else None  # with sets, every tile's distance is asked
             for member in range(start, start + members):
                 touch((tiles_of, member) if member else tiles_of, nbytes, watched)
             return
@@ -267,12 +306,31 @@ class L2Cache:
         self._dirty.clear()
         self._inflight.clear()
         self._transfers.clear()
+        self._missing.clear()
         self._readers.clear()
         self.recency.clear()
         self._newest_stamp = 0
         self.used_bytes = 0.0
         self.dirty_bytes = 0.0
         return dirty
+
+
+def set_survival(distance_bytes: float, capacity_bytes: float, ways: int) -> float:
+    """The chance that a line touched again after `distance_bytes` of other lines is still in a `ways`-way
+    set-associative cache of `capacity_bytes`: fewer than `ways` of them landed in its set, P(Poisson(ways x
+    distance / capacity) < ways) (module docstring, "Sets")."""
+    mean = ways * distance_bytes / capacity_bytes
+    if mean <= 0:
+        return 1.0
+    if mean < _EXP_UNDERFLOW:
+        term = total = exp(-mean)
+        for k in range(1, ways):
+            term *= mean / k
+            total += term
+        return min(1.0, total)
+    logs = [k * log(mean) - mean - lgamma(k + 1) for k in range(ways)]  # exp(-mean) alone would underflow
+    top = max(logs)
+    return min(1.0, exp(top) * sum(exp(v - top) for v in logs))
 
 
 def _members_covering(nbytes: float, member_bytes: float) -> int:

@@ -67,7 +67,7 @@ class Machine:
                 unit.busy_intervals = []
         self.smem_bytes_per_s = SMEM_BYTES_PER_CLK_PER_SM * gpu.clock_hz * gpu.sm_count
         self.l2 = L2Cache(gpu.l2_bytes, ceilings.l2_dirty_resident_bytes, ceilings.l2_dirty_lifetime_bytes,
-                          ceilings.l2_shared_tile_age_weight)
+                          ceilings.l2_shared_tile_age_weight, ceilings.l2_ways)
         self.counters = Counters()
 
     def busy_s(self) -> dict:

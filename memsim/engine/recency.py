@@ -49,6 +49,11 @@ class Recency:
         self._add(self.seq, nbytes)
         return self.seq
 
+    def last_touch(self, key: Hashable) -> int | None:
+        """The sequence number of the tile's last touch (None: never touched)."""
+        last = self._last.get(key)
+        return None if last is None else last[0]
+
     def since(self, seq: int) -> float:
         """Bytes of distinct tiles touched after sequence number `seq` (each at its last touch)."""
         i, prefix = min(seq, self._size), 0.0

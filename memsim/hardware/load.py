@@ -97,12 +97,15 @@ def _calibration(reader: _Reader, raw: object) -> Calibration:
     body = reader.mapping(raw, "calibration")
     numeric = {"hbm_bandwidth_bytes_per_s", "l2_bandwidth_bytes_per_s", "hbm_latency_s", "l2_hit_latency_s",
                "cuda_core_fp32_flops_per_s", "sfu_ops_per_s", "launch_overhead_s", "l2_dirty_resident_bytes",
-               "l2_dirty_lifetime_bytes", "l2_shared_tile_age_weight", "dependent_step_latency_s",
+               "l2_dirty_lifetime_bytes", "l2_shared_tile_age_weight", "l2_ways", "dependent_step_latency_s",
                "warp_cycles_per_instruction", "ordered_atomic_latency_s"}
     _check_keys(body, numeric | {"device", "date", "tensor_flops_per_s"}, {"device", "date"},
                 reader.where, prefix="calibration.")
     sub = _Reader(reader.where, reader.references)
     values = {k: sub.number(body[k], f"calibration.{k}", unit_of=k) for k in numeric if k in body}
+    ways = values.get("l2_ways")
+    if ways is not None and (ways < 1 or ways != int(ways)):
+        raise MemsimError(f"{reader.where}: calibration.l2_ways = {ways:g} must be a whole number of ways, 1 or more")
     tensor = _tensor_rates(sub, body.get("tensor_flops_per_s", {}), "calibration.tensor_flops_per_s")
     reader.sources.update(sub.sources)
     return Calibration(device=str(body["device"]), date=str(body["date"]), tensor_flops_per_s=tensor,

@@ -47,6 +47,10 @@ class Calibration:
     l2_dirty_resident_bytes: float | None = None
     l2_dirty_lifetime_bytes: float | None = None
     l2_shared_tile_age_weight: float | None = None
+    # The L2's ways as its misses show them: a line touched again after D bytes of other lines survives with
+    # probability P(Poisson(ways D / l2_bytes) < ways) (memsim.engine.l2cache, "Sets"), fitted to what a causal
+    # walk of key blocks last to first re-reads (validation/key_order_probe.py). None: fully associative.
+    l2_ways: float | None = None
     # What one dependent compute step (a matmul, a softmax) adds to a CTA's chain beyond its work: issue,
     # pipeline and reduction latency that the CTA's own warps cannot hide (memsim.engine.sharing). Fitted on
     # the calibration subset of validation/results (validation/fit_step_latency.py).
@@ -78,6 +82,7 @@ class Ceilings:
     l2_dirty_resident_bytes: float | None = None  # None (and no lifetime): every written byte reaches HBM in the kernel
     l2_dirty_lifetime_bytes: float | None = None  # None: a dirty line lives as long as LRU keeps it
     l2_shared_tile_age_weight: float = 1.0  # 1: a tile read by many CTAs ages dirty lines as one read once
+    l2_ways: int | None = None  # None: a fully associative L2 (least recently used out first, nothing else lost)
     dependent_step_latency_s: float = 0.0  # 0 where nothing was fitted: a chain of steps costs only their work
     warp_cycles_per_instruction: float = 1.0  # where nothing was measured: one warp may issue every clock
     ordered_atomic_latency_s: float = 0.0  # 0 where nothing was measured: ordered atomics cost only bandwidth
@@ -169,6 +174,7 @@ class GPUSpec:
             l2_dirty_resident_bytes=cal.l2_dirty_resident_bytes,
             l2_dirty_lifetime_bytes=cal.l2_dirty_lifetime_bytes,
             l2_shared_tile_age_weight=cal.l2_shared_tile_age_weight or 1.0,
+            l2_ways=None if cal.l2_ways is None else int(cal.l2_ways),
             dependent_step_latency_s=cal.dependent_step_latency_s or 0.0,
             warp_cycles_per_instruction=cal.warp_cycles_per_instruction or 1.0,
             ordered_atomic_latency_s=cal.ordered_atomic_latency_s or 0.0,

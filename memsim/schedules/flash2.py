@@ -3,7 +3,8 @@
 Program id p = q_block + T_r * (batch * q_heads + head), q-block fastest (Triton tutorial
 06 and PyTorch's FA2 grid). The Q tile is loaded once and stays on chip (with tiles.q_reload,
 once per key block: CUTLASS memory-efficient attention); K and V tiles
-of the CTA's (batch, kv head) stream through num_stages buffers; O and LSE are stored once.
+of the CTA's (batch, kv head) stream through num_stages buffers, first to last or (tiles.key_order
+"descending", FlashAttention-2's CUDA forward) last to first; O and LSE are stored once.
 A kernel that spills registers (tiles.spill_bytes_per_cta, _per_iteration) stores them to its CTA's
 local-memory slots once at the start and again after each key block's matmuls.
 """
@@ -27,6 +28,7 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
     uneven = shape.causal or shape.window is not None or shape.q_len % bm != 0
     matmul = Mma(2.0 * bm * bn * d, dtype)
     spill_once, spill_each = spill_steps(tiles.spill_bytes_per_cta, tiles.spill_bytes_per_iteration)
+    descending = tiles.key_order == "descending"
 
     def locate(pid: int) -> tuple[int, int, int]:
         q_block, bh = pid % t_r, pid // t_r
@@ -42,14 +44,18 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
 
         q_tile = Load("Q", None, 0, rows * d * e)
 
+        def position(i: int) -> int:
+            """The i-th key block walked, counted from the query block's first."""
+            return count - 1 - i if descending else i
+
         def loads(i: int) -> tuple[Load, ...]:
-            tile = first + i
+            tile = first + position(i)
             keys = min(bn, shape.kv_len - tile * bn)
             kv = (Load("K", region, tile, keys * d * kv_e), Load("V", region, tile, keys * d * kv_e))
             return (q_tile, *kv) if tiles.q_reload else kv
 
         def compute(i: int):
-            ops = online_softmax(bm * bn, bm * bn if i >= edge_from else 0, rows, 0, d)
+            ops = online_softmax(bm * bn, bm * bn if position(i) >= edge_from else 0, rows, 0, d)
             return (matmul, Vector(ops.cuda_ops - ops.exp_ops, ops.exp_ops), matmul, *spill_each)
 
         final = online_softmax(0, 0, 0, rows, d)

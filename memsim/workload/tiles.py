@@ -8,6 +8,7 @@ from memsim.hardware.spec import MMA_PATHS
 LOOP_ORDERS = ("q_outer", "kv_outer")  # FlashAttention-2 order / FlashAttention-1 order
 DQ_MODES = ("atomic", "separate")  # FlashAttention-2 backward: dQ by fp32 atomics / in its own kernel
 ATOMIC_SEMS = ("acq_rel", "relaxed")  # Triton's tl.atomic_add semantics: its default / fire and forget
+KEY_ORDERS = ("ascending", "descending")  # a query block's key blocks first to last / last to first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +43,11 @@ class TileConfig:
     `lse_output` False: the forward writes O alone, not each row's log-sum-exp beside it (an inference kernel
     that keeps no statistics for a backward: cuDNN's, through PyTorch SDPA without grad, wrote exactly O's bytes,
     validation/results/h100). Partial statistics that splits exchange are still written.
+    `key_order` is the order a query block walks its key blocks (flash2 forward): "ascending" (the Triton
+    tutorial, kernels/flash2.py) or "descending" (FlashAttention-2's CUDA forward, PyTorch SDPA's flash path:
+    flash_fwd_kernel.h, compute_attn_1rowblock, "We iterate over the blocks in reverse order", so that only the
+    first block it walks needs the causal mask). On the H100 the descending walk alone re-reads K and V from HBM
+    as a head's keys grow (validation/key_order_probe.py, validation/ACCURACY.md).
     """
 
     block_m: int = 128
@@ -59,6 +65,7 @@ class TileConfig:
     spill_bytes_per_iteration: int = 0
     spill_bytes_per_cta: int = 0
     lse_output: bool = True
+    key_order: str = "ascending"
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "num_warps", "num_stages", "num_splits", "page_size"):
@@ -80,6 +87,8 @@ class TileConfig:
             raise MemsimError(f"dq = {self.dq!r} is not known; use one of {', '.join(DQ_MODES)}")
         if self.atomic_sem not in ATOMIC_SEMS:
             raise MemsimError(f"atomic_sem = {self.atomic_sem!r} is not known; use one of {', '.join(ATOMIC_SEMS)}")
+        if self.key_order not in KEY_ORDERS:
+            raise MemsimError(f"key_order = {self.key_order!r} is not known; use one of {', '.join(KEY_ORDERS)}")
         if self.loop_order not in LOOP_ORDERS:
             raise MemsimError(f"loop_order = {self.loop_order!r} is not known; use one of {', '.join(LOOP_ORDERS)}")
 
