@@ -121,6 +121,10 @@ def run(algo: str = "flash2", shape: AttentionShape | None = None, gpu: GPUSpec 
         if gives_instructions(resources):
             notes += ("loop instructions change nothing here: the analytic model has no warp schedulers "
                       "(use --engine des)",)
+        if tiles.key_order != "ascending":
+            notes += (f"key_order = {tiles.key_order!r} changes nothing here: the analytic model reads each head's "
+                      "K and V from HBM as the walk first to last would (use --engine des, whose L2 loses them to "
+                      "its sets)",)
         kernels = tuple(KernelPrediction.from_time(kernel_time(spec, ceilings, with_resident_writes(k, ceilings, spec.l2_bytes)))
                         for k in with_resources(alg.kernels(spec, shape, tiles, pass_), resources))
     prediction = Prediction(

@@ -82,3 +82,11 @@ def test_the_last_to_first_walk_reads_more_from_hbm_the_longer_the_sequence():
     assert all(r > 1.05 for r in ratio.values())
     by_length = sorted(CASES, key=lambda c: c.seq_len)
     assert ratio[by_length[-1]] > ratio[by_length[0]]
+
+
+def test_the_analytic_model_says_it_reads_both_walks_alike():
+    shape = AttentionShape(q_len=1024, causal=True)
+    up, down = (predict("flash2", shape, tiles=TileConfig(key_order=o)) for o in KEY_ORDERS)
+    assert down.bytes == up.bytes
+    assert any("key_order" in note and "--engine des" in note for note in down.assumptions)
+    assert not any("key_order" in note for note in up.assumptions)
