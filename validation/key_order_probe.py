@@ -9,9 +9,14 @@ SDPA's kernel at d = 128) runs with each order, the only difference between the 
 the same inputs, each under ncu (--clock-control none, caches flushed before each kernel). Each variant's O is
 checked against SDPA's before anything is profiled.
 
-    python3 validation/key_order_probe.py --out DIR         # on the GPU; runs ncu on itself
+    python3 validation/key_order_probe.py --out DIR             # on the GPU; runs ncu on itself
+    python3 validation/key_order_probe.py --held-out --out DIR  # the shapes the L2's ways were not fitted on
+
+The first eight shapes (CASES) fitted the H100 preset's `l2_ways` (python3 -m validation.fit_l2_ways); the
+held-out ones (HELD_OUT_CASES: head dims 64 and 128, longer heads, more batches) check it.
 """
 
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +47,14 @@ class Case:
 
 CASES = (Case(1, 16, 4096), Case(4, 32, 4096), Case(2, 16, 16384), Case(1, 32, 8192), Case(4, 16, 8192),
          Case(1, 8, 32768), Case(1, 16, 16384), Case(2, 32, 2048))
+HELD_OUT_CASES = (Case(1, 32, 4096), Case(8, 16, 4096), Case(4, 32, 4096, 64), Case(2, 16, 16384, 64),
+                  Case(1, 16, 32768, 64), Case(1, 2, 65536))
 KERNELS = ("ascending", "descending", "sdpa_flash")
+CASES_FROM = "KEY_ORDER_CASES"  # "held-out": the profiling pass (a child of ncu) runs HELD_OUT_CASES
+
+
+def cases() -> tuple[Case, ...]:
+    return HELD_OUT_CASES if os.environ.get(CASES_FROM) == "held-out" else CASES
 
 
 def _kernel():
@@ -109,7 +121,7 @@ def _launches() -> list[tuple[str, object]]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     kernel, out = _kernel(), []
-    for case in CASES:
+    for case in cases():
         q, k, v = _inputs(case)
         o = torch.empty_like(q)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -129,15 +141,21 @@ def profile_pass() -> None:
     self_profile.profiled(_launches())
 
 
-def main() -> int:
-    out = self_profile.out_dir(__doc__, profile_pass)
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--held-out" in argv:
+        argv.remove("--held-out")
+        os.environ[CASES_FROM] = "held-out"  # ncu's child process inherits it
+    out = self_profile.out_dir(__doc__, profile_pass, argv)
     if out is None:
         return 0
     metrics = ["dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_write.sum",
                "lts__t_sectors_srcunit_tex_op_read.sum", "lts__t_sectors_srcunit_ltcfabric.sum",
                "gpu__time_duration.sum"]
-    launches = self_profile.profiled_launches(__file__, metrics, out, "key-order-ncu.csv")
-    by_label = {f"{name}.{case.label}": (name, case) for case in CASES for name in KERNELS}
+    held_out = os.environ.get(CASES_FROM) == "held-out"
+    stem = "key-order-held-out" if held_out else "key-order"
+    launches = self_profile.profiled_launches(__file__, metrics, out, f"{stem}-ncu.csv")
+    by_label = {f"{name}.{case.label}": (name, case) for case in cases() for name in KERNELS}
     rows = []
     for launch_row in launches:
         found = by_label.get(launch_row["range"])
@@ -150,7 +168,8 @@ def main() -> int:
         print(f"{name:11s} {case.label:18s} DRAM read {counters['dram_read_bytes'] / MB:8.1f} MB "
               f"({counters['dram_read_bytes'] / case.qkv_bytes:.2f}x Q+K+V), written "
               f"{counters['dram_write_bytes'] / MB:7.1f} MB, {counters['time_s'] * 1e6:8.1f} us")
-    self_profile.write_rows(out / "key-order.json", "python3 validation/key_order_probe.py --out DIR", rows)
+    command = f"python3 validation/key_order_probe.py{' --held-out' if held_out else ''} --out DIR"
+    self_profile.write_rows(out / f"{stem}.json", command, rows)
     return 0 if rows else 1
 
 
