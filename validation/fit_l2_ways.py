@@ -10,7 +10,10 @@ reads from HBM. memsim's DES describes the same launches (TileConfig.key_order) 
 fully associative L2), and scores each by the squared log error of the descending / ascending ratio of HBM reads
 against the measured one. The ratio is scored, not each walk's reads, so that what both walks read beyond Q + K + V
 (the first-to-last walk's 2-4%) does not pull the fit. No case of validation/results takes part: they stay held out.
-The DES takes about 3 minutes of CPU per number of ways over the 8 shapes (2 processes).
+The DES takes about 3 minutes of CPU per number of ways over the 8 shapes (2 processes). `--probe` with the
+held-out run (key-order-held-out-2026-11-24.json, shapes the fit never saw) checks the fitted ways:
+
+    python3 -m validation.fit_l2_ways --probe validation/results/h100/key-order-held-out-2026-11-24.json --ways 6 0
 """
 
 import argparse
@@ -27,10 +30,15 @@ from rich.table import Table
 
 from memsim import AttentionShape, TileConfig, predict
 from memsim.hardware.load import DEFAULT_GPU, load_gpu
-from validation.key_order_probe import BLOCK_M, BLOCK_N, CASES, STAGES, WARPS, Case
+from validation.key_order_probe import BLOCK_M, BLOCK_N, STAGES, WARPS, Case
 
 PROBE = Path("validation/results/h100/key-order-2026-11-24.json")
 ORDERS = ("ascending", "descending")
+
+
+def probe_cases(rows: list[dict]) -> list[Case]:
+    """The probe's shapes, in the order it recorded them."""
+    return list(dict.fromkeys(Case(r["batch"], r["heads"], r["seq_len"], r["head_dim"]) for r in rows))
 
 
 def measured_ratios(rows: list[dict]) -> dict[str, float]:
@@ -63,18 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", type=Path, default=PROBE, help="the key-order probe's recorded rows")
     parser.add_argument("--ways", type=int, nargs="+", default=[4, 6, 8, 12, 16, 0],
                         help="numbers of ways to try; 0: a fully associative L2")
-    parser.add_argument("--cases", type=int, default=len(CASES), help="the probe's first N cases only (quicker)")
+    parser.add_argument("--cases", type=int, help="the probe's first N cases only (quicker)")
     parser.add_argument("--json", type=Path, help="write every prediction and score here")
     args = parser.parse_args(argv)
     if any(w < 0 for w in args.ways):
         parser.error(f"--ways {' '.join(map(str, args.ways))}: each must be a whole number of ways, 0 or more")
-    if not 1 <= args.cases <= len(CASES):
-        parser.error(f"--cases {args.cases}: must be 1 to {len(CASES)}")
     if not args.probe.is_file():
         print(f"fit_l2_ways: {args.probe} not found (run from the repository root)", file=sys.stderr)
         return 2
-    measured = measured_ratios(json.loads(args.probe.read_text())["rows"])
-    cases = CASES[:args.cases]
+    rows = json.loads(args.probe.read_text())["rows"]
+    measured, cases = measured_ratios(rows), probe_cases(rows)
+    if args.cases is not None:
+        if not 1 <= args.cases <= len(cases):
+            parser.error(f"--cases {args.cases}: must be 1 to {len(cases)} (the probe's shapes)")
+        cases = cases[:args.cases]
     jobs = [(w, c, o) for w in args.ways for c in cases for o in ORDERS]
     console = Console()
     reads = {}
