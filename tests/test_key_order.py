@@ -90,3 +90,29 @@ def test_the_analytic_model_says_it_reads_both_walks_alike():
     assert down.bytes == up.bytes
     assert any("key_order" in note and "--engine des" in note for note in down.assumptions)
     assert not any("key_order" in note for note in up.assumptions)
+
+
+HELD_OUT = RESULTS.with_name("key-order-held-out-2026-11-24.json")
+
+
+def test_every_held_out_case_and_kernel_was_recorded_and_none_was_fitted():
+    from validation.key_order_probe import HELD_OUT_CASES
+
+    rows = json.loads(HELD_OUT.read_text())["rows"]
+    assert {(r["kernel"], Case(r["batch"], r["heads"], r["seq_len"], r["head_dim"])) for r in rows} == \
+        {(k, c) for c in HELD_OUT_CASES for k in KERNELS}
+    assert not set(HELD_OUT_CASES) & set(CASES)
+
+
+def test_the_fit_reads_the_probes_shapes_and_ratios_from_its_rows():
+    from validation.fit_l2_ways import measured_ratios, probe_cases, score
+
+    rows = json.loads(RESULTS.read_text())["rows"]
+    assert probe_cases(rows) == list(CASES)
+    ratios = measured_ratios(rows)
+    by_key = _rows()
+    c = CASES[0]
+    assert ratios[c.label] == by_key[("descending", c.batch, c.heads, c.seq_len)]["dram_read_bytes"] / \
+        by_key[("ascending", c.batch, c.heads, c.seq_len)]["dram_read_bytes"]
+    assert score(ratios, ratios) == 0.0
+    assert score({c.label: ratios[c.label] * 2}, ratios) == pytest.approx(0.6931471805599453 ** 2)
