@@ -18,6 +18,7 @@ held-out run (key-order-held-out-2026-11-24.json, shapes the fit never saw) chec
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -49,11 +50,17 @@ def measured_ratios(rows: list[dict]) -> dict[str, float]:
             for kernel, label in reads if kernel == "ascending"}
 
 
+@functools.lru_cache(maxsize=None)
+def gpu_with_ways(ways: int):
+    """The default GPU with an L2 of `ways` ways (0: fully associative), read once per process."""
+    gpu = load_gpu(DEFAULT_GPU)
+    return dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, l2_ways=ways or None))
+
+
 def predicted_reads(job: tuple[int, Case, str]) -> float:
     """HBM bytes the DES reads for one case and walk with an L2 of `ways` ways (0: fully associative)."""
     ways, case, order = job
-    gpu = load_gpu(DEFAULT_GPU)
-    gpu = dataclasses.replace(gpu, calibration=dataclasses.replace(gpu.calibration, l2_ways=ways or None))
+    gpu = gpu_with_ways(ways)
     shape = AttentionShape(batch=case.batch, q_heads=case.heads, q_len=case.seq_len, head_dim=case.head_dim,
                            causal=True)
     tiles = TileConfig(block_m=BLOCK_M, block_n=BLOCK_N, num_warps=WARPS, num_stages=STAGES, lse_output=False,

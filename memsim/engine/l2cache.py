@@ -82,6 +82,8 @@ class L2Cache:
                  dirty_lifetime_bytes: float | None = None, shared_age_weight: float = 1.0, ways: int | None = None):
         self.capacity_bytes = capacity_bytes
         self.ways = ways
+        # up to this stack distance the sets lose a negligible part of a tile: no need to ask them
+        self._lossless_bytes = None if ways is None else _negligible_loss_distance(capacity_bytes, ways)
         self._missing: dict[Hashable, float] = {}  # tiles lost in part to their sets: the fraction to fetch again
         self.dirty_limit_bytes = dirty_limit_bytes
         self.dirty_lifetime_bytes = dirty_lifetime_bytes
@@ -126,7 +128,11 @@ class L2Cache:
         last = self.recency.last_touch(key)
         if last is None:
             return 0.0
-        return 1.0 - set_survival(self.recency.since(last), self.capacity_bytes, self.ways)
+        distance = self.recency.since(last)
+        if distance <= self._lossless_bytes:
+            return 0.0
+        return 1.0 - set_survival(distance, self.capacity_bytes, self.ways)
+
     def read_shared(self, key: Hashable, nbytes: float, readers: int) -> list[tuple[str, float]]:
         """`readers` more CTAs read a tile that CTAs share: the copies they make in the far partition age dirty
         tiles (module docstring). Returns the dirty (tensor, bytes) that this sends to HBM."""
@@ -331,6 +337,16 @@ def set_survival(distance_bytes: float, capacity_bytes: float, ways: int) -> flo
     logs = [k * log(mean) - mean - lgamma(k + 1) for k in range(ways)]  # exp(-mean) alone would underflow
     top = max(logs)
     return min(1.0, exp(top) * sum(exp(v - top) for v in logs))
+
+
+def _negligible_loss_distance(capacity_bytes: float, ways: int) -> float:
+    """A stack distance at which the sets have lost no more than _NEGLIGIBLE_LOSS of a tile, as far up as a
+    bisection finds (the loss rises with the distance: any distance below it loses no more)."""
+    low, high = 0.0, capacity_bytes
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if 1.0 - set_survival(mid, capacity_bytes, ways) <= _NEGLIGIBLE_LOSS else (low, mid)
+    return low
 
 
 def _members_covering(nbytes: float, member_bytes: float) -> int:
