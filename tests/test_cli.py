@@ -46,6 +46,16 @@ def test_reload_q_describes_a_kernel_that_rereads_q_and_is_refused_elsewhere(cap
     assert code != 0 and "q_reload applies to flash2" in err and "Traceback" not in err + out
 
 
+def test_kv_scale_options_describe_the_cache_and_a_bad_group_size_is_one_line(capsys):
+    args = ("predict", "--json", "--engine", "analytic", "--algo", "flash_decoding", "--seq", "1", "--kv-seq", "8192",
+            "--kv-dtype", "int8", "--kv-group-size", "32")
+    _, fp16, _ = run(capsys, *args)
+    _, fp32, _ = run(capsys, *args, "--kv-scale-dtype", "fp32")
+    assert json.loads(fp32)["bytes"]["hbm_read"] > json.loads(fp16)["bytes"]["hbm_read"]
+    code, out, err = run(capsys, *args[:-1], "0")
+    assert code != 0 and "kv_group_size = 0" in err and "Traceback" not in err + out
+
+
 def test_no_v_prefetch_slows_a_decode_split_kernel_and_is_refused_elsewhere(capsys):
     args = ("predict", "--json", "--algo", "flash_decoding", "--seq", "1", "--kv-seq", "8192", "--heads", "32",
             "--kv-heads", "8", "--batch", "4", "--kv-dtype", "int8")

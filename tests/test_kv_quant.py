@@ -76,3 +76,33 @@ def test_kv_load_work_splits_the_converts_off(kv_dtype, sfu):
     work = kv_load_work(shape, 1000)
     assert work.cuda_ops == kv_load_ops(shape, 1000)  # every op, converts included (VectorOps' convention)
     assert work.exp_ops == 1000 * sfu
+
+
+@pytest.mark.parametrize("kv_dtype, codes_bytes", [("int8", 1.0), ("int4", 0.5)])
+def test_fp32_scales_take_four_bytes_per_group(kv_dtype, codes_bytes):
+    """kernels/kv_quant.py keeps fp32 scales for bf16 tensors: 4 B per group of kv_group_size elements, not 2."""
+    fp16 = AttentionShape(kv_dtype=kv_dtype, kv_group_size=32)
+    fp32 = AttentionShape(kv_dtype=kv_dtype, kv_group_size=32, kv_scale_dtype="fp32")
+    assert fp16.kv_element_bytes == codes_bytes + 2 / 32
+    assert fp32.kv_element_bytes == codes_bytes + 4 / 32
+    assert AttentionShape(kv_scale_dtype="fp32").kv_element_bytes == 2.0  # bf16 K/V carry no scales
+
+
+def test_an_unknown_scale_dtype_is_one_line_naming_the_choices():
+    with pytest.raises(MemsimError) as err:
+        AttentionShape(kv_dtype="int8", kv_scale_dtype="bf16")
+    assert "'bf16'" in str(err.value) and "fp16, fp32" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_int8_rows_are_described_with_the_fp32_scales_their_kernel_stored():
+    """validation.runners quantises bf16 K/V with kernels.kv_quant.quantize_kv's default, fp32 scales: with them
+    memsim reads what ncu measured (with fp16 scales it read 5.6% less on every int8 row)."""
+    from validation.compare import compare_row, load_rows
+    from validation.mapping import shape_of
+
+    rows = [r for r in load_rows(RESULTS) if r.get("kernel") == "kv_int8"]
+    assert len(rows) == 5
+    for row in rows:
+        assert shape_of(row).kv_scale_dtype == "fp32"
+        error = compare_row((row, "analytic")).error
+        assert abs(error["hbm_read"]) < 0.005 and abs(error["l2_read"]) < 0.005, (row["id"], error)

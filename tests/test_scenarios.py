@@ -151,6 +151,21 @@ steps:
         (16, 2, 128, 512, "fp8")
 
 
+def test_a_quantised_cache_takes_its_scales_type(tmp_path):
+    path = write(tmp_path, "q.yaml", """
+description: int8 cache with fp32 scales
+steps:
+  - kind: predict
+    name: p
+    algos: [flash_decoding]
+    shape: {q_len: 1, kv_len: 8192, kv_dtype: int8, kv_group_size: 32, kv_scale_dtype: fp32}
+""")
+    got = run_scenario(path).steps[0].as_dict()["result"]
+    assert got["shape"]["kv_scale_dtype"] == "fp32"
+    shape = AttentionShape(q_len=1, kv_len=8192, kv_dtype="int8", kv_group_size=32, kv_scale_dtype="fp32")
+    assert got["predictions"][0]["bytes"] == predict("flash_decoding", shape).bytes
+
+
 def test_seq_sweep_and_split_kv_steps_predict_at_every_length(tmp_path):
     path = write(tmp_path, "s.yaml", """
 description: sweeps
@@ -267,6 +282,8 @@ BAD_FILES = [
     ("description: x\nsteps:\n" + GOOD_STEP.replace("q_len: 128", "q_len: 1.5"), ["steps[0].shape.q_len = 1.5"]),
     ("description: x\nsteps:\n" + GOOD_STEP.replace("q_len: 128", "causal: 1"),
      ["steps[0].shape.causal = 1", "true or false"]),
+    ("description: x\nsteps:\n" + GOOD_STEP.replace("q_len: 128", "kv_dtype: int8, kv_scale_dtype: bf16"),
+     ["steps[0].shape.kv_scale_dtype = 'bf16'", "fp32"]),
     ("description: x\nsteps:\n" + GOOD_STEP + "    gpu: H1000\n", ["steps[0].gpu", "unknown GPU 'H1000'", "H100"]),
     ("description: x\nsteps:\n" + GOOD_STEP.replace("flash2", "flash9"),
      ["steps[0].algos[0] = 'flash9'", "use one of standard"]),

@@ -93,6 +93,18 @@ def test_cudnn_prefill_runs_on_a_persistent_grid_of_one_cta_per_sm():
     assert (mapped.algo, mapped.order, mapped.ctas) == ("flash3", "persistent", 132)
 
 
+@pytest.mark.parametrize("case", ["sdpa_cudnn.b1h16k16n512m512d64c0.bf16", "sdpa_cudnn.b1h16k16n4096m4096d64c0.bf16",
+                                  "sdpa_cudnn.b2h32k32n2048m2048d64c1.bf16", "sdpa_cudnn.b1h16k16n4096m4096d128c0.bf16"])
+def test_cudnn_prefill_takes_128_query_rows_per_tile_from_its_two_consumer_warpgroups(case):
+    """384 threads: a producer and two consumer warpgroups of 64 rows each, at d = 64 as at d = 128 (FlashAttention-3's
+    own d = 64 kernel takes 192 rows). Its K/V reads from L2, one pass over the keys per 128 query rows, say so."""
+    r = next(r for r in cmp.load_rows(RESULTS) if r["id"] == case)  # the latest row, with the crossbar counters
+    mapped = map_case(r)
+    assert int(main_launches(r)[0]["launch__block_size"]) == 384 and mapped.tiles.block_m == 128
+    error = cmp.compare_row((r, "des")).error["l2_read"]
+    assert abs(error) < 0.005, error
+
+
 def test_cudnn_causal_prefill_is_scheduled_dynamically_one_cta_per_sm():
     """Dynamic tile scheduling on a persistent grid of one CTA per SM = first-free-slot dispatch."""
     from memsim.hardware import load_gpu

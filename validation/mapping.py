@@ -14,12 +14,13 @@ from math import ceil
 from pathlib import Path
 
 from memsim.algorithms import ALGORITHMS
+from memsim.algorithms import flash3
 from memsim.algorithms.moba import MOBA_BLOCK_SIZE, MOBA_TOP_K
 from memsim.hardware import load_gpu
 from memsim.predict import resolve_tiles
 from memsim.resources import CtaResources
 from memsim.workload import AttentionShape, TileConfig
-from memsim.workload.dtypes import bytes_per_element
+from memsim.workload.dtypes import QUANTISED_KV_DTYPES, bytes_per_element
 
 
 GPU = "H100-SXM5-80GB"  # the preset of the card the suite was measured on (default tiles are fitted to it)
@@ -49,10 +50,18 @@ class Unmapped(Exception):
 
 
 def shape_of(row: dict) -> AttentionShape:
-    extra = {k: row[k] for k in ("kv_dtype", "kv_group_size") if row.get(k)}
+    extra = {k: row[k] for k in ("kv_dtype", "kv_group_size", "kv_scale_dtype") if row.get(k)}
+    if extra.get("kv_dtype") in QUANTISED_KV_DTYPES and "kv_scale_dtype" not in extra:
+        extra["kv_scale_dtype"] = _scale_dtype(row["dtype"])
     return AttentionShape(batch=row["batch"], q_heads=row["q_heads"], kv_heads=row["kv_heads"], q_len=row["q_len"],
                           kv_len=row["kv_len"], head_dim=row["head_dim"], causal=row["causal"], dtype=row["dtype"],
                           **extra)
+
+
+def _scale_dtype(dtype: str) -> str:
+    """The scales' type where a row (recorded before rows named it) does not say: kernels.kv_quant.quantize_kv, as
+    validation.runners calls it, keeps fp16 scales for fp16 tensors and fp32 for the rest."""
+    return "fp16" if dtype == "fp16" else "fp32"
 
 
 def main_launches(row: dict) -> list[dict]:
@@ -169,13 +178,21 @@ def map_sdpa_cudnn(row: dict) -> Mapped:
     if shape.q_len == 1:
         return _decode(row, shape, launches, "cuDNN sm80 decode, no LSE", lse_output=False)
     grid = int(launches[0]["launch__grid_size"])
-    tiles = resolve_tiles(_gpu(GPU), "flash3", shape, lse_output=False)
+    block_m = cudnn_block_m(launches[0])
+    tiles = resolve_tiles(_gpu(GPU), "flash3", shape, block_m=block_m, lse_output=False)
+    how = f"BLOCK_M {block_m} from its consumer warpgroups, FA3's BLOCK_N, no LSE"
     if shape.causal:
-        return Mapped("flash3", shape, tiles, how=f"FA3 tiles (memsim default), no LSE, tiles handed to whichever of "
-                                                  f"the {grid} persistent CTAs is free (dynamic scheduler): "
-                                                  f"program-id dispatch")
-    return Mapped("flash3", shape, tiles, order="persistent", ctas=grid,
-                  how=f"FA3 tiles (memsim default), no LSE, persistent grid of {grid} CTAs")
+        return Mapped("flash3", shape, tiles, how=f"{how}, tiles handed to whichever of the {grid} persistent CTAs "
+                                                  f"is free (dynamic scheduler): program-id dispatch")
+    return Mapped("flash3", shape, tiles, order="persistent", ctas=grid, how=f"{how}, persistent grid of {grid} CTAs")
+
+
+def cudnn_block_m(launch: dict) -> int:
+    """Query rows per tile of a warp-specialised kernel: 64 per consumer warpgroup (wgmma's M), one warpgroup of
+    the CTA being the producer. cuDNN's 384 threads hold two consumers at d = 64 as at d = 128, so its tiles are 128
+    rows where FlashAttention-3's own d = 64 kernel takes 192 (three consumers, 512 threads): the grid of 64 CTAs at
+    B1 H16 N512 (4 q-blocks x 16 heads; 192 rows would make 48) says the same."""
+    return (_warps(launch) // 4 - 1) * flash3.ROWS_PER_CONSUMER_WARPGROUP
 
 
 def map_sdpa_efficient(row: dict) -> Mapped:

@@ -14,6 +14,7 @@ import triton
 from validation.cases import Case
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
+SCALE_DTYPE_NAMES = {torch.float16: "fp16", torch.float32: "fp32"}  # memsim's AttentionShape.kv_scale_dtype
 # fp8 cases are drawn in bf16 and quantised by their runner (kernels.flash2_fp8.quantize_fp8), outside the timed call.
 DRAWN_AS = {"fp8": torch.bfloat16}
 MAX_SETS = 8
@@ -289,7 +290,7 @@ def launch_description(case: Case, device: str = "cuda") -> dict:
 
         kq = quantize_kv(torch.zeros_like(k), bits=8, group_size=KV_GROUP)
         configs = launch_configs(q, kq, kq)
-        extra = {"kv_dtype": "int8", "kv_group_size": KV_GROUP}
+        extra = {"kv_dtype": "int8", "kv_group_size": KV_GROUP, "kv_scale_dtype": SCALE_DTYPE_NAMES[kq.scales.dtype]}
     elif case.kernel == "moba":
         from kernels.block_sparse import launch_configs
 

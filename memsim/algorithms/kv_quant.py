@@ -1,7 +1,7 @@
 """CUDA-core work to turn a KV cache stored in a narrow type back into numbers a matmul can take.
 
-int8 and int4 caches hold one fp16 scale per group of `shape.kv_group_size` elements
-(`AttentionShape.kv_element_bytes` already counts the scale bytes); each element is
+int8 and int4 caches hold one scale (fp16, or fp32: `shape.kv_scale_dtype`) per group of
+`shape.kv_group_size` elements (`AttentionShape.kv_element_bytes` already counts the scale bytes); each element is
 dequantised as x = q * scale on the way from shared memory to the tensor cores
 (KIVI, Liu et al. 2024, section 3; vLLM's int8/fp8 KV caches do the same per element
 in registers). fp8 caches are converted only. Counted per element loaded, one

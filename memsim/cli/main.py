@@ -15,7 +15,7 @@ from memsim.resources import FIRST_LAUNCH, CtaResources
 from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
-from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
+from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, SCALE_DTYPES
 from memsim.workload.tiles import ATOMIC_SEMS, DQ_MODES, KEY_ORDERS
 from memsim.cli import capacity as capacity_cli, render, run as run_cli, sweep as sweep_cli, validate
 from memsim.cli.progress import ctas_progress
@@ -38,6 +38,11 @@ def cli():
 @click.option("--head-dim", default=128, show_default=True, type=int)
 @click.option("--dtype", default="bf16", show_default=True, type=click.Choice(list(COMPUTE_DTYPES)))
 @click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), help="KV-cache storage type; default: --dtype.")
+@click.option("--kv-group-size", default=64, show_default=True, type=int,
+              help="int8/int4 KV caches: elements of a key or value row that share one scale.")
+@click.option("--kv-scale-dtype", default="fp16", show_default=True, type=click.Choice(SCALE_DTYPES),
+              help="int8/int4 KV caches: the type each scale is stored in (kernels/kv_quant.py keeps fp32 scales "
+                   "for bf16 tensors).")
 @click.option("--causal/--no-causal", default=False, show_default=True)
 @click.option("--window", type=int, help="Sliding-window size in keys.")
 @click.option("--block-m", type=int, help="BLOCK_M: query rows per tile.")
@@ -101,7 +106,8 @@ def cli():
               help="Write a Chrome/Perfetto trace of the simulation to this file (--engine des).")
 @click.option("--explain", "show_explain", is_flag=True, help="Say in a few lines why the kernel is bound where it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, window,
+def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, kv_group_size,
+                kv_scale_dtype, causal, window,
                 block_m, block_n, warps, stages, splits, page_size, reload_q, no_v_prefetch, no_lse, key_order, dq, atomic_sem, mma, spill_iteration, spill_cta, registers,
                 smem_bytes, loop_instructions, pass_, engine, faithful, peak, compare, order,
                 swizzle_group, persistent_ctas, trace_path, show_explain, as_json):
@@ -110,7 +116,8 @@ def predict_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype,
     _check_des_options(engine, order, trace_path, algos, faithful, loop_instructions)
     spec = load_gpu(gpu)
     shape = AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
-                           head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal, window=window)
+                           head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, kv_group_size=kv_group_size,
+                           kv_scale_dtype=kv_scale_dtype, causal=causal, window=window)
     overrides = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                      num_splits=splits, page_size=page_size, q_reload=reload_q or None,
                      v_prefetch=False if no_v_prefetch else None, lse_output=False if no_lse else None, key_order=key_order, dq=dq,

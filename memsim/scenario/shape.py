@@ -2,8 +2,8 @@
 taken from a model on a tensor-parallel group.
 
 Written out, the keys are memsim.AttentionShape's fields (batch, q_heads, kv_heads, q_len, kv_len,
-head_dim, dtype, kv_dtype, kv_group_size, causal, window); what is left out takes AttentionShape's
-default. With `model:` (and `tp:`, default 1), the heads and head_dim are one GPU's share of one
+head_dim, dtype, kv_dtype, kv_group_size, kv_scale_dtype, causal, window); what is left out takes
+AttentionShape's default. With `model:` (and `tp:`, default 1), the heads and head_dim are one GPU's share of one
 layer, as memsim.capacity.KVLayout splits them (Megatron-style tensor parallelism).
 """
 
@@ -13,7 +13,7 @@ from memsim.capacity.kv import KVLayout
 from memsim.errors import MemsimError
 from memsim.models import load_model
 from memsim.scenario.schema import OMIT, Field, flag, mapping, named, one_of, whole
-from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
+from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, SCALE_DTYPES
 from memsim.workload.shape import AttentionShape
 
 MODEL_KEYS = ("model", "tp")
@@ -31,6 +31,7 @@ SHAPE_FIELDS = {
     "dtype": Field(one_of(COMPUTE_DTYPES, "dtype"), OMIT),
     "kv_dtype": Field(one_of(KV_DTYPES, "KV-cache dtype"), OMIT),
     "kv_group_size": Field(whole(1, 64), OMIT),
+    "kv_scale_dtype": Field(one_of(SCALE_DTYPES, "KV-cache scale dtype"), OMIT),
     "causal": Field(flag, OMIT),
     "window": Field(whole(1, 4096), OMIT),
 }

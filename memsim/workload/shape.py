@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from memsim.errors import MemsimError
-from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, QUANTISED_KV_DTYPES, SCALE_BYTES, bytes_per_element
+from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, QUANTISED_KV_DTYPES, SCALE_DTYPES, bytes_per_element
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +27,7 @@ class AttentionShape:
     dtype: str = "bf16"
     kv_dtype: str | None = None  # None: same as dtype
     kv_group_size: int = 64  # elements sharing one scale, for int8/int4 KV caches
+    kv_scale_dtype: str = "fp16"  # the type each group's scale is stored in (memsim.workload.dtypes.SCALE_DTYPES)
     causal: bool = False
     window: int | None = None
 
@@ -61,7 +62,8 @@ class AttentionShape:
     @property
     def kv_element_bytes(self) -> float:
         """Bytes per K or V element in HBM, scales of quantised formats included."""
-        scale = SCALE_BYTES / self.kv_group_size if self.kv_dtype in QUANTISED_KV_DTYPES else 0.0
+        quantised = self.kv_dtype in QUANTISED_KV_DTYPES
+        scale = bytes_per_element(self.kv_scale_dtype) / self.kv_group_size if quantised else 0.0
         return bytes_per_element(self.kv_dtype) + scale
 
     def key_ranges(self) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +102,9 @@ def _check(shape: AttentionShape) -> None:
         raise MemsimError(f"dtype = {shape.dtype!r} is not supported; use one of {', '.join(COMPUTE_DTYPES)}")
     if shape.kv_dtype not in KV_DTYPES:
         raise MemsimError(f"kv_dtype = {shape.kv_dtype!r} is not supported; use one of {', '.join(KV_DTYPES)}")
+    if shape.kv_scale_dtype not in SCALE_DTYPES:
+        raise MemsimError(f"kv_scale_dtype = {shape.kv_scale_dtype!r} is not supported; use one of "
+                          f"{', '.join(SCALE_DTYPES)}")
     if shape.window is not None:
         _positive("window", shape.window)
     if shape.causal and shape.q_len > shape.kv_len:
