@@ -185,6 +185,15 @@ def test_sweep_json_best_matches_the_library(memsim_cli):
     assert code == 0 and d["best"] == expected.as_dict() and d["engine"] == "analytic"
 
 
+def test_sweep_takes_a_quantised_caches_scales(memsim_cli):
+    args = ("sweep", "--json", "--algo", "flash_decoding", "--seq", "1", "--kv-seq", "8192", "--kv-dtype", "int8",
+            "--kv-group-size", "32", "--block-m", "16", "--block-n", "64", "--stages", "2", "--warps", "4")
+    _, fp16, _ = memsim_cli(*args)
+    code, fp32, _ = memsim_cli(*args, "--kv-scale-dtype", "fp32")
+    assert code == 0 and json.loads(fp32)["shape"]["kv_scale_dtype"] == "fp32"
+    assert json.loads(fp32)["best"]["latency_s"] > json.loads(fp16)["best"]["latency_s"]  # a decode reads more
+
+
 def test_sweep_table_and_heatmap(memsim_cli, tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "heat.png"

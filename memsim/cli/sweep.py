@@ -17,7 +17,7 @@ from memsim.sweep import (BLOCK_SIZES, NUM_STAGES, NUM_WARPS, Candidate, TileSwe
                           sweep)
 from memsim.units import parse_quantity
 from memsim.workload import AttentionShape
-from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES
+from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, SCALE_DTYPES
 
 
 def int_list(text: str, option: str) -> tuple[int, ...]:
@@ -58,6 +58,10 @@ def tile_options(f):
         click.option("--head-dim", default=128, show_default=True, type=int),
         click.option("--dtype", default="bf16", show_default=True, type=click.Choice(list(COMPUTE_DTYPES))),
         click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), help="KV storage type; default: --dtype."),
+        click.option("--kv-group-size", default=64, show_default=True, type=int,
+                     help="int8/int4 KV caches: elements sharing one scale."),
+        click.option("--kv-scale-dtype", default="fp16", show_default=True, type=click.Choice(SCALE_DTYPES),
+                     help="int8/int4 KV caches: the type each scale is stored in."),
         click.option("--causal/--no-causal", default=False, show_default=True),
         click.option("--pass", "pass_", default="fwd", show_default=True, type=click.Choice(PASSES)),
         click.option("--sram-bytes", "sram", help="Shared memory a CTA may use, e.g. 96KiB; default: the GPU's limit."),
@@ -74,9 +78,11 @@ def tile_options(f):
     return f
 
 
-def _shape(batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal) -> AttentionShape:
+def _shape(batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, kv_group_size, kv_scale_dtype,
+           causal) -> AttentionShape:
     return AttentionShape(batch=batch, q_heads=heads, kv_heads=kv_heads, q_len=seq, kv_len=kv_seq,
-                          head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, causal=causal)
+                          head_dim=head_dim, dtype=dtype, kv_dtype=kv_dtype, kv_group_size=kv_group_size,
+                          kv_scale_dtype=kv_scale_dtype, causal=causal)
 
 
 def _grid(block_m, block_n, stages, warps) -> list:
@@ -166,10 +172,11 @@ def _output(result: TileSweep, as_json: bool, plot_path: str | None, table: Tabl
 @click.command("sram-fit")
 @tile_options
 @click.option("--fits-only", is_flag=True, help="List only the candidates that fit.")
-def sram_fit_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, pass_, sram,
-                 block_m, block_n, stages, warps, as_json, plot_path, fits_only):
+def sram_fit_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, kv_group_size,
+                 kv_scale_dtype, causal, pass_, sram, block_m, block_n, stages, warps, as_json, plot_path, fits_only):
     """Which BLOCK_M x BLOCK_N x stages x warps fit in shared memory, each buffer listed, and why not."""
-    shape = _shape(batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal)
+    shape = _shape(batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, kv_group_size, kv_scale_dtype,
+                   causal)
     result = sram_fit(algo, shape, gpu, sram_bytes=sram_bytes(sram), pass_=pass_,
                       grid=_grid(block_m, block_n, stages, warps))
     rows = result.fitting if fits_only else list(result.candidates)
@@ -182,12 +189,14 @@ def sram_fit_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype
 @click.option("--workers", type=int, help="Processes; default: every core for des, 1 for analytic.")
 @click.option("--top", default=15, show_default=True, type=int, help="Rows of the table (fastest first).")
 @click.option("--peak", is_flag=True, help="Use datasheet peaks instead of the GPU's measured ceilings.")
-def sweep_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal, pass_, sram,
-              block_m, block_n, stages, warps, as_json, plot_path, engine, workers, top, peak):
+def sweep_cmd(gpu, algo, batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, kv_group_size,
+              kv_scale_dtype, causal, pass_, sram, block_m, block_n, stages, warps, as_json, plot_path, engine, workers,
+              top, peak):
     """Predicted latency of every fitting tile candidate, fastest first, and the best."""
     if workers is not None and workers <= 0:
         raise MemsimError(f"--workers = {workers} must be a positive number of processes")
-    shape = _shape(batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, causal)
+    shape = _shape(batch, heads, kv_heads, seq, kv_seq, head_dim, dtype, kv_dtype, kv_group_size, kv_scale_dtype,
+                   causal)
     result = sweep(algo, shape, gpu, sram_bytes=sram_bytes(sram), pass_=pass_, engine=engine,
                    grid=_grid(block_m, block_n, stages, warps), workers=workers, progress=not as_json,
                    calibrated=not peak)
