@@ -129,3 +129,11 @@ def test_every_shape_moves_at_least_the_compulsory_bytes(n, kv_extra, d, heads, 
         for t, traffic in k.traffic.items():
             assert traffic.l2_read >= traffic.hbm_read or t == "dQ accumulator", (k.name, t)
         kernel_time(H100, H100.ceilings(), k)
+
+
+def test_block_m_for_warps_inverts_warps_per_cta_and_refuses_partial_warpgroups():
+    for block_m in (64, 128, 192, 256):
+        assert flash3.block_m_for_warps(flash3.warps_per_cta(block_m)) == block_m
+    for warps in (4, 6, 10):
+        with pytest.raises(MemsimError, match=f"{warps} warps"):
+            flash3.block_m_for_warps(warps)

@@ -13,8 +13,7 @@ from functools import lru_cache
 from math import ceil
 from pathlib import Path
 
-from memsim.algorithms import ALGORITHMS
-from memsim.algorithms import flash3
+from memsim.algorithms import ALGORITHMS, flash3
 from memsim.algorithms.moba import MOBA_BLOCK_SIZE, MOBA_TOP_K
 from memsim.hardware import load_gpu
 from memsim.predict import resolve_tiles
@@ -192,7 +191,7 @@ def cudnn_block_m(launch: dict) -> int:
     the CTA being the producer. cuDNN's 384 threads hold two consumers at d = 64 as at d = 128, so its tiles are 128
     rows where FlashAttention-3's own d = 64 kernel takes 192 (three consumers, 512 threads): the grid of 64 CTAs at
     B1 H16 N512 (4 q-blocks x 16 heads; 192 rows would make 48) says the same."""
-    return (_warps(launch) // 4 - 1) * flash3.ROWS_PER_CONSUMER_WARPGROUP
+    return flash3.block_m_for_warps(_warps(launch))
 
 
 def map_sdpa_efficient(row: dict) -> Mapped:

@@ -88,6 +88,14 @@ def warps_per_cta(block_m: int) -> int:
     return 4 * block_m // ROWS_PER_CONSUMER_WARPGROUP + PRODUCER_WARPS
 
 
+def block_m_for_warps(warps: int) -> int:
+    """Query rows per tile of a warp-specialised CTA of `warps` warps: the inverse of warps_per_cta."""
+    consumers = (warps - PRODUCER_WARPS) // 4
+    if consumers < 1 or warps_per_cta(consumers * ROWS_PER_CONSUMER_WARPGROUP) != warps:
+        raise MemsimError(f"{warps} warps is not a producer warpgroup and whole consumer warpgroups")
+    return consumers * ROWS_PER_CONSUMER_WARPGROUP
+
+
 def registers_per_thread(warps: int) -> int:
     """Average over the CTA's threads: what the register file gives the whole CTA, per thread."""
     producer, consumer = REGISTERS.get(warps, REGISTERS_OTHERWISE)

@@ -19,9 +19,7 @@ from math import ceil
 
 from memsim.errors import MemsimError
 from memsim.models.spec import ModelSpec
-from memsim.workload.dtypes import BYTES_PER_ELEMENT, KV_DTYPES, QUANTISED_KV_DTYPES, SCALE_BYTES
-
-DEFAULT_KV_GROUP_SIZE = 64  # elements per scale, as memsim.workload.AttentionShape.kv_group_size
+from memsim.workload.dtypes import BYTES_PER_ELEMENT, DEFAULT_KV_GROUP_SIZE, KV_DTYPES, QUANTISED_KV_DTYPES, SCALE_BYTES
 
 
 def head_vector_bytes(head_dim: int, kv_dtype: str, group_size: int = DEFAULT_KV_GROUP_SIZE) -> int:

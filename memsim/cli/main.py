@@ -15,7 +15,8 @@ from memsim.resources import FIRST_LAUNCH, CtaResources
 from memsim.algorithms import ALGORITHMS, PASSES
 from memsim.schedules.orders import DEFAULT_GROUP, ORDERS
 from memsim.workload import AttentionShape
-from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, SCALE_DTYPES
+from memsim.workload.dtypes import (COMPUTE_DTYPES, DEFAULT_KV_GROUP_SIZE, DEFAULT_SCALE_DTYPE, KV_DTYPES,
+                                    SCALE_DTYPES)
 from memsim.workload.tiles import ATOMIC_SEMS, DQ_MODES, KEY_ORDERS
 from memsim.cli import capacity as capacity_cli, render, run as run_cli, sweep as sweep_cli, validate
 from memsim.cli.progress import ctas_progress
@@ -38,9 +39,10 @@ def cli():
 @click.option("--head-dim", default=128, show_default=True, type=int)
 @click.option("--dtype", default="bf16", show_default=True, type=click.Choice(list(COMPUTE_DTYPES)))
 @click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), help="KV-cache storage type; default: --dtype.")
-@click.option("--kv-group-size", default=64, show_default=True, type=int,
+@click.option("--kv-group-size", default=DEFAULT_KV_GROUP_SIZE, show_default=True, type=int,
               help="int8/int4 KV caches: elements of a key or value row that share one scale.")
-@click.option("--kv-scale-dtype", default="fp16", show_default=True, type=click.Choice(SCALE_DTYPES),
+@click.option("--kv-scale-dtype", default=DEFAULT_SCALE_DTYPE, show_default=True,
+              type=click.Choice(SCALE_DTYPES),
               help="int8/int4 KV caches: the type each scale is stored in (kernels/kv_quant.py keeps fp32 scales "
                    "for bf16 tensors).")
 @click.option("--causal/--no-causal", default=False, show_default=True)

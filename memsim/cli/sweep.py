@@ -17,7 +17,8 @@ from memsim.sweep import (BLOCK_SIZES, NUM_STAGES, NUM_WARPS, Candidate, TileSwe
                           sweep)
 from memsim.units import parse_quantity
 from memsim.workload import AttentionShape
-from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, SCALE_DTYPES
+from memsim.workload.dtypes import (COMPUTE_DTYPES, DEFAULT_KV_GROUP_SIZE, DEFAULT_SCALE_DTYPE, KV_DTYPES,
+                                    SCALE_DTYPES)
 
 
 def int_list(text: str, option: str) -> tuple[int, ...]:
@@ -58,9 +59,10 @@ def tile_options(f):
         click.option("--head-dim", default=128, show_default=True, type=int),
         click.option("--dtype", default="bf16", show_default=True, type=click.Choice(list(COMPUTE_DTYPES))),
         click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), help="KV storage type; default: --dtype."),
-        click.option("--kv-group-size", default=64, show_default=True, type=int,
+        click.option("--kv-group-size", default=DEFAULT_KV_GROUP_SIZE, show_default=True, type=int,
                      help="int8/int4 KV caches: elements sharing one scale."),
-        click.option("--kv-scale-dtype", default="fp16", show_default=True, type=click.Choice(SCALE_DTYPES),
+        click.option("--kv-scale-dtype", default=DEFAULT_SCALE_DTYPE, show_default=True,
+                     type=click.Choice(SCALE_DTYPES),
                      help="int8/int4 KV caches: the type each scale is stored in."),
         click.option("--causal/--no-causal", default=False, show_default=True),
         click.option("--pass", "pass_", default="fwd", show_default=True, type=click.Choice(PASSES)),

@@ -12,10 +12,13 @@ COMPUTE_DTYPES = {"fp32": "tf32", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8"}
 # KV-cache storage types; quantised ones carry a scale per group of elements.
 KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
 QUANTISED_KV_DTYPES = ("int8", "int4")
-SCALE_BYTES = 2  # one fp16 scale per group (KIVI, Liu et al. 2024, uses fp16 scale and zero point)
-# The types a group's scale may be stored in: fp16 (the default, as above) or fp32 (kernels/kv_quant.py's
-# quantize_kv keeps fp32 scales for bf16 and fp32 tensors, whose range fp16 may not hold).
+# The types a group's scale may be stored in: fp16 by default (KIVI, Liu et al. 2024, uses fp16 scale and zero
+# point) or fp32 (kernels/kv_quant.py's quantize_kv keeps fp32 scales for bf16 and fp32 tensors, whose range fp16
+# may not hold).
 SCALE_DTYPES = ("fp16", "fp32")
+DEFAULT_SCALE_DTYPE = "fp16"
+SCALE_BYTES = int(BYTES_PER_ELEMENT[DEFAULT_SCALE_DTYPE])  # one default scale per group, whole bytes
+DEFAULT_KV_GROUP_SIZE = 64  # elements of a quantised K or V row sharing one scale
 
 ACCUMULATOR_BYTES = 4  # fp32 accumulators and softmax statistics (m, l, LSE)
 

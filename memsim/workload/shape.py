@@ -5,7 +5,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from memsim.errors import MemsimError
-from memsim.workload.dtypes import COMPUTE_DTYPES, KV_DTYPES, QUANTISED_KV_DTYPES, SCALE_DTYPES, bytes_per_element
+from memsim.workload.dtypes import (COMPUTE_DTYPES, DEFAULT_KV_GROUP_SIZE, DEFAULT_SCALE_DTYPE, KV_DTYPES,
+                                    QUANTISED_KV_DTYPES, SCALE_DTYPES, bytes_per_element)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,8 +27,8 @@ class AttentionShape:
     head_dim: int = 128
     dtype: str = "bf16"
     kv_dtype: str | None = None  # None: same as dtype
-    kv_group_size: int = 64  # elements sharing one scale, for int8/int4 KV caches
-    kv_scale_dtype: str = "fp16"  # the type each group's scale is stored in (memsim.workload.dtypes.SCALE_DTYPES)
+    kv_group_size: int = DEFAULT_KV_GROUP_SIZE  # elements sharing one scale, for int8/int4 KV caches
+    kv_scale_dtype: str = DEFAULT_SCALE_DTYPE  # the type of each group's scale (memsim.workload.dtypes.SCALE_DTYPES)
     causal: bool = False
     window: int | None = None
 
