@@ -134,3 +134,15 @@ def test_a_weighted_request_finishes_with_its_equal_parts(weight, demand, chain)
     merged, _, _ = finish_times({"w": (0, demand, chain, weight)})
     parts, _, _ = finish_times({i: (0, demand, chain, 1) for i in range(weight)})
     assert all(math.isclose(t, merged["w"], rel_tol=1e-9) for t in parts.values())
+
+
+@settings(deadline=None)
+@given(st.integers(1, 6), demands, st.floats(0, 8), st.floats(0.05, 2.0))
+def test_a_lone_class_gets_the_same_rate_as_the_rounds_give_it(weight, demand, chain, capacity):
+    # _fill_alone is the shortcut for one active class; _fill's rounds must agree with it to the bit
+    pipes = SharedPipes(simpy.Environment(), PIPES, capacity=capacity)
+    pipes.use(demand, chain, weight)
+    (cls,) = pipes._active
+    alone = pipes._fill_alone(), cls.rate
+    assert (pipes._fill(), cls.rate) == alone
+    assert 0 < cls.rate <= cls.cap

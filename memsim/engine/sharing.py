@@ -124,8 +124,16 @@ class SharedPipes:
         self._last_s = self.env.now
 
     def _rebalance(self) -> None:
+        """Set every active class's rate (memsim.engine.sharing's progressive filling) and time the next finish."""
+        used = self._fill_alone() if len(self._active) <= 1 else self._fill()
+        self._trace_changes(used)
+        self._use = dict(zip(self.names, used))
+        self._reschedule()
+
+    def _fill(self) -> list[float]:
         """Progressive filling: raise every request's rate together until a pipe fills or a
-        request reaches its chain limit; freeze those; go on with the rest.
+        request reaches its chain limit; freeze those; go on with the rest. Sets each class's rate;
+        returns each pipe's use.
 
         All rising classes share one level, so each pipe's load is its frozen use plus the level
         times the rising classes' demand. Classes reach their chain limits in the order of their
@@ -168,9 +176,24 @@ class SharedPipes:
                     if cls.rate < 0 and cls.direction[full] > 0:
                         freeze(cls, min(level, cls.cap))
                         rising -= 1
-        self._trace_changes(used)
-        self._use = dict(zip(self.names, used))
-        self._reschedule()
+        return used
+
+    def _fill_alone(self) -> list[float]:
+        """_fill with at most one class active, as most changes on one SM's pipes leave it: the class rises
+        until its chain limit or its first pipe to fill, with the same arithmetic as _fill's one round (so the
+        same rate, to the bit, without its bookkeeping)."""
+        used = [0.0] * len(self.names)
+        if self._active:
+            cls = self._active[0]
+            level, capacity = cls.cap, self.capacity
+            for _, share in cls.uses:
+                demand = cls.weight * share
+                if capacity < level * demand:
+                    level = max(0.0, capacity / demand)
+            cls.rate = level
+            for p, share in cls.uses:
+                used[p] = cls.weight * share * level
+        return used
 
     def _trace_changes(self, used: list[float]) -> None:
         if self.busy_intervals is None:
