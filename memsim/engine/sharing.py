@@ -124,7 +124,8 @@ class SharedPipes:
         self._last_s = self.env.now
 
     def _rebalance(self) -> None:
-        """Set every active class's rate (memsim.engine.sharing's progressive filling) and time the next finish."""
+        """Set every active class's rate by progressive filling (_fill; _fill_alone where one class is active, the
+        same rate without the rounds) and time the next finish."""
         used = self._fill_alone() if len(self._active) <= 1 else self._fill()
         self._trace_changes(used)
         self._use = dict(zip(self.names, used))
