@@ -4,7 +4,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from memsim import AttentionShape, predict
-from memsim.engine.l2cache import L2Cache
+from memsim.engine.l2cache import L2Cache, set_survival
 from memsim.kernel import Traffic
 from memsim.writes import resident_writes
 
@@ -223,6 +223,45 @@ def test_a_tile_read_on_both_l2_partitions_ages_dirty_tiles_by_its_weight():
     assert l2.filled_bytes == pytest.approx(38)
     l2.read_shared(("K", 0), 20, readers=30)  # many more: the rest of the extra, 0.8 x 20 x (1/2 - 2^-31)
     assert l2.filled_bytes == pytest.approx(30 + 0.8 * 20)
+
+
+def test_a_shared_tile_fetched_again_is_copied_across_again_by_its_next_readers():
+    """Readers are counted while a tile's lines stay: evicted and fetched again, its next readers bring the
+    extra in again; lost in part to its sets, again on the part lost."""
+    def read_by_many(l2, key):
+        l2.read_shared(key, 20, readers=1)
+        if l2.lookup(key) is False:
+            l2.finish_fetch(key, 20, "K")  # what its sets kept is not brought in again
+        l2.read_shared(key, 20, readers=63)
+
+    l2 = L2Cache(capacity_bytes=30, shared_age_weight=1.8)
+    read_by_many(l2, ("K", 0))
+    once = l2.filled_bytes
+    assert once == pytest.approx(20 + 0.8 * 20 * (1 - 2 ** -63))
+    read_by_many(l2, ("K", 1))  # K1 evicts K0 (30 bytes hold one)
+    read_by_many(l2, ("K", 0))  # fetched again: copied across again
+    assert l2.filled_bytes == pytest.approx(3 * once)
+
+    sets = L2Cache(capacity_bytes=1000, shared_age_weight=1.8, ways=2)
+    read_by_many(sets, ("K", 0))
+    sets.insert(("Q", 0), 500, "Q", dirty=False)  # K0's copies (16) and Q0 after it: its sets have lost part of it
+    lost_part = 1 - set_survival(516, 1000, 2)
+    before = sets.filled_bytes
+    read_by_many(sets, ("K", 0))
+    assert sets.filled_bytes - before == pytest.approx(20 * lost_part + 0.8 * 20 * lost_part * (1 - 2 ** -62))
+
+    young = L2Cache(capacity_bytes=1000, shared_age_weight=1.8, ways=2)  # K0 read once, then lost in part
+    young.read_shared(("K", 0), 20, readers=1)
+    young.finish_fetch(("K", 0), 20, "K")
+    young.insert(("Q", 0), 500, "Q", dirty=False)
+    young.read_shared(("K", 0), 20, readers=1)  # the second reader, on the whole tile: +1/2 of the extra, 8 bytes
+    lost_part = 1 - set_survival(508, 1000, 2)  # Q0 and those copies since K0 was touched
+    assert young.lookup(("K", 0)) is False
+    young.finish_fetch(("K", 0), 20, "K")
+    before = young.filled_bytes
+    young.read_shared(("K", 0), 20, readers=2)  # the kept part's 3rd and 4th readers, the lost part's 1st and 2nd
+    kept, again = (1 - lost_part) * (2 ** -1 - 2 ** -3), lost_part * (1 - 2 ** -1)
+    assert young.filled_bytes - before == pytest.approx(0.8 * 20 * (kept + again))
 
 
 def test_a_cohort_counts_as_its_members_and_no_weight_means_no_extra_age():

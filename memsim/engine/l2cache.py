@@ -26,7 +26,10 @@ both, so it brings more into L2 than a tile read once. Measured (validation/l2_d
 read by 8 CTAs each ages dirty lines `shared_age_weight` = 1.85 times as fast as data read once, data
 read by 2 CTAs 1.29 times (python3 -m validation.fit_l2_dirty_lifetime). memsim counts a shared tile's
 k-th reader as bringing in (weight - 1) x (the rise in the chance that k readers are not all on one side,
-memsim.writes.on_both_partitions) of its bytes: 1.43 for 2 readers, 1.85 from about 8.
+memsim.writes.on_both_partitions) of its bytes: 1.43 for 2 readers, 1.85 from about 8. Its readers are counted
+while its lines stay: a tile evicted and fetched again is copied across again by its next readers, and one that
+its sets lost in part is so on the part lost, while the part kept goes on counting its readers (as the analytic
+model weighs every HBM read of a shared tensor).
 
 Sets. The H100's L2 is set-associative: a line lives in one of its sets, and a line touched again after D bytes of
 other lines have been touched survives only while fewer than `ways` of those landed in its set. With addresses
@@ -56,6 +59,7 @@ from memsim.writes import on_both_partitions
 _BYTE_ROUNDING = 1e-9  # relative: a fraction of a member this small is float rounding, not a member
 _EXP_UNDERFLOW = 600.0  # exp(-x) of a double underflows near x = 745
 _NEGLIGIBLE_LOSS = 1e-4  # a tile whose sets lost less than this of it counts as a hit
+_ON_BOTH_SURELY = 64  # readers after which 1 - 2^(1 - readers) is 1 to a double: later readers copy nothing
 
 
 class _Entry:
@@ -88,7 +92,9 @@ class L2Cache:
         self.dirty_limit_bytes = dirty_limit_bytes
         self.dirty_lifetime_bytes = dirty_lifetime_bytes
         self.shared_age_weight = shared_age_weight
-        self._readers: dict[Hashable, int] = {}  # shared tile -> CTAs that have read it
+        self._readers: dict[Hashable, int] = {}  # shared tile -> CTAs that have read it since it was fetched
+        # shared tile its sets lost in part -> [(fraction of its lines, CTAs that have read them since they came)]
+        self._parts: dict[Hashable, list[tuple[float, int]]] = {}
         self._lines: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
         self._dirty: OrderedDict[Hashable, None] = OrderedDict()  # keys with dirty members, least recently touched first
         self.filled_bytes = 0.0  # bytes brought into L2 so far (filled or newly written)
@@ -110,6 +116,7 @@ class L2Cache:
                 self._touch(key, entry)
                 return True
             self._missing[key] = lost
+            self._forget_readers(key, lost)
             del self._lines[key]
             self.used_bytes -= entry.nbytes
             return False
@@ -136,14 +143,37 @@ class L2Cache:
     def read_shared(self, key: Hashable, nbytes: float, readers: int) -> list[tuple[str, float]]:
         """`readers` more CTAs read a tile that CTAs share: the copies they make in the far partition age dirty
         tiles (module docstring). Returns the dirty (tensor, bytes) that this sends to HBM."""
-        before = self._readers.get(key, 0)
-        after = self._readers[key] = before + readers
-        extra = (self.shared_age_weight - 1.0) * nbytes * (on_both_partitions(after) - on_both_partitions(before))
+        extra = (self.shared_age_weight - 1.0) * nbytes * self._copied_across(key, readers)
         if extra <= 0:
             return []
         self.filled_bytes += extra
         self.recency.touch_bytes(extra)
         return self._write_back_oldest()
+
+    def _copied_across(self, key: Hashable, readers: int) -> float:
+        """`readers` more CTAs read a shared tile: the fraction of its bytes this copies into the far partition."""
+        parts = self._parts.get(key)
+        if parts is None:
+            before = self._readers.get(key, 0)
+            after = self._readers[key] = before + readers
+            return on_both_partitions(after) - on_both_partitions(before)
+        self._parts[key] = [(f, r + readers) for f, r in parts if r + readers < _ON_BOTH_SURELY]
+        return sum(f * (on_both_partitions(r + readers) - on_both_partitions(r)) for f, r in parts)
+
+    def _forget_readers(self, key: Hashable, lost: float = 1.0) -> None:
+        """A shared tile's lines (the fraction `lost` of them) left L2: their next readers copy them across again,
+        and the part kept goes on counting its readers."""
+        if lost >= 1.0:
+            self._readers.pop(key, None)
+            self._parts.pop(key, None)
+            return
+        parts = self._parts.get(key)
+        if parts is None:
+            readers = self._readers.pop(key, None)
+            if readers is None:
+                return  # never read as shared
+            parts = [(1.0, readers)]
+        self._parts[key] = [(f * (1.0 - lost), r) for f, r in parts if r < _ON_BOTH_SURELY] + [(lost, 0)]
 
     def start_fetch(self, key: Hashable, event: simpy.Event, transfer: simpy.Event | None = None) -> None:
         """`event` fires when the tile is in L2; `transfer`, if given, when its lines start to arrive."""
@@ -263,6 +293,7 @@ class L2Cache:
             entry.first += count
             if not entry.members:
                 lines.popitem(last=False)
+                self._forget_readers(key)
         return written_back
 
     def _write_back_oldest(self) -> list[tuple[str, float]]:
@@ -314,6 +345,7 @@ class L2Cache:
         self._transfers.clear()
         self._missing.clear()
         self._readers.clear()
+        self._parts.clear()
         self.recency.clear()
         self._newest_stamp = 0
         self.used_bytes = 0.0
