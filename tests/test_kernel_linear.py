@@ -58,6 +58,16 @@ def test_key_splits_fill_an_h100():
     assert share_keys(3, 1, 132) == (3, 1) and share_keys(1024, 256, 132) == (1, 1024)
 
 
+@given(programs=st.integers(1, 300), key_tiles=st.integers(1, 5000))
+def test_memsim_splits_the_keys_as_the_kernel_does(programs, key_tiles):
+    """memsim's state kernel (memsim.algorithms.linear.state_splits) takes the kernel's key splits, rounding included."""
+    from memsim import AttentionShape
+    from memsim.algorithms.linear import state_splits
+    from memsim.hardware import load_gpu
+    shape = AttentionShape(batch=1, q_heads=programs, q_len=64 * key_tiles, head_dim=64)  # one value split at d = 64
+    assert state_splits(load_gpu("H100-SXM5-80GB"), shape, 64) == share_keys(key_tiles, programs, 132)[0]
+
+
 @pytest.mark.parametrize("causal, shape", [
     (False, (2, 4, 2, 40, 40)),  # two value splits
     (False, (1, 2, 1, 40, 16)),  # one (batch, kv head) program: three key splits adding with atomics

@@ -20,18 +20,25 @@ H100 = load_gpu("H100-SXM5-80GB")
 RESULTS = Path(__file__).parents[1] / "validation" / "results" / "h100"
 
 
+def named(prediction, name: str):
+    """The prediction's launch of that name."""
+    return next(k for k in prediction.kernels if k.name == name)
+
+
 def one_cta_adding(rounds: int) -> Launch:
     program = CtaProgram(epilogue=(Atomic("acc", ("head", 0), 0, 64 * 1024, ordered_rounds=rounds),))
     return Launch(name="adder", grid=1, warps_per_cta=8, smem_buffers={}, registers_per_thread=32, num_stages=1,
                   program=lambda pid: program)
 
 
-def test_each_ordered_round_adds_one_fenced_round_trip_and_nothing_else():
+def test_each_ordered_round_adds_one_fenced_round_trip_and_hands_the_old_values_back():
     ceilings = H100.ceilings()
     (relaxed,), (ordered,) = (simulate(H100, ceilings, [one_cta_adding(r)]) for r in (0, 16))
     assert ordered.latency_s - relaxed.latency_s == pytest.approx(16 * ceilings.ordered_atomic_latency_s, rel=1e-9)
     for key in ("hbm_read", "l2_write"):
         assert ordered.counters.totals()[key] == relaxed.counters.totals()[key]
+    assert relaxed.counters.totals()["l2_read"] == 0  # red.global.add: nothing comes back
+    assert ordered.counters.totals()["l2_read"] == 64 * 1024  # ATOMG: every old value comes back to its thread
 
 
 def test_the_h100_preset_takes_the_probes_loaded_figure_and_ordering_costs_far_more_than_relaxed():
@@ -55,12 +62,29 @@ def test_linear_state_kernel_waits_out_its_ordered_atomics_in_both_engines(engin
     shape = AttentionShape(q_heads=16, q_len=4096, head_dim=128)
     tiles = {sem: TileConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, num_splits=8, atomic_sem=sem)
              for sem in ("acq_rel", "relaxed")}
-    state = {sem: predict("linear", shape, H100, t, engine=engine).kernels[0] for sem, t in tiles.items()}
-    assert state["acq_rel"].name == "linear_state"
+    state = {sem: named(predict("linear", shape, H100, t, engine=engine), "linear_state") for sem, t in tiles.items()}
     rounds = linear.ordered_atomic_rounds(linear.state_bytes_per_head(128), tiles["acq_rel"])
     wait_s = rounds * H100.ceilings().ordered_atomic_latency_s
     assert state["acq_rel"].latency_s >= state["relaxed"].latency_s + 0.5 * wait_s
-    assert state["acq_rel"].bytes == state["relaxed"].bytes
+    returned = 8 * 16 * linear.state_bytes_per_head(128)  # every split CTA's state comes back from its atomics
+    assert state["acq_rel"].bytes["l2_read"] == pytest.approx(state["relaxed"].bytes["l2_read"] + returned)
+    for key in ("hbm_read", "hbm_write", "l2_write"):
+        assert state["acq_rel"].bytes[key] == state["relaxed"].bytes[key]
+
+
+@pytest.mark.parametrize("engine", ["des", "analytic"])
+def test_split_states_are_added_into_a_zeroed_buffer_and_one_split_stores_into_an_empty_one(engine):
+    """kernels/linear.py: torch.zeros before the atomics add into it, torch.empty when one split stores it."""
+    shape = AttentionShape(batch=2, q_heads=16, kv_heads=4, q_len=4096, head_dim=128)
+    split = predict("linear", shape, H100, TileConfig(block_m=128, block_n=64, num_warps=8, num_splits=8),
+                    engine=engine).kernels
+    assert [k.name for k in split] == ["linear_state_zero", "linear_state", "linear_output"]
+    state = 2 * 4 * linear.state_bytes_per_head(128)
+    assert split[0].bytes["l2_write"] == state and split[0].bytes["l2_read"] == 0
+    assert split[0].grid_ctas == -(-state // (4 * 1024))  # PyTorch's vectorized fill: 1024 fp32 a CTA
+    one = predict("linear", shape, H100, TileConfig(block_m=128, block_n=64, num_warps=8, num_splits=1),
+                  engine=engine).kernels
+    assert [k.name for k in one] == ["linear_state", "linear_output"]
 
 
 def test_one_split_stores_its_state_and_waits_for_no_atomics():
@@ -83,13 +107,13 @@ def test_explain_names_the_wait_for_ordered_atomics_and_only_where_there_is_one(
     tiles = {sem: TileConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, num_splits=8, atomic_sem=sem)
              for sem in ("acq_rel", "relaxed")}
     ordered = predict("linear", shape, H100, tiles["acq_rel"], engine=engine)
-    state = ordered.kernels[0]
+    state = named(ordered, "linear_state")
     rounds = linear.ordered_atomic_rounds(linear.state_bytes_per_head(128), tiles["acq_rel"])
     assert state.ordered_atomic_wait_s == pytest.approx(rounds * H100.ceilings().ordered_atomic_latency_s)
     lines = [line for line in explain(ordered) if "ordered (acq_rel) atomics" in line]
     assert len(lines) == 1 and "--atomic-sem relaxed" in lines[0]
     relaxed = predict("linear", shape, H100, tiles["relaxed"], engine=engine)
-    assert relaxed.kernels[0].ordered_atomic_wait_s == 0
+    assert named(relaxed, "linear_state").ordered_atomic_wait_s == 0
     assert not [line for line in explain(relaxed) if "atomics" in line]
 
 

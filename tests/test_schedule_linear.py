@@ -48,18 +48,24 @@ NON_CAUSAL_SPLIT = (AttentionShape(batch=1, q_heads=4, kv_heads=2, q_len=1000, h
                     TileConfig(block_m=128, block_n=64, num_warps=8, num_splits=4))
 
 
-def test_atomic_state_reduction_matches_the_closed_form_but_its_line_fetch():
-    """Split states are added in L2 with atomics: the state's lines come from HBM once per head."""
+def test_atomic_state_reduction_into_a_zeroed_buffer_matches_the_closed_form():
+    """Split states are added in L2 with atomics into a buffer zeroed first: the state's lines come from HBM once
+    per head."""
     shape, tiles = NON_CAUSAL_SPLIT
-    (state, output), (sim_state, sim_output) = linear.kernels(H100, shape, tiles, "fwd"), simulated(shape, tiles)
-    assert_kernel_matches_closed_form(state, sim_state, abs_bytes=1e-6, skip={("KV_state", "l2_read")})
-    assert_kernel_matches_closed_form(output, sim_output, abs_bytes=1e-6)
+    costs, results = linear.kernels(H100, shape, tiles, "fwd"), simulated(shape, tiles)
+    assert_same_kernels(costs, results)
+    assert [c.name for c in costs] == ["linear_state_zero", "linear_state", "linear_output"]
+    for cost, result in zip(costs, results):
+        assert_kernel_matches_closed_form(cost, result, abs_bytes=1e-6)
 
 
-def test_atomic_state_reduction_reads_nothing_into_the_sm():
-    shape, tiles = NON_CAUSAL_SPLIT
-    sim = simulated(shape, tiles)[0].counters.by_tensor()["KV_state"]
-    assert sim["l2_read"] == linear.kernels(H100, shape, tiles, "fwd")[0].traffic["KV_state"].l2_read
+@pytest.mark.parametrize("sem", ["acq_rel", "relaxed"])
+def test_ordered_atomics_hand_the_state_back_to_the_sm_and_relaxed_ones_nothing(sem):
+    shape, tiles = NON_CAUSAL_SPLIT[0], TileConfig(block_m=128, block_n=64, num_warps=8, num_splits=4, atomic_sem=sem)
+    sim = simulated(shape, tiles)[1].counters.by_tensor()["KV_state"]
+    returned = shape.batch * shape.kv_heads * 4 * linear.state_bytes_per_head(shape.head_dim)
+    assert sim["l2_read"] == (returned if sem == "acq_rel" else 0)
+    assert sim["l2_read"] == linear.kernels(H100, shape, tiles, "fwd")[1].traffic["KV_state"].l2_read
 
 
 @pytest.mark.parametrize("causal", [True, False])

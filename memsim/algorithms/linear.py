@@ -6,7 +6,10 @@ Non-causal, two kernels:
      keys in chunks of BLOCK_N, accumulating KV = phi(K)^T V (d x d, fp32, in registers) and
      z = sum phi(K) (d). Partial states from the splits are reduced by fp32 atomic adds into
      a global [batch, kv_heads, d, d + 1] buffer (red.global.add.f32 resolves in L2); one
-     split stores its state plainly. The buffer is zeroed by a memset before (not counted).
+     split stores its state plainly. With more than one split the buffer is zeroed first, by a
+     PyTorch fill (`linear_state_zero`, torch.zeros); ordered (acq_rel) atomics return the old
+     values to the SM (ATOMG), so their bytes cross from L2 to the SM as well (ncu: the state
+     kernel's L2 -> SM bytes are K, V and exactly its atomics' bytes).
   2. output: grid T_r x batch x q_heads (q block fastest, as flash2). A CTA loads its kv
      head's state once (converted to the compute type in shared memory) and a Q tile of
      BLOCK_M rows, and writes O = phi(Q) KV / (phi(Q) z).
@@ -29,6 +32,7 @@ from math import ceil
 
 from memsim.algorithms.base import Algorithm, registers_estimate, require_forward
 from memsim.algorithms.kv_quant import kv_load_work
+from memsim.algorithms.pointwise import VECTORIZED, pointwise_kernel
 from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
@@ -197,8 +201,12 @@ def state_bytes_per_head(head_dim: int) -> int:
 
 def state_splits(gpu: GPUSpec, shape: AttentionShape, block_n: int) -> int:
     """Key splits for the state kernel: enough CTAs for one per SM, no more (each adds atomics),
-    and no more than the key chunks."""
-    return max(1, min(ceil(shape.kv_len / block_n), ceil(gpu.sm_count / (shape.batch * shape.kv_heads))))
+    and no more than the key chunks; then as many splits as it takes to cover the chunks with equal
+    shares of that size, so that no split is left without keys (kernels/linear.py, share_keys: 16 heads
+    of 64 chunks want 9 splits, which take 8 chunks each, so 8 splits)."""
+    chunks = ceil(shape.kv_len / block_n)
+    wanted = max(1, min(chunks, ceil(gpu.sm_count / (shape.batch * shape.kv_heads))))
+    return ceil(chunks / ceil(chunks / wanted))
 
 
 def state_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> KernelCost:
@@ -221,8 +229,9 @@ def state_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Kern
         how = "one split per head: the state is stored, no atomics"
     else:
         lines = shared_hbm_reads(kv_heads, s, slots, per_head, gpu.l2_bytes)
-        state = Traffic(l2_write=grid * per_head, hbm_read=lines, hbm_write=lines)
         rounds = ordered_atomic_rounds(per_head, tiles)
+        returned = grid * per_head if rounds else 0.0  # ATOMG hands each old value back to its thread
+        state = Traffic(l2_read=returned, l2_write=grid * per_head, hbm_read=lines, hbm_write=lines)
         how = (f"{s} partial states per head reduced by fp32 atomic adds in L2 (after a memset of the buffer)"
                + (f", {rounds} ordered (acq_rel) atomics per thread one after another" if rounds else ", relaxed"))
     elements = chunks * bn * d  # whole tiles
@@ -237,6 +246,16 @@ def state_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Kern
         inflight_bytes_per_cta=tiles.num_stages * 2 * bn * d * kv_e, notes=(how,),
         ordered_atomic_rounds=0 if s == 1 else ordered_atomic_rounds(per_head, tiles),
     )
+
+
+def zero_state_kernel(shape: AttentionShape) -> KernelCost:
+    """torch.zeros of the fp32 state buffer that the split CTAs' atomics add into: one of PyTorch's vectorized
+    fills, a store per element."""
+    state = shape.batch * shape.kv_heads * state_bytes_per_head(shape.head_dim)
+    elements = state / ACCUMULATOR_BYTES
+    return pointwise_kernel("linear_state_zero", ceil(elements / VECTORIZED), reads={}, writes={"KV_state": state},
+                            cuda_ops=elements, tensor_dtype=tensor_core_dtype(shape.dtype),
+                            notes=("the state buffer zeroed before the atomics add into it (torch.zeros)",))
 
 
 def output_ops_per_cta(block_m: int, head_dim: int) -> VectorOps:
@@ -289,7 +308,8 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> list[Kern
     check_shape(shape)
     if shape.causal:
         return [causal_forward(gpu, shape, tiles)]
-    return [state_kernel(gpu, shape, tiles), output_kernel(gpu, shape, tiles)]
+    zero = [zero_state_kernel(shape)] if tiles.num_splits > 1 else []
+    return zero + [state_kernel(gpu, shape, tiles), output_kernel(gpu, shape, tiles)]
 
 
 def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) -> list[KernelCost]:

@@ -14,6 +14,15 @@ from memsim.kernel import KernelCost, Traffic
 ELEMENTWISE_WARPS = 4
 ELEMENTS_PER_THREAD = 4
 
+# Elements per CTA of PyTorch's elementwise kernels, 128 threads each, from the grids ncu recorded (torch 2.11):
+# unrolled copies (direct_copy_kernel_cuda) 4 per thread; vectorized kernels (unary functors, casts, isneginf,
+# triu_tril, fills of fp32 such as torch.zeros) 8; vectorized fills of bool 16; the generic
+# elementwise_kernel<128, 2> (where, masked bias) 2.
+UNROLLED = 512
+VECTORIZED = 1024
+BOOL_FILL = 2048
+GENERIC = 256
+
 
 def elementwise_grid(elements: float) -> int:
     """CTAs of a PyTorch elementwise kernel over `elements` outputs."""

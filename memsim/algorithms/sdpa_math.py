@@ -22,7 +22,7 @@ from math import ceil
 
 from memsim.algorithms import standard
 from memsim.algorithms.base import Algorithm, require_forward
-from memsim.algorithms.pointwise import pointwise_kernel
+from memsim.algorithms.pointwise import BOOL_FILL, GENERIC, UNROLLED, VECTORIZED, pointwise_kernel
 from memsim.errors import MemsimError
 from memsim.hardware.spec import GPUSpec
 from memsim.kernel import KernelCost
@@ -32,13 +32,6 @@ from memsim.workload.tiles import TileConfig
 FP32_BYTES = 4
 BOOL_BYTES = 1
 
-# Elements per CTA of PyTorch's elementwise kernels, 128 threads each, from the grids ncu recorded: unrolled
-# copies (direct_copy_kernel_cuda) 4 per thread; vectorized kernels (unary functors, casts, isneginf, triu_tril)
-# 8; vectorized fills of bool 16; the generic elementwise_kernel<128, 2> (where, masked bias) 2.
-UNROLLED = 512
-VECTORIZED = 1024
-BOOL_FILL = 2048
-GENERIC = 256
 ROWS_PER_REDUCE_CTA = 16  # all(..., dim=-1): 2048 CTAs for 32768 rows
 
 ASSUMPTIONS = standard.ASSUMPTIONS[:2] + (

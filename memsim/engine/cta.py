@@ -149,14 +149,19 @@ def _both(env: simpy.Environment, a: simpy.Event, b: simpy.Event) -> simpy.Event
 
 
 def store_tile(m: Machine, step: Store | Atomic, cohort: Cohort):
-    """Write into L2 (write-back cache). An atomic (red.global.add) needs its line in L2: a
-    missing line comes from HBM, but no data moves to the SM. Ordered atomics (acq_rel) keep the CTA a
-    fenced round trip per atomic each thread issues (validation/atomic_probe.py)."""
+    """Write into L2 (write-back cache). An atomic needs its line in L2: a missing line comes from HBM.
+    A relaxed one (red.global.add) moves no data to the SM; an ordered one (acq_rel, ATOMG) hands each old
+    value back to its thread, so its bytes cross from L2 to the SM as well (ncu: our linear state kernel's
+    L2 -> SM bytes are K, V and its atomics' bytes, to the byte), and keeps the CTA a fenced round trip per
+    atomic each thread issues (validation/atomic_probe.py: measured with the values handed back, so that
+    round trip is their time too)."""
     key, nbytes, members = _key(step, cohort)
     atomic = isinstance(step, Atomic)
     if atomic:
         yield from _fetch_line(m, key, nbytes, step.tensor, members)
+    returned = step.bytes if atomic and step.ordered_rounds else 0.0
     m.counters.l2_write[step.tensor] += step.bytes * cohort.weight
+    m.counters.l2_read[step.tensor] += returned * cohort.weight
     yield m.units["l2"].use(step.bytes, cohort.weight)
     m.write_back(m.l2.insert(key, nbytes, step.tensor, dirty=True, members=members))
     if atomic and step.ordered_rounds:

@@ -13,9 +13,10 @@ and its own d/s columns of V, then
     Mma     state update S += phi(K)^T V
 Lightning Attention-2 (memsim.schedules.lightning) is the same scan with other vector work.
 
-Non-causal, two launches: `linear_state` (grid batch x kv_heads x splits, split fastest; each
-CTA walks a contiguous share of the key chunks, accumulating KV and z in registers, and adds
-its partial state into L2 with fp32 atomics, or stores it when there is one split) and
+Non-causal, two launches, after a fill of the state buffer where there are splits
+(`linear_state_zero`, memsim.algorithms.linear.zero_state_kernel): `linear_state` (grid batch x kv_heads x
+splits, split fastest; each CTA walks a contiguous share of the key chunks, accumulating KV and z in
+registers, and adds its partial state into L2 with fp32 atomics, or stores it when there is one split) and
 `linear_output` (grid T_r x batch x q_heads, q block fastest; each CTA loads its Q tile and
 its kv head's state together, then O = phi(Q) KV / (phi(Q) z)).
 """
@@ -27,6 +28,7 @@ from memsim.algorithms.base import registers_estimate
 from memsim.algorithms.kv_quant import kv_load_work
 from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
+from memsim.schedules.flash2_bwd import pointwise
 from memsim.schedules.steps import Atomic, CtaProgram, Launch, Load, Loop, Mma, Store, Vector
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
@@ -184,4 +186,5 @@ def forward(shape: AttentionShape, tiles: TileConfig) -> list[Launch]:
     linear.check_shape(shape)
     if shape.causal:
         return [causal_forward(shape, tiles)]
-    return [state_kernel(shape, tiles), output_kernel(shape, tiles)]
+    zero = [pointwise(linear.zero_state_kernel(shape))] if tiles.num_splits > 1 else []
+    return zero + [state_kernel(shape, tiles), output_kernel(shape, tiles)]
