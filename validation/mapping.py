@@ -325,8 +325,7 @@ def launch_resources(mapped: Mapped, row: dict) -> dict:
     memsim was given) and equal threads per CTA takes the measured launch's (a split-KV decode's split kernel
     even where its combine kernel is not memsim's); every other launch keeps memsim's own estimates. The
     instructions need equal threads only: they are counted over the whole launch and spread over memsim's
-    own loop iterations, however memsim splits the work into CTAs (our linear-attention state kernel: 128
-    CTAs measured, 144 in memsim's schedule)."""
+    own loop iterations, however memsim splits the work into CTAs."""
     algorithm = ALGORITHMS[mapped.algo]
     tiles = mapped.tiles or algorithm.default_tiles(_gpu(GPU), mapped.shape)
     ours = [launch for launch in algorithm.schedule(mapped.shape, tiles, mapped.pass_)
