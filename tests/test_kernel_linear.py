@@ -11,6 +11,10 @@ import kernels.lightning
 import kernels.linear
 from kernels import reference
 from kernels.linear import launch_configs, linear_attention, recent_launches, share_keys
+from memsim import AttentionShape
+from memsim.algorithms.linear import state_splits
+from memsim.hardware import load_gpu
+
 
 @kernel_settings(15)
 @given(problem=linear_problems(), causal=st.booleans(), chunk=st.sampled_from([None, 16, 32]))
@@ -61,9 +65,6 @@ def test_key_splits_fill_an_h100():
 @given(programs=st.integers(1, 300), key_tiles=st.integers(1, 5000))
 def test_memsim_splits_the_keys_as_the_kernel_does(programs, key_tiles):
     """memsim's state kernel (memsim.algorithms.linear.state_splits) takes the kernel's key splits, rounding included."""
-    from memsim import AttentionShape
-    from memsim.algorithms.linear import state_splits
-    from memsim.hardware import load_gpu
     shape = AttentionShape(batch=1, q_heads=programs, q_len=64 * key_tiles, head_dim=64)  # one value split at d = 64
     assert state_splits(load_gpu("H100-SXM5-80GB"), shape, 64) == share_keys(key_tiles, programs, 132)[0]
 

@@ -248,14 +248,17 @@ def state_kernel(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> Kern
     )
 
 
-def zero_state_kernel(shape: AttentionShape) -> KernelCost:
-    """torch.zeros of the fp32 state buffer that the split CTAs' atomics add into: one of PyTorch's vectorized
-    fills, a store per element."""
+def state_fill(shape: AttentionShape, tiles: TileConfig) -> list[KernelCost]:
+    """The launch before the state kernel: with more than one split, torch.zeros of the fp32 state buffer that the
+    split CTAs' atomics add into (one of PyTorch's vectorized fills, a store per element); with one, none (the
+    state is stored into an empty buffer)."""
+    if tiles.num_splits <= 1:
+        return []
     state = shape.batch * shape.kv_heads * state_bytes_per_head(shape.head_dim)
     elements = state / ACCUMULATOR_BYTES
-    return pointwise_kernel("linear_state_zero", ceil(elements / VECTORIZED), reads={}, writes={"KV_state": state},
-                            cuda_ops=elements, tensor_dtype=tensor_core_dtype(shape.dtype),
-                            notes=("the state buffer zeroed before the atomics add into it (torch.zeros)",))
+    return [pointwise_kernel("linear_state_zero", ceil(elements / VECTORIZED), reads={}, writes={"KV_state": state},
+                             cuda_ops=elements, tensor_dtype=tensor_core_dtype(shape.dtype),
+                             notes=("the state buffer zeroed before the atomics add into it (torch.zeros)",))]
 
 
 def output_ops_per_cta(block_m: int, head_dim: int) -> VectorOps:
@@ -308,8 +311,7 @@ def forward(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig) -> list[Kern
     check_shape(shape)
     if shape.causal:
         return [causal_forward(gpu, shape, tiles)]
-    zero = [zero_state_kernel(shape)] if tiles.num_splits > 1 else []
-    return zero + [state_kernel(gpu, shape, tiles), output_kernel(gpu, shape, tiles)]
+    return state_fill(shape, tiles) + [state_kernel(gpu, shape, tiles), output_kernel(gpu, shape, tiles)]
 
 
 def kernels(gpu: GPUSpec, shape: AttentionShape, tiles: TileConfig, pass_: str) -> list[KernelCost]:

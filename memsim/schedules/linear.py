@@ -14,7 +14,7 @@ and its own d/s columns of V, then
 Lightning Attention-2 (memsim.schedules.lightning) is the same scan with other vector work.
 
 Non-causal, two launches, after a fill of the state buffer where there are splits
-(`linear_state_zero`, memsim.algorithms.linear.zero_state_kernel): `linear_state` (grid batch x kv_heads x
+(`linear_state_zero`, memsim.algorithms.linear.state_fill): `linear_state` (grid batch x kv_heads x
 splits, split fastest; each CTA walks a contiguous share of the key chunks, accumulating KV and z in
 registers, and adds its partial state into L2 with fp32 atomics, or stores it when there is one split) and
 `linear_output` (grid T_r x batch x q_heads, q block fastest; each CTA loads its Q tile and
@@ -186,5 +186,5 @@ def forward(shape: AttentionShape, tiles: TileConfig) -> list[Launch]:
     linear.check_shape(shape)
     if shape.causal:
         return [causal_forward(shape, tiles)]
-    zero = [pointwise(linear.zero_state_kernel(shape))] if tiles.num_splits > 1 else []
-    return zero + [state_kernel(shape, tiles), output_kernel(shape, tiles)]
+    fill = [pointwise(cost) for cost in linear.state_fill(shape, tiles)]
+    return fill + [state_kernel(shape, tiles), output_kernel(shape, tiles)]
