@@ -4,16 +4,19 @@
   the L2->SM reads plus what atomics fetch;
 - more HBM bandwidth never makes a kernel slower; a bigger GPU (more SMs, compute rates scaled
   with them, memory unchanged) never makes it slower (beyond SCHEDULING_ANOMALY, see there);
+- a launch lasts at least as long as HBM takes to move what it read and wrote back during it;
 - the same request gives the same answer.
 """
 
 import dataclasses
+import math
 from types import MappingProxyType
 
 from hypothesis import given, settings, strategies as st
 
-from memsim import predict
+from memsim import AttentionShape, TileConfig, predict
 from memsim.algorithms import ALGORITHMS
+from memsim.engine import simulate
 from memsim.hardware import load_gpu
 
 from checks import attention_shapes
@@ -83,3 +86,31 @@ def test_bytes_accounted_and_bounded(case):
 def test_deterministic(case):
     name, shape = case
     assert predict(name, shape, H100, engine="des").as_dict() == predict(name, shape, H100, engine="des").as_dict()
+
+
+def assert_no_faster_than_its_hbm_bytes(prediction, gpu) -> None:
+    bandwidth = gpu.ceilings().hbm_bandwidth_bytes_per_s
+    for k in prediction.kernels:
+        moved_s = (k.bytes["hbm_read"] + k.bytes["hbm_write"]) / bandwidth
+        assert k.latency_s >= moved_s * (1 - 1e-9), (k.name, k.latency_s, moved_s)
+
+
+@SMALL
+@given(small_cases())
+def test_a_launch_outlasts_its_hbm_traffic(case):
+    name, shape = case
+    assert_no_faster_than_its_hbm_bytes(predict(name, shape, H100, engine="des"), H100)
+
+
+def test_a_launch_waits_for_the_write_backs_it_caused():
+    """Standard attention's softmax reads S (134 MB) and writes P (134 MB) through an L2 that holds 50 MB: most of
+    P is evicted during the kernel, beside the reads. Its CTAs finish with write-backs still queued; the launch
+    ends when HBM has served them (before it waited, HBM was still busy when the launch ended)."""
+    gpu = load_gpu("H100-SXM5-80GB")
+    shape = AttentionShape(batch=1, q_heads=16, q_len=2048, head_dim=64)
+    launches = ALGORITHMS["standard"].schedule(shape, TileConfig(), "fwd")
+    for r in simulate(gpu, gpu.ceilings(), launches, fast=True, trace=True):
+        hbm = r.unit_intervals["hbm"]
+        assert all(not math.isnan(end) and end <= r.end_s for _, end in hbm), r.launch.name  # nan: still busy
+        if "softmax" in r.launch.name:
+            assert r.counters.totals()["hbm_write"] > 50e6 and hbm[-1][1] == r.end_s

@@ -101,3 +101,4 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
                 cohorts_out.append(cohort)
                 running.append(env.process(finish(cohort, process)))
     yield env.all_of(running)
+    yield env.all_of([m.units["hbm"].idle(), m.units["l2"].idle()])

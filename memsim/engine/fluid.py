@@ -52,6 +52,7 @@ class FluidResource:
         self.busy_s = 0.0  # integral of utilisation (0..1) over time
         self.served = 0.0  # total amount served, weights included
         self.busy_intervals: list[tuple[float, float]] | None = None  # filled when tracing
+        self._idle_waiters: list[simpy.Event] = []
 
     def use(self, amount: float, weight: float = 1.0) -> simpy.Event:
         """An event that fires once `amount` (per unit of weight) has been served."""
@@ -70,6 +71,14 @@ class FluidResource:
         if self._timer_s == math.inf or self._queue[0][1] == self._next_id - 1:
             self._reschedule()
         return done
+
+    def idle(self) -> simpy.Event:
+        """An event for when nothing is left in flight (now, if nothing is)."""
+        event = self.env.event()
+        if not self._queue:
+            return event.succeed()
+        self._idle_waiters.append(event)
+        return event
 
     def busy_until_now(self) -> float:
         """busy_s including the stretch since the last change; reads without advancing the service
@@ -113,4 +122,7 @@ class FluidResource:
             if self.busy_intervals is not None:
                 start, _ = self.busy_intervals[-1]
                 self.busy_intervals[-1] = (start, self.env.now)
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for event in waiters:
+                event.succeed()
         self._reschedule()
