@@ -101,4 +101,7 @@ def run_launch(m: Machine, launch: Launch, occ: Occupancy, fast: bool, cohorts_o
                 cohorts_out.append(cohort)
                 running.append(env.process(finish(cohort, process)))
     yield env.all_of(running)
+    # Dirty lines evicted during the launch go to HBM beside its loads, and a line's eviction is done before the
+    # line takes new data: the launch is over once the write-backs it caused (and its spills into L2, which its
+    # warps did not wait for) are served.
     yield env.all_of([m.units["hbm"].idle(), m.units["l2"].idle()])

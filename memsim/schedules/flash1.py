@@ -27,7 +27,8 @@ from memsim.algorithms.base import registers_estimate
 from memsim.algorithms.kv_blocks import kv_block_visits
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
-from memsim.schedules.flash2_bwd import edge_pairs, pointwise, visitors
+from memsim.schedules.flash2_bwd import edge_pairs, visitors
+from memsim.schedules.pointwise import pointwise
 from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, SmemRoundTrip, Store, Vector
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape

@@ -5,7 +5,7 @@ loaded once and stay in shared memory; the CTA then walks the query blocks i tha
 (memsim.algorithms.kv_blocks), loading Q_i, dO_i, LSE_i, D_i of its (batch, q head), running the
 five matmuls and adding dS K into the fp32 dQ accumulator with atomics in L2. Every key-block CTA
 of a head names the same Q_i ... D_i and dQ_i tiles, so L2 serves all but the first reader.
-The pre- and post-processing kernels stream their tensors once (`pointwise`).
+The pre- and post-processing kernels stream their tensors once (memsim.schedules.pointwise).
 
 Merging: fast mode simulates no two main-kernel CTAs as one (work_class = program id). Key-block
 CTAs of one head with equal keys and equal query blocks do equal work on the same q-side tiles,
@@ -19,7 +19,7 @@ import numpy as np
 from memsim.algorithms import flash2_bwd as closed_form
 from memsim.algorithms.kv_blocks import kv_block_visits
 from memsim.algorithms.tiling import QBlockTiles, q_block_tiles
-from memsim.kernel import KernelCost
+from memsim.schedules.pointwise import pointwise
 from memsim.schedules.steps import Atomic, CtaProgram, Launch, Load, Loop, Mma, Store, Vector
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
@@ -28,20 +28,6 @@ from memsim.workload.tiles import TileConfig
 # Of the closed form's PER_SCORE_OPS: P = exp2(S * scale_log2 - LSE) is one FMA (2 ops) and one exp2;
 # the rest, dS = P * (dP - D) and its scaling, follow the dP matmul.
 P_FMA_OPS = 2
-
-
-def pointwise(cost: KernelCost) -> Launch:
-    """A closed-form kernel that streams each tensor once (memsim.algorithms.pointwise), as a schedule:
-    every CTA reads and writes an equal share of each tensor, private to it."""
-    grid = cost.grid_ctas
-    reads = tuple(Load(t, None, 0, tr.l2_read / grid) for t, tr in cost.traffic.items() if tr.l2_read)
-    writes = tuple(Store(t, None, 0, tr.l2_write / grid) for t, tr in cost.traffic.items() if tr.l2_write)
-    work = Vector((cost.cuda_ops - cost.exp_ops) / grid, cost.exp_ops / grid)
-    program = CtaProgram(prologue=reads + (work,), epilogue=writes)
-    return Launch(
-        name=cost.name, grid=grid, warps_per_cta=cost.warps_per_cta, smem_buffers=cost.smem_buffers,
-        registers_per_thread=cost.registers_per_thread, num_stages=1, program=lambda pid: program,
-    )
 
 
 def visitors(blocks: QBlockTiles, t_c: int) -> list[np.ndarray]:

@@ -12,7 +12,8 @@ from memsim.algorithms import flash2_bwd_separate_dq as closed_form
 from memsim.algorithms.flash2_bwd import MASK_OPS_PER_SCORE, key_block_registers
 from memsim.algorithms.kv_blocks import kv_block_visits
 from memsim.algorithms.tiling import q_block_tiles
-from memsim.schedules.flash2_bwd import P_FMA_OPS, edge_pairs, pointwise, visitors
+from memsim.schedules.flash2_bwd import P_FMA_OPS, edge_pairs, visitors
+from memsim.schedules.pointwise import pointwise
 from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector, spill_steps
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape

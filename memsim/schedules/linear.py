@@ -28,7 +28,7 @@ from memsim.algorithms.base import registers_estimate
 from memsim.algorithms.kv_quant import kv_load_work
 from memsim.algorithms.softmax import VectorOps
 from memsim.errors import MemsimError
-from memsim.schedules.flash2_bwd import pointwise
+from memsim.schedules.pointwise import pointwise
 from memsim.schedules.steps import Atomic, CtaProgram, Launch, Load, Loop, Mma, Store, Vector
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape

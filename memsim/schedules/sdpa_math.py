@@ -5,7 +5,7 @@ from memsim.algorithms import sdpa_math as alg
 from memsim.algorithms.standard import SOFTMAX_FWD_OPS_PER_SCORE, SOFTMAX_FWD_PASSES, Operand, ValueGemm
 from memsim.hardware.spec import GPUSpec
 from memsim.schedules import standard
-from memsim.schedules.flash2_bwd import pointwise
+from memsim.schedules.pointwise import pointwise
 from memsim.schedules.steps import Launch
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
