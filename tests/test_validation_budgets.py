@@ -1,4 +1,4 @@
-"""Every recorded H100 case re-predicted with the current model, against the error budgets in
+"""Every recorded case (H100 and H200) re-predicted with the current model, against the error budgets in
 validation/budgets.json: a change that makes memsim's predictions worse cannot land."""
 
 import json
@@ -11,26 +11,35 @@ from validation.compare import FIELDS, compare_row, load_rows, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGETS = json.loads((ROOT / "validation" / "budgets.json").read_text())
-ROWS = load_rows(ROOT / "validation" / "results" / "h100")
+RESULTS = ROOT / "validation" / "results"
+# Budgets by device: the H100's at the top level of budgets.json, every other device's under its folder's name.
+DEVICES = ("h100", "h200")
 
 
-def _selected(engine: str) -> list[dict]:
-    which = BUDGETS[engine]["cases"]
-    return ROWS if which == "all" else [r for r in ROWS if not r["causal"]]
+def _budgets(device: str) -> dict:
+    return BUDGETS if device == "h100" else BUDGETS[device]
 
 
+def _selected(device: str, engine: str) -> list[dict]:
+    rows = load_rows(RESULTS / device)
+    which = _budgets(device)[engine]["cases"]
+    return rows if which == "all" else [r for r in rows if not r["causal"]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("engine", ["analytic", "des"])
-def test_errors_within_budget(engine):
+def test_errors_within_budget(device, engine):
+    budgets = _budgets(device)
     with ProcessPoolExecutor(max_workers=2) as pool:  # the DES takes minutes over every case on one core
-        rows = list(pool.map(compare_row, [(raw, engine) for raw in _selected(engine)]))
+        rows = list(pool.map(compare_row, [(raw, engine) for raw in _selected(device, engine)]))
     compared = [r for r in rows if not r.skipped]
     held_out = [r for r in compared if not r.calibration]
-    assert len(held_out) >= 50, f"only {len(held_out)} held-out cases compared"
+    assert len(held_out) >= budgets.get("min_held_out", 50), f"{device}: only {len(held_out)} held-out cases compared"
     stats = summary(compared)["all"]  # over the held-out cases
     report = []
     for name in FIELDS:
         for stat in ("median", "p90"):
-            value, budget = stats[name][stat], BUDGETS[engine][name][stat]
+            value, budget = stats[name][stat], budgets[engine][name][stat]
             report.append(f"{name} {stat} {value:.1%} (budget {budget:.0%})")
-            assert value <= budget, f"{engine}: {name} {stat} |error| {value:.1%} > budget {budget:.0%}"
-    print(f"\n{engine} over {len(held_out)} held-out cases: " + "; ".join(report))
+            assert value <= budget, f"{device} {engine}: {name} {stat} |error| {value:.1%} > budget {budget:.0%}"
+    print(f"\n{device} {engine} over {len(held_out)} held-out cases: " + "; ".join(report))

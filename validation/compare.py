@@ -42,7 +42,7 @@ FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "time", "kernel_time")
 CALIBRATION_KERNELS = ("flash2",)
 HELD_OUT = ("every case but the calibration subset (our flash2 forward rows, which fitted the H100's "
             "dependent_step_latency_s); every other parameter comes from microbenchmarks")
-GPU_BY_DEVICE = {"NVIDIA H100 80GB HBM3": "H100-SXM5-80GB"}
+GPU_BY_DEVICE = {"NVIDIA H100 80GB HBM3": "H100-SXM5-80GB", "NVIDIA H200": "H200-SXM-141GB"}
 # Kernels that store nothing, streaming 64 MiB to 1 GiB on one or two waves, showed 0.039-0.667 MB of
 # dram__bytes_write.sum under ncu (--clock-control none, caches flushed; the first profiled launch 2.3 MB), and a
 # one-wave kernel that stores 0.5 MB at its end showed the same (results/h100/cta-spread-2026-11-23.json): writes
