@@ -17,15 +17,17 @@ README_COLUMNS = 100  # wide enough that no table row of the README wraps
 def examples(text: str) -> list[tuple[str, list[str]]]:
     """(command, the output lines shown under it) for each `$ memsim` line of an indented block."""
     found: list[tuple[str, list[str]]] = []
+    shown: list[str] | None = None  # the output lines of the command being read, None outside a block
     for line in text.splitlines():
-        stripped = line.strip()
-        if line.startswith("    ") and stripped.startswith(PROMPT):
-            found.append((stripped[len("$ "):], []))
-        elif found and line.startswith("    ") and stripped:
-            found[-1][1].append(stripped)
-        elif found and not line.startswith("    ") and stripped:
-            found.append(("", []))  # prose ends a block: what follows belongs to no command
-    return [(cmd, shown) for cmd, shown in found if cmd]
+        stripped, indented = line.strip(), line.startswith("    ")
+        if indented and stripped.startswith(PROMPT):
+            shown = []
+            found.append((stripped[len("$ "):], shown))
+        elif indented and stripped and shown is not None:
+            shown.append(stripped)
+        elif stripped and not indented:
+            shown = None  # prose ends a block: what follows belongs to no command
+    return found
 
 
 def squeeze(line: str) -> str:
