@@ -87,7 +87,7 @@ class L2Cache:
         self.capacity_bytes = capacity_bytes
         self.ways = ways
         # up to this stack distance the sets lose a negligible part of a tile: no need to ask them
-        self._lossless_bytes = None if ways is None else _negligible_loss_distance(capacity_bytes, ways)
+        self._lossless_bytes = None if ways is None else negligible_loss_distance(capacity_bytes, ways)
         self._missing: dict[Hashable, float] = {}  # tiles lost in part to their sets: the fraction to fetch again
         self.dirty_limit_bytes = dirty_limit_bytes
         self.dirty_lifetime_bytes = dirty_lifetime_bytes
@@ -371,7 +371,7 @@ def set_survival(distance_bytes: float, capacity_bytes: float, ways: int) -> flo
     return min(1.0, exp(top) * sum(exp(v - top) for v in logs))
 
 
-def _negligible_loss_distance(capacity_bytes: float, ways: int) -> float:
+def negligible_loss_distance(capacity_bytes: float, ways: int) -> float:
     """A stack distance at which the sets have lost no more than _NEGLIGIBLE_LOSS of a tile, as far up as a
     bisection finds (the loss rises with the distance: any distance below it loses no more)."""
     low, high = 0.0, capacity_bytes

@@ -6,6 +6,7 @@ from math import ceil
 
 import simpy
 
+from memsim.engine import compiled as engine_compiled
 from memsim.engine import extrapolate
 from memsim.engine.cta import batch_size
 from memsim.engine.dispatch import longest_loop, run_launch
@@ -42,9 +43,15 @@ _SCALARS = ("tensor_flops", "cuda_ops", "exp_ops", "smem_bytes")
 
 
 def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: bool = True,
-             trace: bool = False, progress=None) -> list[LaunchResult]:
+             trace: bool = False, progress=None, compiled: bool | None = None) -> list[LaunchResult]:
     """Each launch starts with a cold L2 (as under ncu) after one launch overhead.
-    `progress(ctas_done, ctas_total)`, if given, is called as CTAs finish (over all launches)."""
+    `progress(ctas_done, ctas_total)`, if given, is called as CTAs finish (over all launches).
+    `compiled`: run on the compiled engine (memsim.engine.compiled: the same model, event for event), or on SimPy;
+    None: compiled where it is built, except when tracing (only the SimPy engine traces)."""
+    if compiled is None:
+        compiled = engine_compiled.available() and not trace
+    elif compiled and (trace or not engine_compiled.available()):
+        raise ValueError("the compiled engine " + ("does not trace" if trace else "is not built (pip install -e .)"))
     results = []
     clock_s = 0.0
     total = sum(launch.grid for launch in launches)
@@ -56,7 +63,10 @@ def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: boo
         cutoff = None
         if fast and not trace and extrapolate.watched(launch, occ.slots):
             cutoff = extrapolate.Cutoff(launch, occ.slots, ceilings.l2_dirty_lifetime_bytes)
-        result = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=counted, cutoff=cutoff)
+        if compiled:
+            result = engine_compiled.run(gpu, ceilings, launch, occ, fast, batch, clock_s, counted, cutoff)
+        else:
+            result = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=counted, cutoff=cutoff)
         if cutoff is not None and cutoff.settled:
             result = _extended(result, cutoff)
         counted.launch_done(launch.grid)

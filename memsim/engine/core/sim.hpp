@@ -1,0 +1,289 @@
+// The discrete-event kernel memsim's compiled engine runs on: SimPy's semantics (simpy 4.1, simpy/core.py and
+// simpy/events.py), event for event, so that the compiled engine and memsim/engine (the reference) process the same
+// events in the same order and agree to the bit.
+//
+// - Events are processed in order of (time, priority, insertion number): URGENT (0) before NORMAL (1) at one time.
+// - succeed() schedules an event now; a Timeout schedules itself at now + delay when made; a process's start
+//   (SimPy's Initialize) is URGENT; a process that ends schedules its own event now.
+// - A process waiting on an event that is already processed goes on at once; on one that is not, it resumes when
+//   the event is processed, after the callbacks registered before it.
+// Processes are C++20 coroutines: `co_await event` is SimPy's `yield event`, `co_await task` is `yield from`.
+#pragma once
+
+#include <coroutine>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <queue>
+#include <utility>
+#include <vector>
+
+namespace memsim_core {
+
+struct Env;
+
+// Intrusive reference count (events are shared by the queue, the processes waiting on them and the L2's maps).
+template <class T>
+class Ref {
+ public:
+  Ref() = default;
+  Ref(T* p) : p_(p) { if (p_) ++p_->refs; }  // NOLINT: implicit from a raw pointer, as make_shared's result
+  Ref(const Ref& o) : p_(o.p_) { if (p_) ++p_->refs; }
+  Ref(Ref&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  template <class U>
+  Ref(const Ref<U>& o) : p_(o.get()) { if (p_) ++p_->refs; }  // NOLINT
+  ~Ref() { release(); }
+  Ref& operator=(Ref o) noexcept { std::swap(p_, o.p_); return *this; }
+  T* get() const { return p_; }
+  T* operator->() const { return p_; }
+  T& operator*() const { return *p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+  bool operator==(const Ref& o) const { return p_ == o.p_; }
+
+ private:
+  void release() {
+    if (p_ && --p_->refs == 0) delete p_;
+    p_ = nullptr;
+  }
+  T* p_ = nullptr;
+};
+
+struct Event;
+using Callback = std::function<void(Event*)>;
+
+struct Event {
+  explicit Event(Env* env) : env(env) {}
+  virtual ~Event() = default;
+  Env* env;
+  int refs = 0;
+  bool triggered = false;  // SimPy: _value is not PENDING
+  bool processed = false;  // SimPy: callbacks is None
+  int64_t value = 0;       // what `co_await` hands back (a Store's item)
+  std::vector<Callback> callbacks;
+  Event* succeed(int64_t v = 0);
+};
+using EventRef = Ref<Event>;
+
+constexpr int URGENT = 0;
+constexpr int NORMAL = 1;
+
+struct Scheduled {
+  double time;
+  int priority;
+  uint64_t id;
+  EventRef event;
+  bool operator>(const Scheduled& o) const {
+    if (time != o.time) return time > o.time;
+    if (priority != o.priority) return priority > o.priority;
+    return id > o.id;
+  }
+};
+
+struct Process;
+
+struct Env {
+  explicit Env(double initial_time) : now(initial_time) {}
+  ~Env() { clear(); }
+  double now;
+  uint64_t next_id = 0;
+  std::priority_queue<Scheduled, std::vector<Scheduled>, std::greater<Scheduled>> queue;
+  std::vector<Ref<Process>> live;  // started and not ended: their frames are destroyed with the environment
+
+  void schedule(Event* e, int priority = NORMAL, double delay = 0.0) {
+    queue.push(Scheduled{now + delay, priority, next_id++, EventRef(e)});
+  }
+  EventRef event() { return EventRef(new Event(this)); }
+  EventRef timeout(double delay) {
+    EventRef e(new Event(this));
+    e->triggered = true;
+    schedule(e.get(), NORMAL, delay);
+    return e;
+  }
+  // Process the next event; false when none is left.
+  bool step() {
+    if (queue.empty()) return false;
+    Scheduled s = queue.top();
+    queue.pop();
+    now = s.time;
+    Event* e = s.event.get();
+    std::vector<Callback> callbacks = std::move(e->callbacks);
+    e->callbacks.clear();
+    e->processed = true;
+    for (auto& cb : callbacks) cb(e);
+    return true;
+  }
+  void clear();
+};
+
+inline Event* Event::succeed(int64_t v) {
+  triggered = true;
+  value = v;
+  env->schedule(this);
+  return this;
+}
+
+// ---- coroutines -----------------------------------------------------------------------------------------------
+
+// A coroutine run by a process or by another coroutine (`co_await task`, SimPy's `yield from`). Lazy: it starts when
+// awaited or when its process starts.
+struct Task {
+  struct promise_type {
+    std::coroutine_handle<> continuation;
+    Process* owner = nullptr;  // set on a process's outermost task
+    Task get_return_object() { return Task(std::coroutine_handle<promise_type>::from_promise(*this)); }
+    std::suspend_always initial_suspend() noexcept { return {}; }
+    struct Final {
+      bool await_ready() noexcept { return false; }
+      std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> h) noexcept;
+      void await_resume() noexcept {}
+    };
+    Final final_suspend() noexcept { return {}; }
+    void return_void() {}
+    void unhandled_exception() { throw; }
+  };
+  using Handle = std::coroutine_handle<promise_type>;
+  explicit Task(Handle h) : handle(h) {}
+  Task(Task&& o) noexcept : handle(o.handle) { o.handle = nullptr; }
+  Task(const Task&) = delete;
+  Task& operator=(Task&& o) noexcept { std::swap(handle, o.handle); return *this; }
+  ~Task() { if (handle) handle.destroy(); }
+
+  bool await_ready() { return false; }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> parent) {
+    handle.promise().continuation = parent;
+    return handle;  // run the child now, as `yield from` does
+  }
+  void await_resume() {}
+  Handle handle;
+};
+
+struct Process : Event {
+  Process(Env* env, Task t) : Event(env), task(std::move(t)) { task.handle.promise().owner = this; }
+  Task task;
+  size_t live_index = 0;
+  void end();
+};
+using ProcessRef = Ref<Process>;
+
+inline std::coroutine_handle<> Task::promise_type::Final::await_suspend(std::coroutine_handle<promise_type> h) noexcept {
+  auto& p = h.promise();
+  if (p.continuation) return p.continuation;
+  if (p.owner) p.owner->end();
+  return std::noop_coroutine();
+}
+
+// SimPy's env.process(generator): starts (URGENT) at the next step of this instant.
+inline ProcessRef start(Env* env, Task t) {
+  ProcessRef p(new Process(env, std::move(t)));
+  p->live_index = env->live.size();
+  env->live.push_back(p);
+  EventRef init(new Event(env));
+  init->triggered = true;
+  auto h = p->task.handle;
+  init->callbacks.push_back([h](Event*) { h.resume(); });
+  env->schedule(init.get(), URGENT);
+  return p;
+}
+
+inline void Process::end() {
+  succeed();  // the queue holds it now
+  // Off the live list (swap with the last); its frame stays until nothing refers to the process.
+  auto& live = env->live;
+  size_t i = live_index;
+  if (i < live.size() && live[i].get() == this) {
+    if (i + 1 != live.size()) {
+      live[i] = std::move(live.back());
+      live[i]->live_index = i;
+    }
+    live.pop_back();
+  }
+}
+
+inline void Env::clear() {
+  // Suspended frames may hold events that hold callbacks into other frames: drop the queue first, then the frames.
+  while (!queue.empty()) queue.pop();
+  std::vector<Ref<Process>> alive = std::move(live);
+  live.clear();
+  for (auto& p : alive) {
+    if (p->task.handle) {
+      p->task.handle.destroy();
+      p->task.handle = nullptr;
+    }
+    p->callbacks.clear();
+  }
+}
+
+// `co_await event`: SimPy's `yield event`.
+struct Wait {
+  EventRef event;
+  bool await_ready() const { return event->processed; }
+  void await_suspend(std::coroutine_handle<> h) { event->callbacks.push_back([h](Event*) { h.resume(); }); }
+  int64_t await_resume() const { return event->value; }
+};
+inline Wait wait(EventRef e) { return Wait{std::move(e)}; }
+
+// SimPy's AllOf: fires (is scheduled) once every event has been processed.
+inline EventRef all_of(Env* env, const std::vector<EventRef>& events) {
+  EventRef cond(new Event(env));
+  if (events.empty()) {
+    cond->succeed();
+    return cond;
+  }
+  struct State {
+    size_t count = 0, total = 0;
+  };
+  auto state = std::make_shared<State>();
+  state->total = events.size();
+  Event* c = cond.get();
+  // The condition's callbacks hold it alive while it is waited on through its events.
+  auto check = [state, cond](Event*) {
+    if (cond->triggered) return;
+    state->count += 1;
+    if (state->count == state->total) cond->succeed();
+  };
+  for (const auto& e : events) {
+    if (e->processed) {
+      check(e.get());
+    } else {
+      e->callbacks.push_back(check);
+    }
+  }
+  (void)c;
+  return cond;
+}
+
+// simpy.Store of unbounded capacity, holding ints.
+struct Store {
+  explicit Store(Env* env) : env(env) {}
+  Env* env;
+  std::deque<int64_t> items;
+  std::deque<EventRef> get_queue;
+
+  EventRef put(int64_t item) {
+    EventRef ev(new Event(env));
+    items.push_back(item);  // _do_put: room always
+    ev->callbacks.push_back([this](Event*) { trigger_get(); });
+    ev->succeed();
+    return ev;
+  }
+  EventRef get() {
+    EventRef ev(new Event(env));
+    get_queue.push_back(ev);
+    // its callback _trigger_put has nothing to do: every put succeeds at once
+    trigger_get();
+    return ev;
+  }
+  void trigger_get() {
+    // SimPy's _trigger_get tries the first waiting get only (Store._do_get returns None: stop)
+    if (get_queue.empty()) return;
+    if (!items.empty()) {
+      EventRef g = get_queue.front();
+      get_queue.pop_front();
+      int64_t item = items.front();
+      items.pop_front();
+      g->succeed(item);
+    }
+  }
+};
+
+}  // namespace memsim_core
