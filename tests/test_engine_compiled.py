@@ -45,6 +45,8 @@ def assert_same(reference: list, results: list) -> None:
             assert list(getattr(a.counters, group).items()) == list(getattr(b.counters, group).items()), (name, group)
         for scalar in SCALARS:
             assert getattr(a.counters, scalar) == getattr(b.counters, scalar), (name, scalar)
+        assert [(c.pids, c.slots, c.start_s, c.end_s) for c in a.cohorts] == \
+            [(c.pids, c.slots, c.start_s, c.end_s) for c in b.cohorts], name
         assert a.busy_s.keys() == b.busy_s.keys()
         for unit, busy in a.busy_s.items():
             assert math.isclose(busy, b.busy_s[unit], rel_tol=BUSY_ROUNDING, abs_tol=1e-18), (name, unit)

@@ -1,5 +1,6 @@
 """merge_steps: iterations merged into one request keep every amount and every tile."""
 
+import pytest
 from hypothesis import given, strategies as st
 
 from memsim.engine.cta import merge_steps
@@ -55,3 +56,22 @@ def test_loads_are_not_merged():
     load = Load("K", (0, 0), 3, 1024.0)
     merged, _ = merge_steps([(load, Mma(10.0, "bf16"))] * 3)
     assert merged.count(load) == 3
+
+
+def test_a_streamed_loop_gives_its_streams_and_runs_as_loads_and_compute():
+    from memsim.schedules.steps import Load, Mma, Stream, streamed_loop
+
+    plain, masked = (Mma(1.0, "bf16"),), (Mma(2.0, "bf16"),)
+    loop = streamed_loop(5, (Stream("K", (0, 1), 7, -1, 64.0, 3, 16.0), Stream("Q", None, 0, 0, 8.0)),
+                         ((0, plain), (3, masked)))
+    assert [loop.loads(i) for i in range(5)] == [
+        (Load("K", (0, 1), 7 - i, 16.0 if 7 - i == 3 else 64.0), Load("Q", None, 0, 8.0)) for i in range(5)]
+    assert [loop.compute(i) for i in range(5)] == [plain] * 3 + [masked] * 2
+
+
+@pytest.mark.parametrize("runs", [((1, ()),), ((0, ()), (0, ())), ()])
+def test_a_streamed_loop_needs_runs_from_iteration_0_rising(runs):
+    from memsim.schedules.steps import streamed_loop
+
+    with pytest.raises(ValueError, match="runs must start at iteration 0"):
+        streamed_loop(4, (), runs)

@@ -7,12 +7,13 @@ the same events in the same order with the same float arithmetic, so they agree 
 and time (tests/test_engine_compiled.py holds them to it, launch by launch, over every algorithm and random small
 shapes); the SimPy engine stays the reference, and the one that traces.
 
-The schedule side stays Python: each cohort's program (memsim.schedules.steps) is read when the cohort is
-dispatched and handed over as plain tuples (`Encoder`). Fast mode's cutoff (memsim.engine.extrapolate) also stays
+The schedule side stays Python: each cohort's program (memsim.schedules.steps) is asked for when the cohort is
+dispatched and read from its objects (a loop made by steps.streamed_loop from its data, any other by calling it). Fast mode's cutoff (memsim.engine.extrapolate) also stays
 Python: the compiled launch calls back as units are dispatched and cohorts finish.
 """
 
 from memsim.engine import extrapolate
+from memsim.engine.cta import Cohort
 from memsim.engine.l2cache import negligible_loss_distance
 from memsim.engine.machine import BYTE_KEYS, MEMORY, PIPES, SMEM_BYTES_PER_CLK_PER_SM, Counters
 from memsim.hardware.spec import Ceilings, GPUSpec, matrix_rate
@@ -34,85 +35,35 @@ def available() -> bool:
     return _core is not None
 
 
-class Encoder:
-    """Programs as the compiled engine reads them: each step a 7-tuple (kind, tensor or dtype id, region id or -1,
-    index, amount, second amount, ordered rounds), tensors, regions and dtypes named by small integers."""
+class Names:
+    """Tensors, regions and dtypes as the compiled engine names them: small integers, through dicts it adds to as it
+    reads each cohort's program (memsim/engine/core/module.cpp Decoder)."""
 
-    def __init__(self, gpu: GPUSpec, ceilings: Ceilings):
-        self.gpu, self.ceilings = gpu, ceilings
-        self.tensor_ids: dict[str, int] = {_SPILL: 0}
-        self.tensor_names: list[str] = [_SPILL]
-        self._regions: dict = {}
-        self.dtype_ids: dict[str, int] = {}
+    def __init__(self, ceilings: Ceilings):
+        self.tensors: dict[str, int] = {_SPILL: 0}
+        self.regions: dict = {}
+        self.dtypes: dict[str, int] = {}
         self.rates: list[float] = []
         for dtype, rate in ceilings.tensor_flops_per_s.items():
             if rate:
-                self.dtype_ids[dtype] = len(self.rates)
+                self.dtypes[dtype] = len(self.rates)
                 self.rates.append(rate)
-        self._by_type = {Load: self._load, Store: self._store, Atomic: self._atomic, Mma: self._mma,
-                         Vector: self._vector, SmemRoundTrip: self._smem, Spill: self._spill}
 
-    def program(self, program) -> tuple:
-        steps, loop = self.steps, program.loop
-        encoded_loop = None
-        if loop is not None:
-            n = loop.iterations
-            encoded_loop = (n, [steps(loop.loads(i)) for i in range(n)], [steps(loop.compute(i)) for i in range(n)],
-                            loop.overlap_vector)
-        return steps(program.prologue), encoded_loop, steps(program.epilogue)
+    def as_dict(self) -> dict:
+        return {"types": STEP_TYPES, "tensors": self.tensors, "regions": self.regions, "dtypes": self.dtypes}
 
-    def steps(self, steps) -> list:
-        by_type = self._by_type
-        return [by_type[type(s)](s) for s in steps]
+    def tensor_names(self) -> list[str]:
+        return list(self.tensors)  # ids are given in order
 
-    def tensor(self, name: str) -> int:
-        found = self.tensor_ids.get(name)
-        if found is None:
-            found = self.tensor_ids[name] = len(self.tensor_names)
-            self.tensor_names.append(name)
-        return found
 
-    def region(self, region) -> int:
-        if region is None:
-            return _NONE
-        found = self._regions.get(region)
-        if found is None:
-            found = self._regions[region] = len(self._regions)
-        return found
-
-    def _load(self, s: Load) -> tuple:
-        return 0, self.tensor(s.tensor), self.region(s.region), s.index, s.bytes, 0.0, 0
-
-    def _store(self, s: Store) -> tuple:
-        return 1, self.tensor(s.tensor), self.region(s.region), s.index, s.bytes, 0.0, 0
-
-    def _atomic(self, s: Atomic) -> tuple:
-        return 2, self.tensor(s.tensor), self.region(s.region), s.index, s.bytes, 0.0, s.ordered_rounds
-
-    def _mma(self, s: Mma) -> tuple:
-        dtype = self.dtype_ids.get(s.dtype)
-        if dtype is None:
-            matrix_rate(self.gpu, self.ceilings, s.dtype)  # raises the SimPy engine's error, naming the rates there are
-        return 3, dtype, _NONE, 0, s.flops, 0.0, 0
-
-    @staticmethod
-    def _vector(s: Vector) -> tuple:
-        return 4, 0, _NONE, 0, s.cuda_ops, s.exp_ops, 0
-
-    @staticmethod
-    def _smem(s: SmemRoundTrip) -> tuple:
-        return 5, 0, _NONE, 0, s.bytes, 0.0, 0
-
-    @staticmethod
-    def _spill(s: Spill) -> tuple:
-        return 6, 0, _NONE, s.index, s.bytes, 0.0, 0
+STEP_TYPES = (Load, Store, Atomic, Mma, Vector, SmemRoundTrip, Spill)  # memsim/engine/core/machine.hpp StepKind
 
 
 def _or_none(value) -> float:
     return float(_NONE) if value is None else float(value)
 
 
-def params(gpu: GPUSpec, ceilings: Ceilings, encoder: Encoder) -> dict:
+def params(gpu: GPUSpec, ceilings: Ceilings, names: Names) -> dict:
     """The machine as memsim.engine.machine.Machine builds it, as numbers (the same expressions, so the same floats)."""
     ways = ceilings.l2_ways
     return {
@@ -130,11 +81,11 @@ def params(gpu: GPUSpec, ceilings: Ceilings, encoder: Encoder) -> dict:
         "ordered_atomic_latency_s": float(ceilings.ordered_atomic_latency_s),
         "warp_cycles_per_instruction": float(ceilings.warp_cycles_per_instruction),
         "mma_pipe": PIPES.index(ceilings.mma_pipe),
-        "tensor_flops_per_s": encoder.rates,
+        "tensor_flops_per_s": names.rates,
         "cuda_ops_per_s": ceilings.cuda_core_fp32_flops_per_s / 2,
         "sfu_ops_per_s": float(ceilings.sfu_ops_per_s),
         "smem_bytes_per_s": float(SMEM_BYTES_PER_CLK_PER_SM * gpu.clock_hz * gpu.sm_count),
-        "tensor_count": len(encoder.tensor_names), "spill_tensor": encoder.tensor_ids[_SPILL],
+        "tensor_count": len(names.tensors), "spill_tensor": names.tensors[_SPILL],
     }
 
 
@@ -142,13 +93,17 @@ class _Hooks:
     """What the compiled launch asks of Python as it runs (memsim/engine/core/dispatch.hpp LaunchHooks): each
     cohort's program, and memsim.engine.simulate._run's on_dispatch and on_finish."""
 
-    def __init__(self, launch: Launch, encoder: Encoder, cutoff, counted):
-        self.launch, self.encoder, self.cutoff, self.counted = launch, encoder, cutoff, counted
+    def __init__(self, gpu: GPUSpec, ceilings: Ceilings, launch: Launch, names: Names, cutoff, counted):
+        self.gpu, self.ceilings, self.launch, self.names = gpu, ceilings, launch, names
+        self.cutoff, self.counted = cutoff, counted
         self.sim = None  # the running _core.Launch, while it runs
         self.done = 0
 
-    def program(self, pid: int) -> tuple:
-        return self.encoder.program(self.launch.program(pid))
+    def program(self, pid: int):
+        return self.launch.program(pid)
+
+    def unknown_dtype(self, dtype: str) -> None:
+        matrix_rate(self.gpu, self.ceilings, dtype)  # raises the SimPy engine's error, naming the rates there are
 
     def limit(self) -> int:
         return self.cutoff.limit
@@ -170,7 +125,7 @@ class _Hooks:
     def snapshot(self, done_ctas: int) -> extrapolate.Snapshot:
         """memsim.engine.simulate._snapshot, from the compiled machine."""
         now, groups, dirty, scalars, busy, filled = self.sim.snapshot()
-        names = self.encoder.tensor_names
+        names = self.names.tensor_names()
         by_group = dict(zip(_GROUPS, groups))
         flat = {(group, names[t]): value for group in BYTE_KEYS for t, value in by_group[group]}
         for t, nbytes in dirty:
@@ -185,7 +140,7 @@ def run(gpu: GPUSpec, ceilings: Ceilings, launch: Launch, occ, fast: bool, batch
     """memsim.engine.simulate._run on the compiled engine (no trace): the same LaunchResult."""
     from memsim.engine.simulate import LaunchResult  # simulate imports this module
 
-    encoder = Encoder(gpu, ceilings)
+    names = Names(ceilings)
     order = launch.order or (lambda i: i)
     classes: dict = {}
     work_class = [classes.setdefault(launch.work_class(pid), len(classes)) for pid in range(launch.grid)] if fast \
@@ -198,30 +153,33 @@ def run(gpu: GPUSpec, ceilings: Ceilings, launch: Launch, occ, fast: bool, batch
                                                                 launch.warps_per_cta),
         "watches_dispatch": cutoff is not None,
         "calls_finished": cutoff is not None or (counted is not None and counted.callback is not None),
+        "names": names.as_dict(),
     }
-    hooks = _Hooks(launch, encoder, cutoff, counted)
-    sim = _core.Launch(params(gpu, ceilings, encoder), spec, hooks)
+    hooks = _Hooks(gpu, ceilings, launch, names, cutoff, counted)
+    sim = _core.Launch(params(gpu, ceilings, names), spec, hooks)
     hooks.sim = sim
     try:
         end_s = sim.run()
         _, groups, _, scalars, busy, _ = sim.snapshot()
         deferred = sim.deferred()
         pooled = sim.pooled_joins()
+        cohorts = [Cohort(pids=pids, program=None, slots=slots, sm_count=gpu.sm_count, start_s=start, end_s=end)
+                   for pids, slots, start, end in sim.cohorts()]
     finally:
         hooks.sim = None  # the launch holds the hooks: no cycle left behind
-    names = encoder.tensor_names
+    tensor = names.tensor_names()
     counters = Counters()
     for group, items in zip(_GROUPS, groups):
         into = getattr(counters, group)
         for t, value in items:
-            into[names[t]] = value
+            into[tensor[t]] = value
     for name, value in zip(_SCALARS, scalars):
         setattr(counters, name, value)
-    counters.flush([(names[t], nbytes) for t, nbytes in deferred])
+    counters.flush([(tensor[t], nbytes) for t, nbytes in deferred])
     from memsim.schedules.steps import ordered_atomic_rounds
 
     return LaunchResult(
         launch=launch, occupancy=occ, start_s=start_s - ceilings.launch_overhead_s, end_s=end_s, counters=counters,
-        busy_s=dict(zip(PIPES + MEMORY, busy)), cohorts=[], unit_intervals={unit: [] for unit in MEMORY},
+        busy_s=dict(zip(PIPES + MEMORY, busy)), cohorts=cohorts, unit_intervals={unit: [] for unit in MEMORY},
         pooled_joins=pooled, ordered_atomic_wait_s=ordered_atomic_rounds(launch) * ceilings.ordered_atomic_latency_s,
     )

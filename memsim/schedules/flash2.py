@@ -11,7 +11,7 @@ local-memory slots once at the start and again after each key block's matmuls.
 
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
-from memsim.schedules.steps import CtaProgram, Launch, Load, Loop, Mma, Store, Vector, spill_steps
+from memsim.schedules.steps import CtaProgram, Launch, Load, Mma, Store, Stream, Vector, spill_steps, streamed_loop
 from memsim.workload.dtypes import ACCUMULATOR_BYTES, tensor_core_dtype
 from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
@@ -43,25 +43,29 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
         region = (batch, kv_head)
 
         q_tile = Load("Q", None, 0, rows * d * e)
+        # The key blocks first to last (or last to first), K and V of each; only the kv sequence's last block may
+        # be partial.
+        last = first + count - 1
+        keys_in_last = min(bn, shape.kv_len - last * bn)
+        walk = (last, -1) if descending else (first, 1)
+        kv = tuple(Stream(t, region, *walk, bn * d * kv_e, last, keys_in_last * d * kv_e) for t in ("K", "V"))
+        streams = ((Stream("Q", None, 0, 0, q_tile.bytes),) if tiles.q_reload else ()) + kv
 
-        def position(i: int) -> int:
-            """The i-th key block walked, counted from the query block's first."""
-            return count - 1 - i if descending else i
-
-        def loads(i: int) -> tuple[Load, ...]:
-            tile = first + position(i)
-            keys = min(bn, shape.kv_len - tile * bn)
-            kv = (Load("K", region, tile, keys * d * kv_e), Load("V", region, tile, keys * d * kv_e))
-            return (q_tile, *kv) if tiles.q_reload else kv
-
-        def compute(i: int):
-            ops = online_softmax(bm * bn, bm * bn if position(i) >= edge_from else 0, rows, 0, d)
+        def body(masked: bool) -> tuple:
+            ops = online_softmax(bm * bn, bm * bn if masked else 0, rows, 0, d)
             return (matmul, Vector(ops.cuda_ops - ops.exp_ops, ops.exp_ops), matmul, *spill_each)
+
+        # Key blocks from edge_from on (in the query block's own order) are masked: walked first to last, the last
+        # ones; last to first, the first ones.
+        if descending:
+            runs = _runs(count - edge_from, count, body(True), body(False))
+        else:
+            runs = _runs(edge_from, count, body(False), body(True))
 
         final = online_softmax(0, 0, 0, rows, d)
         return CtaProgram(
             prologue=spill_once + (() if tiles.q_reload else (q_tile,)),
-            loop=Loop(count, loads, compute, overlap_vector=overlap),
+            loop=streamed_loop(count, streams, runs, overlap_vector=overlap),
             epilogue=(Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
                       Store("O", None, 0, rows * d * shape.out_element_bytes),
                       *((Store("LSE", None, 0, rows * ACCUMULATOR_BYTES),) if tiles.lse_output else ())),
@@ -78,3 +82,12 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
         loop_iterations=int(blocks.tiles.max()),
         repeat_unit=t_r * shape.group_size,  # the CTAs of one (batch, kv head): the same work on their own K/V
     )
+
+
+def _runs(split: int, count: int, before: tuple, after: tuple) -> tuple:
+    """Runs of a loop of `count` iterations that computes `before` up to iteration `split` and `after` from there."""
+    if split <= 0:
+        return ((0, after),)
+    if split >= count:
+        return ((0, before),)
+    return ((0, before), (split, after))

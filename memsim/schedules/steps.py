@@ -10,6 +10,7 @@ bytes, which is what lets L2 serve the second reader. A region is whatever the d
 shared by, e.g. (batch, kv_head) for K and V.
 """
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Mapping
 
@@ -85,17 +86,57 @@ Step = Load | Store | Atomic | Mma | Vector | SmemRoundTrip | Spill
 
 
 @dataclass(frozen=True)
+class Stream:
+    """One tile of a tensor loaded per loop iteration, walked at a constant stride: iteration i loads tile
+    `first + stride * i` of `region`, `bytes` long, or `edge_bytes` for tile `edge` (a partial last block)."""
+
+    tensor: str
+    region: Hashable
+    first: int
+    stride: int
+    bytes: float
+    edge: int | None = None
+    edge_bytes: float = 0.0
+
+    def load(self, i: int) -> Load:
+        index = self.first + self.stride * i
+        return Load(self.tensor, self.region, index, self.edge_bytes if index == self.edge else self.bytes)
+
+
+@dataclass(frozen=True)
 class Loop:
     """`iterations` repeats of: its loads (prefetched up to num_stages ahead), then its compute steps.
 
     `loads(i)` and `compute(i)` give iteration i's steps; iterations whose steps differ only
-    in tile index have equal amounts, which the fast mode relies on.
+    in tile index have equal amounts, which the fast mode relies on. A loop made by `streamed_loop` also
+    holds them as data (`streams`, `runs`), which the compiled engine reads without calling back.
     """
 
     iterations: int
     loads: Callable[[int], tuple[Load, ...]]
     compute: Callable[[int], tuple[Step, ...]]
     overlap_vector: bool = False  # FlashAttention-3: softmax of i runs under the matmuls of i+1
+    streams: tuple[Stream, ...] | None = None  # what `loads` gives, as data (streamed_loop)
+    runs: tuple[tuple[int, tuple[Step, ...]], ...] | None = None  # what `compute` gives, as data (streamed_loop)
+
+
+def streamed_loop(iterations: int, streams: tuple[Stream, ...], runs: tuple[tuple[int, tuple[Step, ...]], ...],
+                  overlap_vector: bool = False) -> Loop:
+    """A loop whose iteration i loads one tile of each stream and computes the steps of the last run starting at or
+    before i (runs: (first iteration, steps), the first at 0, in order). `loads` and `compute` are derived from that
+    data, so both engines read the one definition."""
+    starts = [start for start, _ in runs]
+    if not runs or starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:])):
+        raise ValueError(f"runs must start at iteration 0 and rise strictly: {starts}")
+    bodies = [steps for _, steps in runs]
+
+    def loads(i: int) -> tuple[Load, ...]:
+        return tuple(stream.load(i) for stream in streams)
+
+    def compute(i: int) -> tuple[Step, ...]:
+        return bodies[bisect_right(starts, i) - 1]
+
+    return Loop(iterations, loads, compute, overlap_vector, streams=tuple(streams), runs=tuple(runs))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@
 namespace memsim_core {
 
 struct Cohort {
+  std::vector<int64_t> pids;  // its members' program ids, in the order of slots
   int64_t first_pid;
   long weight;
   std::vector<int> slots;
@@ -374,7 +375,7 @@ inline Task run_loop(Machine& m, CohortRef cohort, long stages, long batch, std:
       co_await wait(fetches[j]);
     }
     std::vector<const Steps*> iterations;
-    for (long i = a; i < b; ++i) iterations.push_back(&loop.compute[i]);
+    for (long i = a; i < b; ++i) iterations.push_back(&loop.compute(i));
     auto [steps, repeats] = merge_steps(iterations);
     std::optional<Issue> span_issue;
     if (issue) span_issue = Issue{issue->instructions * (b - a), issue->warps};

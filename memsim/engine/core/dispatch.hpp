@@ -58,7 +58,7 @@ inline Task finish_cohort(Machine& m, CohortRef cohort, ProcessRef process, Stor
   for (int slot : cohort->slots) free->put(slot);
 }
 
-inline Task run_launch(Machine& m, const LaunchSpec& launch, LaunchHooks* hooks) {
+inline Task run_launch(Machine& m, const LaunchSpec& launch, LaunchHooks* hooks, std::vector<CohortRef>* cohorts_out) {
   Env* env = m.env;
   Store free(env);
   int sm_count = m.p.sm_count;
@@ -99,12 +99,14 @@ inline Task run_launch(Machine& m, const LaunchSpec& launch, LaunchHooks* hooks)
       auto& [members, member_slots] = classes[c];
       for (auto& [indices, group] : placed[c]) {
         auto cohort = std::make_shared<Cohort>();
-        cohort->first_pid = members[indices[0]];
+        for (int i : indices) cohort->pids.push_back(members[i]);
+        cohort->first_pid = cohort->pids[0];
         cohort->weight = (long)indices.size();
         for (int i : indices) cohort->slots.push_back(member_slots[i]);
         cohort->group = group;
         cohort->program = hooks->program(cohort->first_pid);
         ProcessRef process = start(env, run_cohort(m, cohort, launch.num_stages, launch.batch, launch.issue));
+        cohorts_out->push_back(cohort);
         running.push_back(start(env, finish_cohort(m, cohort, process, &free, hooks)));
       }
     }

@@ -36,8 +36,11 @@ struct Program {
   Steps prologue, epilogue;
   bool has_loop = false;
   long iterations = 0;
-  std::vector<Steps> loads, compute;  // per iteration
+  std::vector<Steps> loads;    // per iteration
+  std::vector<Steps> bodies;   // the loop's distinct compute steps
+  std::vector<int> body_of;    // per iteration: its compute steps, in bodies
   bool overlap_vector = false;
+  const Steps& compute(long i) const { return bodies[body_of[i]]; }
 };
 using ProgramRef = std::shared_ptr<const Program>;
 

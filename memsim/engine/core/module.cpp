@@ -46,59 +46,200 @@ long long integer(PyObject* o) {
   throw PythonError();
 }
 
-// A step as memsim/engine/compiled.py encodes it: (kind, tensor or dtype, region or -1, index, a, b, rounds).
-Step step_of(PyObject* t) {
-  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 7) fail("a step is a 7-tuple");
-  Step s;
-  s.kind = (int)integer(PyTuple_GET_ITEM(t, 0));
-  s.tensor = (int)integer(PyTuple_GET_ITEM(t, 1));
-  s.region = integer(PyTuple_GET_ITEM(t, 2));
-  s.index = integer(PyTuple_GET_ITEM(t, 3));
-  s.a = number(PyTuple_GET_ITEM(t, 4));
-  s.b = number(PyTuple_GET_ITEM(t, 5));
-  s.rounds = (long)integer(PyTuple_GET_ITEM(t, 6));
-  return s;
-}
+// Reads programs (memsim.schedules.steps) straight from their Python objects: steps by type, tensors, regions and
+// dtypes named by small integers through dicts the Python side keeps (memsim/engine/compiled.py), a streamed loop
+// (steps.streamed_loop) from its data, any other loop by calling its loads(i) and compute(i).
+struct Decoder {
+  PyObject* types[7] = {};  // Load, Store, Atomic, Mma, Vector, SmemRoundTrip, Spill: StepKind order (borrowed)
+  PyObject* tensors = nullptr;  // name -> id (borrowed; ids are added here)
+  PyObject* regions = nullptr;  // region -> id
+  PyObject* dtypes = nullptr;   // dtype -> id (the rates the machine has)
+  PyObject* hooks = nullptr;    // hooks.unknown_dtype(dtype) raises the SimPy engine's error
 
-Steps steps_of(PyObject* seq) {
-  Obj fast(PySequence_Fast(seq, "steps must be a sequence"));
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
-  PyObject** items = PySequence_Fast_ITEMS(fast.p);
-  Steps out;
-  out.reserve(n);
-  for (Py_ssize_t i = 0; i < n; ++i) out.push_back(step_of(items[i]));
-  return out;
-}
-
-std::vector<Steps> iterations_of(PyObject* seq) {
-  Obj fast(PySequence_Fast(seq, "iterations must be a sequence"));
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
-  PyObject** items = PySequence_Fast_ITEMS(fast.p);
-  std::vector<Steps> out;
-  out.reserve(n);
-  for (Py_ssize_t i = 0; i < n; ++i) out.push_back(steps_of(items[i]));
-  return out;
-}
-
-// (prologue, loop or None, epilogue); loop = (iterations, loads per iteration, compute per iteration, overlap_vector)
-ProgramRef program_of(PyObject* t) {
-  if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) fail("a program is (prologue, loop, epilogue)");
-  auto p = std::make_shared<Program>();
-  p->prologue = steps_of(PyTuple_GET_ITEM(t, 0));
-  PyObject* loop = PyTuple_GET_ITEM(t, 1);
-  if (loop != Py_None) {
-    if (!PyTuple_Check(loop) || PyTuple_GET_SIZE(loop) != 4) fail("a loop is (iterations, loads, compute, overlap)");
-    p->has_loop = true;
-    p->iterations = (long)integer(PyTuple_GET_ITEM(loop, 0));
-    p->loads = iterations_of(PyTuple_GET_ITEM(loop, 1));
-    p->compute = iterations_of(PyTuple_GET_ITEM(loop, 2));
-    p->overlap_vector = PyObject_IsTrue(PyTuple_GET_ITEM(loop, 3)) == 1;
-    if ((long)p->loads.size() != p->iterations || (long)p->compute.size() != p->iterations)
-      fail("a loop's loads and compute must name every iteration");
+  static PyObject* name(const char* s) {
+    PyObject* n = PyUnicode_InternFromString(s);
+    if (!n) throw PythonError();
+    return n;  // kept for the module's life
   }
-  p->epilogue = steps_of(PyTuple_GET_ITEM(t, 2));
-  return p;
-}
+  PyObject *tensor_ = name("tensor"), *region_ = name("region"), *index_ = name("index"), *bytes_ = name("bytes"),
+           *rounds_ = name("ordered_rounds"), *flops_ = name("flops"), *dtype_ = name("dtype"),
+           *cuda_ops_ = name("cuda_ops"), *exp_ops_ = name("exp_ops"), *prologue_ = name("prologue"),
+           *loop_ = name("loop"), *epilogue_ = name("epilogue"), *iterations_ = name("iterations"),
+           *loads_ = name("loads"), *compute_ = name("compute"), *overlap_ = name("overlap_vector"),
+           *streams_ = name("streams"), *runs_ = name("runs"), *first_ = name("first"), *stride_ = name("stride"),
+           *edge_ = name("edge"), *edge_bytes_ = name("edge_bytes");
+
+  ~Decoder() {
+    for (PyObject* n : {tensor_, region_, index_, bytes_, rounds_, flops_, dtype_, cuda_ops_, exp_ops_, prologue_, loop_,
+                        epilogue_, iterations_, loads_, compute_, overlap_, streams_, runs_, first_, stride_, edge_,
+                        edge_bytes_})
+      Py_XDECREF(n);
+  }
+
+  static Obj attr(PyObject* o, PyObject* n) {
+    Obj v(PyObject_GetAttr(o, n));
+    v.get();
+    return v;
+  }
+  static double number_attr(PyObject* o, PyObject* n) { return number(attr(o, n).p); }
+  static long long integer_attr(PyObject* o, PyObject* n) { return integer(attr(o, n).p); }
+
+  static int intern(PyObject* dict, PyObject* key) {
+    PyObject* found = PyDict_GetItemWithError(dict, key);  // borrowed
+    if (found) return (int)integer(found);
+    if (PyErr_Occurred()) throw PythonError();
+    Obj id(PyLong_FromSsize_t(PyDict_Size(dict)));
+    if (PyDict_SetItem(dict, key, id.get()) < 0) throw PythonError();
+    return (int)integer(id.p);
+  }
+  int region(PyObject* o) {
+    Obj r = attr(o, region_);
+    return r.p == Py_None ? -1 : intern(regions, r.p);
+  }
+  int dtype(PyObject* o) {
+    Obj d = attr(o, dtype_);
+    PyObject* found = PyDict_GetItemWithError(dtypes, d.p);
+    if (found) return (int)integer(found);
+    if (PyErr_Occurred()) throw PythonError();
+    Obj raised(PyObject_CallMethod(hooks, "unknown_dtype", "O", d.p));
+    raised.get();
+    fail("a dtype without a tensor-core rate");
+  }
+
+  Step step(PyObject* s) {
+    PyObject* type = (PyObject*)Py_TYPE(s);
+    int kind = -1;
+    for (int k = 0; k < 7; ++k)
+      if (type == types[k]) kind = k;
+    Step out;
+    out.kind = kind;
+    switch (kind) {
+      case LOAD:
+      case STORE:
+      case ATOMIC:
+        out.tensor = intern(tensors, attr(s, tensor_).p);
+        out.region = region(s);
+        out.index = integer_attr(s, index_);
+        out.a = number_attr(s, bytes_);
+        out.rounds = kind == ATOMIC ? (long)integer_attr(s, rounds_) : 0;
+        break;
+      case MMA:
+        out.tensor = dtype(s);
+        out.a = number_attr(s, flops_);
+        break;
+      case VECTOR:
+        out.a = number_attr(s, cuda_ops_);
+        out.b = number_attr(s, exp_ops_);
+        break;
+      case SMEM_ROUND_TRIP:
+        out.a = number_attr(s, bytes_);
+        break;
+      case SPILL_STEP:
+        out.index = integer_attr(s, index_);
+        out.a = number_attr(s, bytes_);
+        break;
+      default:
+        PyErr_Format(PyExc_TypeError, "unknown step %R", s);
+        throw PythonError();
+    }
+    return out;
+  }
+
+  Steps steps(PyObject* seq) {
+    Obj fast(PySequence_Fast(seq, "steps must be a sequence"));
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
+    PyObject** items = PySequence_Fast_ITEMS(fast.p);
+    Steps out;
+    out.reserve(n);
+    for (Py_ssize_t k = 0; k < n; ++k) out.push_back(step(items[k]));
+    return out;
+  }
+
+  // steps.Stream.load, for every iteration
+  void streamed(PyObject* loop, PyObject* streams, Program& p) {
+    Obj fast(PySequence_Fast(streams, "streams must be a sequence"));
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
+    std::vector<Step> base;
+    std::vector<int64_t> stride, edge;
+    std::vector<char> has_edge;
+    std::vector<double> edge_bytes;
+    for (Py_ssize_t k = 0; k < n; ++k) {
+      PyObject* s = PySequence_Fast_GET_ITEM(fast.p, k);
+      Step st;
+      st.kind = LOAD;
+      st.tensor = intern(tensors, attr(s, tensor_).p);
+      st.region = region(s);
+      st.index = integer_attr(s, first_);
+      st.a = number_attr(s, bytes_);
+      base.push_back(st);
+      stride.push_back(integer_attr(s, stride_));
+      Obj e = attr(s, edge_);
+      has_edge.push_back(e.p != Py_None);
+      edge.push_back(e.p != Py_None ? integer(e.p) : 0);
+      edge_bytes.push_back(number_attr(s, edge_bytes_));
+    }
+    p.loads.resize(p.iterations);
+    for (long i = 0; i < p.iterations; ++i) {
+      Steps& loads = p.loads[i];
+      loads.reserve(n);
+      for (Py_ssize_t k = 0; k < n; ++k) {
+        Step st = base[k];
+        st.index = base[k].index + stride[k] * i;
+        if (has_edge[k] && st.index == edge[k]) st.a = edge_bytes[k];
+        loads.push_back(st);
+      }
+    }
+    Obj runs = attr(loop, runs_);
+    Obj fast_runs(PySequence_Fast(runs.p, "runs must be a sequence"));
+    Py_ssize_t r = PySequence_Fast_GET_SIZE(fast_runs.get());
+    std::vector<long> starts;
+    for (Py_ssize_t k = 0; k < r; ++k) {
+      PyObject* run = PySequence_Fast_GET_ITEM(fast_runs.p, k);
+      if (!PyTuple_Check(run) || PyTuple_GET_SIZE(run) != 2) fail("a run is (first iteration, steps)");
+      starts.push_back((long)integer(PyTuple_GET_ITEM(run, 0)));
+      p.bodies.push_back(steps(PyTuple_GET_ITEM(run, 1)));
+    }
+    p.body_of.resize(p.iterations);
+    size_t run = 0;
+    for (long i = 0; i < p.iterations; ++i) {
+      while (run + 1 < starts.size() && starts[run + 1] <= i) ++run;
+      p.body_of[i] = (int)run;
+    }
+  }
+
+  void called(PyObject* loop, Program& p) {
+    Obj loads = attr(loop, loads_), compute = attr(loop, compute_);
+    p.loads.reserve(p.iterations);
+    for (long i = 0; i < p.iterations; ++i) {
+      Obj l(PyObject_CallFunction(loads.p, "l", i));
+      p.loads.push_back(steps(l.get()));
+      Obj c(PyObject_CallFunction(compute.p, "l", i));
+      p.bodies.push_back(steps(c.get()));
+      p.body_of.push_back((int)i);
+    }
+  }
+
+  ProgramRef program(PyObject* cta) {
+    auto p = std::make_shared<Program>();
+    p->prologue = steps(attr(cta, prologue_).p);
+    Obj loop = attr(cta, loop_);
+    if (loop.p != Py_None) {
+      p->has_loop = true;
+      p->iterations = (long)integer_attr(loop.p, iterations_);
+      p->overlap_vector = PyObject_IsTrue(attr(loop.p, overlap_).p) == 1;
+      if (p->iterations > 0) {  // the engines run no loop of no iterations
+        Obj streams = attr(loop.p, streams_);
+        if (streams.p != Py_None) {
+          streamed(loop.p, streams.p, *p);
+        } else {
+          called(loop.p, *p);
+        }
+      }
+    }
+    p->epilogue = steps(attr(cta, epilogue_).p);
+    return p;
+  }
+};
 
 PyObject* item(PyObject* dict, const char* key) {
   PyObject* v = PyDict_GetItemString(dict, key);  // borrowed
@@ -164,10 +305,11 @@ struct PyHooks : LaunchHooks {
     result.get();
     return result;
   }
+  Decoder decoder;
   ProgramRef program(int64_t pid) override {
     Obj args(Py_BuildValue("(L)", (long long)pid));
-    Obj encoded = call("program", args.get());
-    return program_of(encoded.p);
+    Obj cta = call("program", args.get());
+    return decoder.program(cta.p);
   }
   long limit() override {
     if (!watches_dispatch) return grid;
@@ -207,6 +349,14 @@ struct Simulation {
       spec.issue = Issue{number(PyTuple_GET_ITEM(issue, 0)), (long)integer(PyTuple_GET_ITEM(issue, 1))};
     }
     py_hooks.hooks = hooks;
+    PyObject* names = item(launch, "names");
+    PyObject* types = item(names, "types");
+    if (!PyTuple_Check(types) || PyTuple_GET_SIZE(types) != 7) fail("names['types']: the 7 step types");
+    for (int k = 0; k < 7; ++k) py_hooks.decoder.types[k] = PyTuple_GET_ITEM(types, k);
+    py_hooks.decoder.tensors = item(names, "tensors");
+    py_hooks.decoder.regions = item(names, "regions");
+    py_hooks.decoder.dtypes = item(names, "dtypes");
+    py_hooks.decoder.hooks = hooks;
     py_hooks.watches_dispatch = PyObject_IsTrue(item(launch, "watches_dispatch")) == 1;
     py_hooks.calls_finished = PyObject_IsTrue(item(launch, "calls_finished")) == 1;
     py_hooks.grid = spec.grid;
@@ -218,6 +368,7 @@ struct Simulation {
   LaunchSpec spec;
   PyHooks py_hooks;
   WrittenBack deferred;
+  std::vector<CohortRef> cohorts;
   bool ran = false;
 };
 
@@ -227,6 +378,7 @@ struct LaunchObject {
   PyObject_HEAD
   Simulation* sim;
   PyObject* hooks;
+  PyObject* launch;  // holds the dicts the decoder names tensors, regions and dtypes through
 };
 
 PyObject* pairs(const std::vector<std::pair<int, double>>& v) {
@@ -258,12 +410,16 @@ int launch_init(LaunchObject* self, PyObject* args, PyObject*) {
   Py_XINCREF(hooks);
   Py_XDECREF(self->hooks);
   self->hooks = hooks;
+  Py_XINCREF(launch);
+  Py_XDECREF(self->launch);
+  self->launch = launch;
   return 0;
 }
 
 void launch_dealloc(LaunchObject* self) {
   delete self->sim;
   Py_XDECREF(self->hooks);
+  Py_XDECREF(self->launch);
   Py_TYPE(self)->tp_free((PyObject*)self);
 }
 
@@ -277,7 +433,7 @@ PyObject* launch_run(LaunchObject* self, PyObject*) {
   }
   sim->ran = true;
   try {
-    ProcessRef main = start(&sim->env, run_launch(sim->machine, sim->spec, &sim->py_hooks));
+    ProcessRef main = start(&sim->env, run_launch(sim->machine, sim->spec, &sim->py_hooks, &sim->cohorts));
     while (!main->processed) {
       if (!sim->env.step()) {
         PyErr_SetString(PyExc_RuntimeError, "the launch stopped with work left undone");
@@ -312,6 +468,21 @@ PyObject* launch_snapshot(LaunchObject* self, PyObject*) {
 
 PyObject* launch_deferred(LaunchObject* self, PyObject*) { return pairs(self->sim->deferred); }
 
+// cohorts() -> [(pids, slots, start_s, end_s)] in the order they were dispatched
+PyObject* launch_cohorts(LaunchObject* self, PyObject*) {
+  const auto& cohorts = self->sim->cohorts;
+  PyObject* out = PyList_New((Py_ssize_t)cohorts.size());
+  for (size_t k = 0; k < cohorts.size(); ++k) {
+    const Cohort& c = *cohorts[k];
+    PyObject* pids = PyTuple_New((Py_ssize_t)c.pids.size());
+    for (size_t j = 0; j < c.pids.size(); ++j) PyTuple_SET_ITEM(pids, j, PyLong_FromLongLong(c.pids[j]));
+    PyObject* slots = PyList_New((Py_ssize_t)c.slots.size());
+    for (size_t j = 0; j < c.slots.size(); ++j) PyList_SET_ITEM(slots, j, PyLong_FromLong(c.slots[j]));
+    PyList_SET_ITEM(out, k, Py_BuildValue("(NNdd)", pids, slots, c.start_s, c.end_s));
+  }
+  return out;
+}
+
 PyObject* launch_pooled_joins(LaunchObject* self, PyObject*) {
   return PyLong_FromLong(self->sim->machine.sm_groups.pooled_joins);
 }
@@ -320,6 +491,7 @@ PyMethodDef launch_methods[] = {
     {"run", (PyCFunction)launch_run, METH_NOARGS, "Run the launch to its end; returns the end time in seconds."},
     {"snapshot", (PyCFunction)launch_snapshot, METH_NOARGS, "Counters, busy seconds and L2 fill so far."},
     {"deferred", (PyCFunction)launch_deferred, METH_NOARGS, "[(tensor, bytes)] still dirty in L2 at the end."},
+    {"cohorts", (PyCFunction)launch_cohorts, METH_NOARGS, "[(pids, slots, start_s, end_s)] as dispatched."},
     {"pooled_joins", (PyCFunction)launch_pooled_joins, METH_NOARGS, "Cohorts that joined pooled SM groups."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -22,6 +22,36 @@ namespace memsim_core {
 
 struct Env;
 
+// Free lists by size (16-byte classes): events and coroutine frames are made and dropped by the million, of a few
+// sizes each. The engine runs on one thread.
+class Pool {
+ public:
+  static void* get(size_t n) {
+    size_t c = (n + 15) / 16;
+    if (c >= CLASSES) return ::operator new(n);
+    auto& list = lists()[c];
+    if (list.empty()) return ::operator new(c * 16);
+    void* p = list.back();
+    list.pop_back();
+    return p;
+  }
+  static void put(void* p, size_t n) {
+    size_t c = (n + 15) / 16;
+    if (c >= CLASSES) {
+      ::operator delete(p);
+      return;
+    }
+    lists()[c].push_back(p);
+  }
+
+ private:
+  static constexpr size_t CLASSES = 256;
+  static std::vector<std::vector<void*>>& lists() {
+    static std::vector<std::vector<void*>> l(CLASSES);
+    return l;
+  }
+};
+
 // Intrusive reference count (events are shared by the queue, the processes waiting on them and the L2's maps).
 template <class T>
 class Ref {
@@ -54,6 +84,8 @@ using Callback = std::function<void(Event*)>;
 struct Event {
   explicit Event(Env* env) : env(env) {}
   virtual ~Event() = default;
+  static void* operator new(size_t n) { return Pool::get(n); }
+  static void operator delete(void* p, size_t n) { Pool::put(p, n); }
   Env* env;
   int refs = 0;
   bool triggered = false;  // SimPy: _value is not PENDING
@@ -130,6 +162,8 @@ struct Task {
   struct promise_type {
     std::coroutine_handle<> continuation;
     Process* owner = nullptr;  // set on a process's outermost task
+    static void* operator new(size_t n) { return Pool::get(n); }
+    static void operator delete(void* p, size_t n) { Pool::put(p, n); }
     Task get_return_object() { return Task(std::coroutine_handle<promise_type>::from_promise(*this)); }
     std::suspend_always initial_suspend() noexcept { return {}; }
     struct Final {
