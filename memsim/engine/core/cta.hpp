@@ -76,8 +76,7 @@ inline Task load_tiles(Machine& m, std::vector<const Steps*> iterations, CohortR
   Env* env = m.env;
   L2Cache& l2 = m.l2;
   Counters& c = m.counters;
-  std::vector<Missed> missed;
-  std::unordered_map<TileKey, size_t, TileKeyHash> missed_at;
+  std::vector<Missed> missed;  // in the order missed (a Python dict); a load names a handful of tiles: scanned
   std::vector<EventRef> pending, streaming;
   double deliver = 0.0, shared_bytes = 0.0, private_bytes = 0.0;
   long miss_iterations = 0, hit_iterations = 0;
@@ -88,12 +87,13 @@ inline Task load_tiles(Machine& m, std::vector<const Steps*> iterations, CohortR
       KeyOf k = tile_key(load, *cohort);
       deliver += load.a;
       c.l2_read.add(load.tensor, load.a * weight);
-      if (missed_at.count(k.key)) continue;
+      bool named_before = false;
+      for (const Missed& miss : missed) named_before = named_before || miss.key == k.key;
+      if (named_before) continue;
       if (load.region >= 0 && l2.shared_age_weight != 1.0) m.write_back(l2.read_shared(k.key, k.nbytes, weight));
       Lookup found = l2.lookup(k.key);
       if (found.found == Found::Miss) {
         double fraction = l2.missing_fraction(k.key);
-        missed_at[k.key] = missed.size();
         missed.push_back(Missed{k.key, k.nbytes, load.tensor, k.members, fraction});
         if (load.region < 0) {
           private_bytes += load.a * fraction;
@@ -188,8 +188,10 @@ inline void spill(Machine& m, const Step& step, const Cohort& cohort) {
   }
 }
 
-inline Task compute(Machine& m, std::vector<Step> steps, CohortRef cohort, long repeats, bool ping_pong,
+// `steps` is the caller's, alive while it awaits this.
+inline Task compute(Machine& m, const std::vector<Step>* steps_, CohortRef cohort, long repeats, bool ping_pong,
                     std::optional<Issue> issue) {
+  const std::vector<Step>& steps = *steps_;
   Demands demand_s{};
   double chain_s = 0.0;
   long dependent = 0;
@@ -231,8 +233,10 @@ inline Task compute(Machine& m, std::vector<Step> steps, CohortRef cohort, long 
   co_await wait(cohort->group->pipes.use(demand_s, chain_s, (double)weight));
 }
 
-inline Task run_steps(Machine& m, std::vector<Step> steps, CohortRef cohort, long repeats = 1, bool ping_pong = false,
-                      std::optional<Issue> issue = std::nullopt) {
+// `steps` is the caller's, alive while it awaits this.
+inline Task run_steps(Machine& m, const std::vector<Step>* steps_, CohortRef cohort, long repeats = 1,
+                      bool ping_pong = false, std::optional<Issue> issue = std::nullopt) {
+  const std::vector<Step>& steps = *steps_;
   std::vector<Step> pending;
   for (const Step& step : steps) {
     if (step.is_compute()) {
@@ -240,7 +244,7 @@ inline Task run_steps(Machine& m, std::vector<Step> steps, CohortRef cohort, lon
       continue;
     }
     if (!pending.empty()) {
-      co_await compute(m, pending, cohort, repeats, ping_pong, issue);
+      co_await compute(m, &pending, cohort, repeats, ping_pong, issue);
       pending.clear();
       issue.reset();
     }
@@ -254,7 +258,7 @@ inline Task run_steps(Machine& m, std::vector<Step> steps, CohortRef cohort, lon
       spill(m, step, *cohort);
     }
   }
-  if (!pending.empty()) co_await compute(m, pending, cohort, repeats, ping_pong, issue);
+  if (!pending.empty()) co_await compute(m, &pending, cohort, repeats, ping_pong, issue);
 }
 
 // cta.py _times: what merge_steps makes of n equal steps.
@@ -281,7 +285,7 @@ inline std::pair<std::vector<Step>, long> merge_steps(const std::vector<const St
   if (n > 1) {
     bool same = true;
     for (const Steps* it : iterations)
-      if (!(*it == first)) {
+      if (it != &first && !(*it == first)) {
         same = false;
         break;
       }
@@ -341,15 +345,15 @@ inline std::vector<std::pair<long, long>> spans(long iterations, long batch) {
 
 inline Task overlapped_vectors(Machine& m, std::vector<Step> vectors, CohortRef cohort, ProcessRef previous, long repeats) {
   if (previous) co_await wait(previous);
-  co_await run_steps(m, vectors, cohort, repeats, true);
+  co_await run_steps(m, &vectors, cohort, repeats, true);
 }
 
 // cta.py _overlapped: this iteration's matmuls, then its softmax as a process of its own after the previous one's.
-inline Task overlapped(Machine& m, std::vector<Step> steps, CohortRef cohort, ProcessRef previous, long repeats,
+inline Task overlapped(Machine& m, const std::vector<Step>* steps, CohortRef cohort, ProcessRef previous, long repeats,
                        std::optional<Issue> issue, ProcessRef* out) {
   std::vector<Step> matmuls, vectors;
-  for (const Step& s : steps) (s.kind == VECTOR ? vectors : matmuls).push_back(s);
-  co_await run_steps(m, matmuls, cohort, repeats, true, issue);
+  for (const Step& s : *steps) (s.kind == VECTOR ? vectors : matmuls).push_back(s);
+  co_await run_steps(m, &matmuls, cohort, repeats, true, issue);
   *out = start(m.env, overlapped_vectors(m, vectors, cohort, previous, repeats));
 }
 
@@ -381,10 +385,10 @@ inline Task run_loop(Machine& m, CohortRef cohort, long stages, long batch, std:
     if (issue) span_issue = Issue{issue->instructions * (b - a), issue->warps};
     if (loop.overlap_vector) {
       ProcessRef next;
-      co_await overlapped(m, steps, cohort, vector_chain, repeats, span_issue, &next);
+      co_await overlapped(m, &steps, cohort, vector_chain, repeats, span_issue, &next);
       vector_chain = next;
     } else {
-      co_await run_steps(m, steps, cohort, repeats, false, span_issue);
+      co_await run_steps(m, &steps, cohort, repeats, false, span_issue);
     }
     if (stages > 1 && j + stages < spans_.size())
       fetches.push_back(start(m.env, fetch_span(m, cohort, spans_[j + stages].first, spans_[j + stages].second)));
@@ -395,9 +399,9 @@ inline Task run_loop(Machine& m, CohortRef cohort, long stages, long batch, std:
 inline Task run_cohort(Machine& m, CohortRef cohort, long stages, long batch, std::optional<Issue> issue) {
   cohort->start_s = m.env->now;
   const Program& p = *cohort->program;
-  co_await run_steps(m, p.prologue, cohort);
+  co_await run_steps(m, &p.prologue, cohort);
   if (p.has_loop && p.iterations > 0) co_await run_loop(m, cohort, stages, batch, issue);
-  co_await run_steps(m, p.epilogue, cohort);
+  co_await run_steps(m, &p.epilogue, cohort);
   cohort->end_s = m.env->now;
 }
 

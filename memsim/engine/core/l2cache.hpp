@@ -95,6 +95,15 @@ inline void extend(WrittenBack& a, const WrittenBack& b) { a.insert(a.end(), b.b
 inline double on_both_partitions(double readers) {
   return readers > 0 ? std::max(0.0, 1.0 - std::pow(2.0, 1.0 - readers)) : 0.0;
 }
+// on_both_partitions of a whole number of readers, from a table of the same values
+inline double on_both_partitions(long readers) {
+  static const std::vector<double> table = [] {
+    std::vector<double> t;
+    for (long k = 0; k <= 4 * ON_BOTH_SURELY; ++k) t.push_back(on_both_partitions((double)k));
+    return t;
+  }();
+  return readers >= 0 && readers < (long)table.size() ? table[readers] : on_both_partitions((double)readers);
+}
 
 inline double set_survival(double distance_bytes, double capacity_bytes, int ways) {
   double mean = ways * distance_bytes / capacity_bytes;
@@ -133,7 +142,10 @@ struct L2Cache {
   L2Cache(double capacity_bytes, double dirty_limit_bytes, double dirty_lifetime_bytes, double shared_age_weight,
           int ways, double lossless_bytes)
       : capacity_bytes(capacity_bytes), ways(ways), lossless_bytes(lossless_bytes), dirty_limit_bytes(dirty_limit_bytes),
-        dirty_lifetime_bytes(dirty_lifetime_bytes), shared_age_weight(shared_age_weight) {}
+        dirty_lifetime_bytes(dirty_lifetime_bytes), shared_age_weight(shared_age_weight) {
+    readers.reserve(1 << 12);
+    recency.last.reserve(1 << 14);
+  }
 
   double capacity_bytes;
   int ways;
@@ -205,7 +217,7 @@ struct L2Cache {
       if (r != readers.end()) before = r->second;
       long after = before + more;
       readers[key] = after;
-      return on_both_partitions((double)after) - on_both_partitions((double)before);
+      return on_both_partitions(after) - on_both_partitions(before);
     }
     std::vector<std::pair<double, long>> old = p->second, kept;
     for (auto [f, r] : old)
@@ -214,7 +226,7 @@ struct L2Cache {
     double sum = 0.0;
     bool first = true;
     for (auto [f, r] : old) {
-      double term = f * (on_both_partitions((double)(r + more)) - on_both_partitions((double)r));
+      double term = f * (on_both_partitions(r + more) - on_both_partitions(r));
       sum = first ? term : sum + term;  // Python's sum(): 0 + the first term is the first term
       first = false;
     }
