@@ -8,14 +8,15 @@ and time (tests/test_engine_compiled.py holds them to it, launch by launch, over
 shapes); the SimPy engine stays the reference, and the one that traces.
 
 The schedule side stays Python: each cohort's program (memsim.schedules.steps) is asked for when the cohort is
-dispatched and read from its objects (a loop made by steps.streamed_loop from its data, any other by calling it). Fast mode's cutoff (memsim.engine.extrapolate) also stays
-Python: the compiled launch calls back as units are dispatched and cohorts finish.
+dispatched and read from its objects (a loop made by steps.streamed_loop from its data, any other by calling it).
+Fast mode's cutoff (memsim.engine.extrapolate) also stays Python: the compiled launch calls back as units are
+dispatched and cohorts finish.
 """
 
 from memsim.engine import extrapolate
 from memsim.engine.cta import Cohort
 from memsim.engine.l2cache import negligible_loss_distance
-from memsim.engine.machine import BYTE_KEYS, MEMORY, PIPES, SMEM_BYTES_PER_CLK_PER_SM, Counters
+from memsim.engine.machine import BYTE_KEYS, MEMORY, PIPES, SCALAR_KEYS, SMEM_BYTES_PER_CLK_PER_SM, Counters
 from memsim.hardware.spec import Ceilings, GPUSpec, matrix_rate
 from memsim.schedules.steps import Atomic, Launch, Load, Mma, SmemRoundTrip, Spill, Store, Vector
 
@@ -25,9 +26,8 @@ except ImportError:  # not built (a source checkout without `pip install -e .`):
     _core = None
 
 _GROUPS = ("l2_read", "l2_write", "hbm_read", "hbm_write", "hbm_write_deferred")  # the order _core reports them in
-_SCALARS = ("tensor_flops", "cuda_ops", "exp_ops", "smem_bytes")
 _SPILL = "spill"  # the tensor memsim.engine.cta.spill counts local-memory stores under
-_NONE = -1  # a region of None (a CTA's private tile), an absent limit, a fully associative L2
+_NONE = -1  # an absent dirty limit or lifetime (None in Ceilings)
 
 
 def available() -> bool:
@@ -85,7 +85,7 @@ def params(gpu: GPUSpec, ceilings: Ceilings, names: Names) -> dict:
         "cuda_ops_per_s": ceilings.cuda_core_fp32_flops_per_s / 2,
         "sfu_ops_per_s": float(ceilings.sfu_ops_per_s),
         "smem_bytes_per_s": float(SMEM_BYTES_PER_CLK_PER_SM * gpu.clock_hz * gpu.sm_count),
-        "tensor_count": len(names.tensors), "spill_tensor": names.tensors[_SPILL],
+        "spill_tensor": names.tensors[_SPILL],
     }
 
 
@@ -127,11 +127,8 @@ class _Hooks:
         now, groups, dirty, scalars, busy, filled = self.sim.snapshot()
         names = self.names.tensor_names()
         by_group = dict(zip(_GROUPS, groups))
-        flat = {(group, names[t]): value for group in BYTE_KEYS for t, value in by_group[group]}
-        for t, nbytes in dirty:
-            key = ("hbm_write", names[t])
-            flat[key] = flat.get(key, 0.0) + nbytes
-        flat.update({("scalar", name): value for name, value in zip(_SCALARS, scalars)})
+        flat = extrapolate.counters_seen({group: [(names[t], v) for t, v in by_group[group]] for group in BYTE_KEYS},
+                                         [(names[t], nbytes) for t, nbytes in dirty], dict(zip(SCALAR_KEYS, scalars)))
         return extrapolate.Snapshot(done_ctas, now, flat, dict(zip(PIPES + MEMORY, busy)), filled)
 
 
@@ -173,13 +170,11 @@ def run(gpu: GPUSpec, ceilings: Ceilings, launch: Launch, occ, fast: bool, batch
         into = getattr(counters, group)
         for t, value in items:
             into[tensor[t]] = value
-    for name, value in zip(_SCALARS, scalars):
+    for name, value in zip(SCALAR_KEYS, scalars):
         setattr(counters, name, value)
     counters.flush([(tensor[t], nbytes) for t, nbytes in deferred])
-    from memsim.schedules.steps import ordered_atomic_rounds
-
     return LaunchResult(
         launch=launch, occupancy=occ, start_s=start_s - ceilings.launch_overhead_s, end_s=end_s, counters=counters,
         busy_s=dict(zip(PIPES + MEMORY, busy)), cohorts=cohorts, unit_intervals={unit: [] for unit in MEMORY},
-        pooled_joins=pooled, ordered_atomic_wait_s=ordered_atomic_rounds(launch) * ceilings.ordered_atomic_latency_s,
+        pooled_joins=pooled,
     )

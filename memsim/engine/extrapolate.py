@@ -47,6 +47,19 @@ class Snapshot:
     filled_bytes: float = 0.0  # bytes the L2 has taken in so far (memsim.engine.l2cache.L2Cache.filled_bytes)
 
 
+def counters_seen(by_group: dict, dirty, scalars: dict) -> dict:
+    """A snapshot's counters, (group, key) -> value: each byte group's (tensor, bytes) in the order given, HBM writes
+    with the bytes still dirty in L2 (`dirty`: (tensor, bytes)) added, and the scalars under "scalar".
+    Write-backs come in bursts (a head's outputs age out together), so the bytes written back per CTA wander from
+    window to window; what has been written back or is still dirty grows smoothly, and in the steady state every
+    dirty byte reaches HBM in the end: that is the rate at which skipped CTAs write back."""
+    flat = {(group, tensor): value for group, items in by_group.items() for tensor, value in items}
+    for tensor, nbytes in dirty:
+        flat[("hbm_write", tensor)] = flat.get(("hbm_write", tensor), 0.0) + nbytes
+    flat.update({("scalar", name): value for name, value in scalars.items()})
+    return flat
+
+
 def watched(launch: Launch, slots: int) -> bool:
     """Whether fast mode may end this launch early and extrapolate it."""
     unit = launch.repeat_unit

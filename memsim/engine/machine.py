@@ -24,6 +24,7 @@ PIPES = ("tensor", "cuda", "sfu", "smem", "issue")  # per SM, shared by its resi
 MEMORY = ("hbm", "l2")  # shared by the whole GPU
 UNITS = PIPES + MEMORY
 BYTE_KEYS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "hbm_write_deferred")
+SCALAR_KEYS = ("tensor_flops", "cuda_ops", "exp_ops", "smem_bytes")  # Counters' work per unit
 
 
 @dataclass

@@ -10,7 +10,7 @@ from memsim.engine import compiled as engine_compiled
 from memsim.engine import extrapolate
 from memsim.engine.cta import batch_size
 from memsim.engine.dispatch import longest_loop, run_launch
-from memsim.engine.machine import BYTE_KEYS, Machine
+from memsim.engine.machine import BYTE_KEYS, SCALAR_KEYS, Machine
 from memsim.hardware.spec import Ceilings, GPUSpec
 from memsim.occupancy import Occupancy, occupancy
 from memsim.schedules.steps import Launch, ordered_atomic_rounds
@@ -39,9 +39,6 @@ class LaunchResult:
         return {unit: busy / span for unit, busy in self.busy_s.items()}
 
 
-_SCALARS = ("tensor_flops", "cuda_ops", "exp_ops", "smem_bytes")
-
-
 def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: bool = True,
              trace: bool = False, progress=None, compiled: bool | None = None) -> list[LaunchResult]:
     """Each launch starts with a cold L2 (as under ncu) after one launch overhead.
@@ -67,6 +64,7 @@ def simulate(gpu: GPUSpec, ceilings: Ceilings, launches: list[Launch], fast: boo
             result = engine_compiled.run(gpu, ceilings, launch, occ, fast, batch, clock_s, counted, cutoff)
         else:
             result = _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=counted, cutoff=cutoff)
+        result.ordered_atomic_wait_s = ordered_atomic_rounds(launch) * ceilings.ordered_atomic_latency_s
         if cutoff is not None and cutoff.settled:
             result = _extended(result, cutoff)
         counted.launch_done(launch.grid)
@@ -125,19 +123,13 @@ def _run(gpu, ceilings, launch, occ, fast, batch, trace, clock_s, counted=None, 
         launch=launch, occupancy=occ, start_s=start - ceilings.launch_overhead_s, end_s=end,
         counters=m.counters, busy_s=m.busy_s(), cohorts=cohorts, unit_intervals=m.busy_intervals(),
         pooled_joins=m.sm_groups.pooled_joins,
-        ordered_atomic_wait_s=ordered_atomic_rounds(launch) * ceilings.ordered_atomic_latency_s,
     )
 
 
 def _snapshot(m: Machine, done_ctas: int) -> extrapolate.Snapshot:
     c = m.counters
-    flat = {(group, tensor): value for group in BYTE_KEYS for tensor, value in getattr(c, group).items()}
-    # Write-backs come in bursts (a head's outputs age out together), so the bytes written back per CTA wander
-    # from window to window; what has been written back or is still dirty grows smoothly, and in the steady state
-    # every dirty byte reaches HBM in the end: that is the rate at which skipped CTAs write back.
-    for tensor, dirty in m.l2.dirty_by_tensor().items():
-        flat[("hbm_write", tensor)] = flat.get(("hbm_write", tensor), 0.0) + dirty
-    flat.update({("scalar", name): getattr(c, name) for name in _SCALARS})
+    flat = extrapolate.counters_seen({group: getattr(c, group).items() for group in BYTE_KEYS},
+                                     m.l2.dirty_by_tensor().items(), {name: getattr(c, name) for name in SCALAR_KEYS})
     return extrapolate.Snapshot(done_ctas, m.env.now, flat, m.busy_s(), m.l2.filled_bytes)
 
 

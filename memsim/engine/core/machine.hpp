@@ -75,16 +75,13 @@ struct Params {
   int mma_pipe;                          // index into PIPES: 0 tensor, 1 cuda
   std::vector<double> tensor_flops_per_s;  // by dtype id
   double cuda_ops_per_s, sfu_ops_per_s, smem_bytes_per_s;
-  int tensor_count;  // tensor ids 0 .. tensor_count - 1
-  int spill_tensor;
+  int spill_tensor;  // tensor ids are small integers, given as programs are read (TensorBytes grows)
 };
 
 constexpr int TENSOR_PIPE = 0, CUDA_PIPE = 1, SFU_PIPE = 2, SMEM_PIPE = 3, ISSUE_PIPE = 4;
 constexpr int WARP_SCHEDULERS_PER_SM = 4;  // machine.py
 
 struct Counters {
-  explicit Counters(size_t tensors)
-      : l2_read(tensors), l2_write(tensors), hbm_read(tensors), hbm_write(tensors), hbm_write_deferred(tensors) {}
   TensorBytes l2_read, l2_write, hbm_read, hbm_write, hbm_write_deferred;
   double tensor_flops = 0.0, cuda_ops = 0.0, exp_ops = 0.0, smem_bytes = 0.0;
 };
@@ -94,7 +91,7 @@ struct Machine {
       : env(env), p(p), sm_groups(env, p.sm_count), hbm(env, p.hbm_bytes_per_s), l2_unit(env, p.l2_bytes_per_s),
         l2(p.l2_bytes, p.l2_dirty_limit_bytes, p.l2_dirty_lifetime_bytes, p.l2_shared_age_weight, p.l2_ways,
            p.l2_lossless_bytes),
-        counters(p.tensor_count) {}
+        counters() {}
   Env* env;
   const Params& p;
   SmGroups sm_groups;

@@ -290,7 +290,6 @@ Params params_of(PyObject* d) {
   p.cuda_ops_per_s = f(d, "cuda_ops_per_s");
   p.sfu_ops_per_s = f(d, "sfu_ops_per_s");
   p.smem_bytes_per_s = f(d, "smem_bytes_per_s");
-  p.tensor_count = (int)i(d, "tensor_count");
   p.spill_tensor = (int)i(d, "spill_tensor");
   return p;
 }

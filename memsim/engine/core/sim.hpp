@@ -268,7 +268,6 @@ inline EventRef all_of(Env* env, const std::vector<EventRef>& events) {
   };
   auto state = std::make_shared<State>();
   state->total = events.size();
-  Event* c = cond.get();
   // The condition's callbacks hold it alive while it is waited on through its events.
   auto check = [state, cond](Event*) {
     if (cond->triggered) return;
@@ -282,7 +281,6 @@ inline EventRef all_of(Env* env, const std::vector<EventRef>& events) {
       e->callbacks.push_back(check);
     }
   }
-  (void)c;
   return cond;
 }
 

@@ -75,8 +75,7 @@ struct SmGroups {
       const auto& sms = signature_sms[s];
       SmGroup* group = of_sm[sms[0]];
       if (group == nullptr) {
-        std::vector<int> sorted_sms(sms);
-        all.push_back(std::make_unique<SmGroup>(sorted_sms, env, (double)sms.size() / sm_count, &class_keys));
+        all.push_back(std::make_unique<SmGroup>(sms, env, (double)sms.size() / sm_count, &class_keys));
         group = all.back().get();
         live.push_back(group);
         for (int sm : sms) of_sm[sm] = group;
