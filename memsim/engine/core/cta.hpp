@@ -6,7 +6,6 @@
 #include <memory>
 #include <optional>
 #include <tuple>
-#include <unordered_map>
 #include <vector>
 
 #include "machine.hpp"
@@ -65,7 +64,7 @@ inline EventRef both(Env* env, EventRef a, EventRef b) {  // cta.py _both
 }
 
 struct Missed {
-  TileKey key;
+  TileId key;
   double nbytes;
   int tensor;
   long members;
@@ -85,16 +84,17 @@ inline Task load_tiles(Machine& m, std::vector<const Steps*> iterations, CohortR
     int outcome = 1;  // True; 0: None; -1: False
     for (const Step& load : *loads) {
       KeyOf k = tile_key(load, *cohort);
+      TileId tile = l2.id(k.key);
       deliver += load.a;
       c.l2_read.add(load.tensor, load.a * weight);
       bool named_before = false;
-      for (const Missed& miss : missed) named_before = named_before || miss.key == k.key;
+      for (const Missed& miss : missed) named_before = named_before || miss.key == tile;
       if (named_before) continue;
-      if (load.region >= 0 && l2.shared_age_weight != 1.0) m.write_back(l2.read_shared(k.key, k.nbytes, weight));
-      Lookup found = l2.lookup(k.key);
+      if (load.region >= 0 && l2.shared_age_weight != 1.0) m.write_back(l2.read_shared(tile, k.nbytes, weight));
+      Lookup found = l2.lookup(tile);
       if (found.found == Found::Miss) {
-        double fraction = l2.missing_fraction(k.key);
-        missed.push_back(Missed{k.key, k.nbytes, load.tensor, k.members, fraction});
+        double fraction = l2.missing_fraction(tile);
+        missed.push_back(Missed{tile, k.nbytes, load.tensor, k.members, fraction});
         if (load.region < 0) {
           private_bytes += load.a * fraction;
         } else {
@@ -103,7 +103,7 @@ inline Task load_tiles(Machine& m, std::vector<const Steps*> iterations, CohortR
         outcome = -1;
       } else if (found.found == Found::Pending) {
         pending.push_back(found.event);
-        EventRef started = l2.transfer_started(k.key);
+        EventRef started = l2.transfer_started(tile);
         if (started && !started->triggered) streaming.push_back(started);
         if (outcome == 1) outcome = 0;
       }
@@ -150,7 +150,7 @@ inline Task load_tiles(Machine& m, std::vector<const Steps*> iterations, CohortR
   }
 }
 
-inline Task fetch_line(Machine& m, TileKey key, double nbytes, int tensor, long members) {  // cta.py _fetch_line
+inline Task fetch_line(Machine& m, TileId key, double nbytes, int tensor, long members) {  // cta.py _fetch_line
   Lookup found = m.l2.lookup(key);
   if (found.found == Found::Hit) co_return;
   if (found.found == Found::Pending) {
@@ -169,13 +169,14 @@ inline Task fetch_line(Machine& m, TileKey key, double nbytes, int tensor, long 
 
 inline Task store_tile(Machine& m, Step step, CohortRef cohort) {
   KeyOf k = tile_key(step, *cohort);
+  TileId tile = m.l2.id(k.key);
   bool atomic = step.kind == ATOMIC;
-  if (atomic) co_await fetch_line(m, k.key, k.nbytes, step.tensor, k.members);
+  if (atomic) co_await fetch_line(m, tile, k.nbytes, step.tensor, k.members);
   double returned = atomic && step.rounds ? step.a : 0.0;
   m.counters.l2_write.add(step.tensor, step.a * cohort->weight);
   m.counters.l2_read.add(step.tensor, returned * cohort->weight);
   co_await wait(m.l2_unit.use(step.a, cohort->weight));
-  m.write_back(m.l2.insert(k.key, k.nbytes, step.tensor, true, k.members));
+  m.write_back(m.l2.insert(tile, k.nbytes, step.tensor, true, k.members));
   if (atomic && step.rounds) co_await wait(m.env->timeout(step.rounds * m.p.ordered_atomic_latency_s));
 }
 
@@ -184,7 +185,7 @@ inline void spill(Machine& m, const Step& step, const Cohort& cohort) {
   m.l2_unit.use(step.a, cohort.weight);
   for (int slot : cohort.slots) {
     TileKey key{m.p.spill_tensor, SPILL, slot, step.index, false};
-    m.write_back(m.l2.insert(key, step.a, m.p.spill_tensor, true));
+    m.write_back(m.l2.insert(m.l2.id(key), step.a, m.p.spill_tensor, true));
   }
 }
 

@@ -122,8 +122,7 @@ struct FluidResource {
     uint64_t v = version;
     double delay_s = std::max(remaining, 0.0) / unit_rate();
     timer_s = env->now + delay_s;
-    EventRef timer = env->timeout(delay_s);
-    timer->callbacks.push_back([this, v](Event*) { on_timer(v); });
+    env->timer(delay_s, this, v);
   }
 
   void on_timer(uint64_t v) {

@@ -3,12 +3,9 @@
 // docstring says what each rule models and where each number comes from.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
-#include <deque>
-#include <list>
-#include <memory>
 #include <optional>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -22,71 +19,59 @@ constexpr double EXP_UNDERFLOW = 600.0;
 constexpr double NEGLIGIBLE_LOSS = 1e-4;
 constexpr int ON_BOTH_SURELY = 64;
 
-// Python's OrderedDict, as l2cache.py uses it: insertion order, move_to_end, first, erase.
-template <class K, class V, class H>
-class LinkedMap {
+// Each dirty member's last touch, oldest first: appended at the back, taken from the front.
+class Stamps {
  public:
-  using Item = std::pair<K, V>;
-  V* find(const K& k) {
-    auto it = index_.find(k);
-    return it == index_.end() ? nullptr : &it->second->second;
-  }
-  bool contains(const K& k) const { return index_.count(k) != 0; }
-  // d[k] = v: a new key goes last, a present one keeps its place
-  void set(const K& k, V v) {
-    auto it = index_.find(k);
-    if (it != index_.end()) {
-      it->second->second = std::move(v);
-      return;
+  bool empty() const { return head_ == v_.size(); }
+  size_t size() const { return v_.size() - head_; }
+  int64_t& operator[](size_t i) { return v_[head_ + i]; }
+  int64_t operator[](size_t i) const { return v_[head_ + i]; }
+  void push_back(int64_t s) { v_.push_back(s); }
+  void pop_front() { erase_front(1); }
+  void erase_front(size_t n) {
+    head_ += n;
+    if (head_ == v_.size()) {
+      v_.clear();
+      head_ = 0;
     }
-    items_.emplace_back(k, std::move(v));
-    index_.emplace(k, std::prev(items_.end()));
   }
-  void move_to_end(const K& k) {
-    auto it = index_.find(k);
-    items_.splice(items_.end(), items_, it->second);
-  }
-  bool erase(const K& k) {
-    auto it = index_.find(k);
-    if (it == index_.end()) return false;
-    items_.erase(it->second);
-    index_.erase(it);
-    return true;
-  }
-  std::optional<V> pop(const K& k) {
-    auto it = index_.find(k);
-    if (it == index_.end()) return std::nullopt;
-    V v = std::move(it->second->second);
-    items_.erase(it->second);
-    index_.erase(it);
-    return v;
-  }
-  Item& front() { return items_.front(); }
-  size_t size() const { return items_.size(); }
-  bool empty() const { return items_.empty(); }
   void clear() {
-    items_.clear();
-    index_.clear();
+    v_.clear();
+    head_ = 0;
   }
-  typename std::list<Item>::iterator begin() { return items_.begin(); }
-  typename std::list<Item>::iterator end() { return items_.end(); }
 
  private:
-  std::list<Item> items_;
-  std::unordered_map<K, typename std::list<Item>::iterator, H> index_;
+  std::vector<int64_t> v_;
+  size_t head_ = 0;
 };
 
 struct Entry {
-  Entry(double member_bytes, long members, int tensor) : member_bytes(member_bytes), members(members), tensor(tensor) {}
-  double member_bytes;
-  long members;
-  int tensor;
-  std::deque<int64_t> stamps;  // each dirty member's last touch, oldest first
+  double member_bytes = 0.0;
+  long members = 0;
+  int tensor = 0;
+  Stamps stamps;  // each dirty member's last touch, oldest first
   long first = 0;
   double nbytes() const { return member_bytes * members; }
   long dirty() const { return (long)stamps.size(); }
+  void reset(double bytes_each, int of_tensor) {
+    member_bytes = bytes_each;
+    members = 0;
+    tensor = of_tensor;
+    stamps.clear();
+    first = 0;
+  }
 };
-using EntryRef = std::shared_ptr<Entry>;
+
+// What l2cache.py's dicts hold for one tile, by its id.
+struct TileState {
+  Entry entry;                                 // _lines[key], while lines.contains(id)
+  long readers = 0;                            // _readers[key], while has_readers
+  std::vector<std::pair<double, long>> parts;  // _parts[key], while has_parts
+  double missing = 0.0;                        // _missing[key], while has_missing
+  EventRef inflight, transfer;                 // _inflight[key], _transfers[key] (null: absent)
+  TileId rewrite = NO_TILE;                    // ("rewrite of", key)'s id, once named
+  bool has_readers = false, has_parts = false, has_missing = false;
+};
 
 using WrittenBack = std::vector<std::pair<int, double>>;  // (tensor, bytes)
 inline void extend(WrittenBack& a, const WrittenBack& b) { a.insert(a.end(), b.begin(), b.end()); }
@@ -142,66 +127,71 @@ struct L2Cache {
   L2Cache(double capacity_bytes, double dirty_limit_bytes, double dirty_lifetime_bytes, double shared_age_weight,
           int ways, double lossless_bytes)
       : capacity_bytes(capacity_bytes), ways(ways), lossless_bytes(lossless_bytes), dirty_limit_bytes(dirty_limit_bytes),
-        dirty_lifetime_bytes(dirty_lifetime_bytes), shared_age_weight(shared_age_weight) {
-    readers.reserve(1 << 12);
-    recency.last.reserve(1 << 14);
-  }
+        dirty_lifetime_bytes(dirty_lifetime_bytes), shared_age_weight(shared_age_weight) {}
 
   double capacity_bytes;
   int ways;
   double lossless_bytes;
-  std::unordered_map<TileKey, double, TileKeyHash> missing;
   double dirty_limit_bytes, dirty_lifetime_bytes, shared_age_weight;
-  std::unordered_map<TileKey, long, TileKeyHash> readers;
-  std::unordered_map<TileKey, std::vector<std::pair<double, long>>, TileKeyHash> parts;
-  LinkedMap<TileKey, EntryRef, TileKeyHash> lines;
-  LinkedMap<TileKey, char, TileKeyHash> dirty_keys;
+  TileIds ids;
+  std::vector<TileState> tiles;  // by id
+  IdList lines;                  // _lines' order: least recently used first
+  IdList dirty_keys;             // _dirty: keys with dirty members, least recently touched first
   double filled_bytes = 0.0;
   Recency recency;
   int64_t newest_stamp = 0;
-  std::unordered_map<TileKey, EventRef, TileKeyHash> inflight;
-  std::unordered_map<TileKey, EventRef, TileKeyHash> transfers;
   double used_bytes = 0.0;
   double dirty_bytes = 0.0;
 
-  static MemberKey member_key(const TileKey& tile, long member) { return MemberKey{tile, member}; }
+  // The id of a tile, named once; its state is tiles[id] from then on.
+  TileId id(const TileKey& key) {
+    TileId t = ids.of(key);
+    if (t >= (TileId)tiles.size()) tiles.resize(std::max<size_t>(2 * tiles.size(), t + 1024));
+    return t;
+  }
+  TileId rewrite_of(TileId key) {
+    if (tiles[key].rewrite == NO_TILE) {
+      TileKey k = ids.key(key);
+      k.rewrite = true;
+      TileId r = id(k);  // (may move tiles)
+      tiles[key].rewrite = r;
+    }
+    return tiles[key].rewrite;
+  }
 
-  Lookup lookup(const TileKey& key) {
-    EntryRef* found = lines.find(key);
-    if (found != nullptr) {
-      EntryRef entry = *found;
-      double lost = lost_to_sets(key, *entry);
+  Lookup lookup(TileId key) {
+    TileState& t = tiles[key];
+    if (lines.contains(key)) {
+      Entry& entry = t.entry;
+      double lost = lost_to_sets(key, entry);
       if (lost <= NEGLIGIBLE_LOSS) {
         lines.move_to_end(key);
-        touch(key, *entry);
+        touch(key, entry);
         return {Found::Hit, {}};
       }
-      missing[key] = lost;
+      t.missing = lost;
+      t.has_missing = true;
       forget_readers(key, lost);
       lines.erase(key);
-      used_bytes -= entry->nbytes();
+      used_bytes -= entry.nbytes();
       return {Found::Miss, {}};
     }
-    auto it = inflight.find(key);
-    if (it == inflight.end()) return {Found::Miss, {}};
-    return {Found::Pending, it->second};
+    if (!t.inflight) return {Found::Miss, {}};
+    return {Found::Pending, t.inflight};
   }
 
-  double missing_fraction(const TileKey& key) const {
-    auto it = missing.find(key);
-    return it == missing.end() ? 1.0 : it->second;
-  }
+  double missing_fraction(TileId key) const { return tiles[key].has_missing ? tiles[key].missing : 1.0; }
 
-  double lost_to_sets(const TileKey& key, const Entry& entry) {
+  double lost_to_sets(TileId key, const Entry& entry) {
     if (ways == 0 || !entry.stamps.empty() || entry.members != 1 || entry.first) return 0.0;
-    auto last = recency.last_touch(member_key(key, 0));
+    auto last = recency.last_touch(key, 0);
     if (!last) return 0.0;
     double distance = recency.since(*last);
     if (distance <= lossless_bytes) return 0.0;
     return 1.0 - set_survival(distance, capacity_bytes, ways);
   }
 
-  WrittenBack read_shared(const TileKey& key, double nbytes, long readers_now) {
+  WrittenBack read_shared(TileId key, double nbytes, long readers_now) {
     double extra = (shared_age_weight - 1.0) * nbytes * copied_across(key, readers_now);
     if (extra <= 0) return {};
     filled_bytes += extra;
@@ -209,20 +199,19 @@ struct L2Cache {
     return write_back_oldest();
   }
 
-  double copied_across(const TileKey& key, long more) {
-    auto p = parts.find(key);
-    if (p == parts.end()) {
-      long before = 0;
-      auto r = readers.find(key);
-      if (r != readers.end()) before = r->second;
+  double copied_across(TileId key, long more) {
+    TileState& t = tiles[key];
+    if (!t.has_parts) {
+      long before = t.has_readers ? t.readers : 0;
       long after = before + more;
-      readers[key] = after;
+      t.readers = after;
+      t.has_readers = true;
       return on_both_partitions(after) - on_both_partitions(before);
     }
-    std::vector<std::pair<double, long>> old = p->second, kept;
+    std::vector<std::pair<double, long>> old = t.parts, kept;
     for (auto [f, r] : old)
       if (r + more < ON_BOTH_SURELY) kept.push_back({f, r + more});
-    p->second = kept;
+    t.parts = kept;
     double sum = 0.0;
     bool first = true;
     for (auto [f, r] : old) {
@@ -233,92 +222,97 @@ struct L2Cache {
     return sum;
   }
 
-  void forget_readers(const TileKey& key, double lost = 1.0) {
+  void forget_readers(TileId key, double lost = 1.0) {
+    TileState& t = tiles[key];
     if (lost >= 1.0) {
-      readers.erase(key);
-      parts.erase(key);
+      t.has_readers = false;
+      t.has_parts = false;
+      t.parts.clear();
       return;
     }
     std::vector<std::pair<double, long>> current;
-    auto p = parts.find(key);
-    if (p == parts.end()) {
-      auto r = readers.find(key);
-      if (r == readers.end()) return;  // never read as shared
-      current = {{1.0, r->second}};
-      readers.erase(r);
+    if (!t.has_parts) {
+      if (!t.has_readers) return;  // never read as shared
+      current = {{1.0, t.readers}};
+      t.has_readers = false;
     } else {
-      current = p->second;
+      current = t.parts;
     }
     std::vector<std::pair<double, long>> next;
     for (auto [f, r] : current)
       if (r < ON_BOTH_SURELY) next.push_back({f * (1.0 - lost), r});
     next.push_back({lost, 0});
-    parts[key] = next;
+    t.parts = next;
+    t.has_parts = true;
   }
 
-  void start_fetch(const TileKey& key, EventRef event, EventRef transfer = {}) {
-    inflight[key] = event;
-    if (transfer) transfers[key] = transfer;
+  void start_fetch(TileId key, EventRef event, EventRef transfer = {}) {
+    tiles[key].inflight = event;
+    if (transfer) tiles[key].transfer = transfer;
   }
 
-  EventRef transfer_started(const TileKey& key) const {
-    auto it = transfers.find(key);
-    return it == transfers.end() ? EventRef() : it->second;
-  }
+  EventRef transfer_started(TileId key) const { return tiles[key].transfer; }
 
-  WrittenBack finish_fetch(const TileKey& key, double nbytes, int tensor, long members = 1) {
-    inflight.erase(key);
-    transfers.erase(key);
+  WrittenBack finish_fetch(TileId key, double nbytes, int tensor, long members = 1) {
+    TileState& t = tiles[key];
+    t.inflight = EventRef();
+    t.transfer = EventRef();
     double fetched = 1.0;
-    auto m = missing.find(key);
-    if (m != missing.end()) {
-      fetched = m->second;
-      missing.erase(m);
+    if (t.has_missing) {
+      fetched = t.missing;
+      t.has_missing = false;
     }
     WrittenBack written_back = insert(key, nbytes, tensor, false, members);
     filled_bytes -= (1.0 - fetched) * nbytes;
     return written_back;
   }
 
-  WrittenBack insert(const TileKey& key, double nbytes, int tensor, bool dirty, long members = 1) {
+  // lines[key] = a new entry (a present key keeps its place)
+  Entry& new_line(TileId key, double member_bytes, int tensor) {
+    if (!lines.contains(key)) lines.push_back(key);
+    Entry& entry = tiles[key].entry;
+    entry.reset(member_bytes, tensor);
+    return entry;
+  }
+
+  WrittenBack insert(TileId key, double nbytes, int tensor, bool dirty, long members = 1) {
     double member_bytes = nbytes / members;
-    EntryRef* found = lines.find(key);
-    if (found == nullptr) {
-      EntryRef entry = std::make_shared<Entry>(member_bytes, 0, tensor);
-      lines.set(key, entry);
-      return add_members(key, *entry, members, dirty);
+    if (!lines.contains(key)) {
+      Entry& entry = new_line(key, member_bytes, tensor);
+      return add_members(key, entry, members, dirty);
     }
-    EntryRef old = *found;
-    TileKey new_key = key;
-    new_key.rewrite = true;
-    EntryRef entry = std::make_shared<Entry>(member_bytes, 0, tensor);
-    lines.set(new_key, entry);
+    TileId new_key = rewrite_of(key);
+    Entry& old = tiles[key].entry;
+    Entry& entry = new_line(new_key, member_bytes, tensor);
     WrittenBack written_back;
     for (long k = 0; k < members; ++k) {
-      bool resident = old->members > 0 && k >= members - old->members;
-      if (resident) drop_oldest(key, *old);
-      extend(written_back, add_members(new_key, *entry, 1, dirty, !resident, &key));
+      bool resident = old.members > 0 && k >= members - old.members;
+      if (resident) drop_oldest(key, old);
+      extend(written_back, add_members(new_key, entry, 1, dirty, !resident, key));
     }
     lines.erase(key);
     dirty_keys.erase(key);
-    std::optional<EntryRef> moved = lines.pop(new_key);
-    lines.set(key, *moved);
+    // lines[key] = lines.pop(new_key)
+    lines.erase(new_key);
+    std::swap(tiles[key].entry, tiles[new_key].entry);
+    lines.push_back(key);
     if (dirty_keys.contains(new_key)) {
       dirty_keys.erase(new_key);
-      dirty_keys.set(key, 0);
+      dirty_keys.push_back(key);
     }
     return written_back;
   }
 
-  WrittenBack add_members(const TileKey& key, Entry& entry, long count, bool dirty, bool brought_in = true,
-                          const TileKey* tiles_of = nullptr) {
+  // `tiles_of`: the tile the members are to the recency tree, when not `key` (while a rewrite builds the entry)
+  WrittenBack add_members(TileId key, Entry& entry, long count, bool dirty, bool brought_in = true,
+                          TileId tiles_of = NO_TILE) {
     entry.members += count;
     used_bytes += count * entry.member_bytes;
     if (brought_in) filled_bytes += count * entry.member_bytes;
     if (dirty) {
       for (long i = 0; i < count; ++i) entry.stamps.push_back(0);
       dirty_bytes += count * entry.member_bytes;
-      dirty_keys.set(key, 0);
+      if (!dirty_keys.contains(key)) dirty_keys.push_back(key);  // _dirty[key] = None: a present key keeps its place
     }
     touch(key, entry, count, tiles_of);
     WrittenBack out = evict();
@@ -327,19 +321,19 @@ struct L2Cache {
   }
 
   // `newest` < 0: every member.
-  void touch(const TileKey& key, Entry& entry, long newest = -1, const TileKey* tiles_of = nullptr) {
+  void touch(TileId key, Entry& entry, long newest = -1, TileId tiles_of = NO_TILE) {
     long members = newest < 0 ? entry.members : newest;
     long start = entry.first + entry.members - members;
-    const TileKey& tiles = tiles_of == nullptr ? key : *tiles_of;
+    TileId tiles_id = tiles_of == NO_TILE ? key : tiles_of;
     double nbytes = entry.member_bytes;
     if (entry.stamps.empty()) {
       int64_t watched = ways == 0 ? newest_stamp : -1;
-      for (long member = start; member < start + members; ++member) recency.touch(member_key(tiles, member), nbytes, watched);
+      for (long member = start; member < start + members; ++member) recency.touch(tiles_id, member, nbytes, watched);
       return;
     }
     long dirty_from = entry.first + entry.members - (long)entry.stamps.size();
     for (long member = start; member < start + members; ++member) {
-      int64_t seq = recency.touch(member_key(tiles, member), nbytes);
+      int64_t seq = recency.touch(tiles_id, member, nbytes);
       if (member >= dirty_from) {
         entry.stamps[member - dirty_from] = seq;
         newest_stamp = seq;
@@ -348,7 +342,7 @@ struct L2Cache {
     dirty_keys.move_to_end(key);
   }
 
-  void drop_oldest(const TileKey& key, Entry& entry) {
+  void drop_oldest(TileId key, Entry& entry) {
     if (entry.dirty() == entry.members) {
       entry.stamps.pop_front();
       dirty_bytes -= entry.member_bytes;
@@ -363,25 +357,24 @@ struct L2Cache {
   WrittenBack evict() {
     WrittenBack written_back;
     while (used_bytes > capacity_bytes) {
-      auto& front = lines.front();
-      TileKey key = front.first;
-      EntryRef entry = front.second;
-      long count = std::min(entry->members - (long)(lines.size() == 1),
-                            members_covering(used_bytes - capacity_bytes, entry->member_bytes));
+      TileId key = lines.front();
+      Entry& entry = tiles[key].entry;
+      long count = std::min(entry.members - (long)(lines.size() == 1),
+                            members_covering(used_bytes - capacity_bytes, entry.member_bytes));
       if (count <= 0) break;
-      if (!entry->stamps.empty()) {
-        long dirty = std::max(0L, count - (entry->members - (long)entry->stamps.size()));
+      if (!entry.stamps.empty()) {
+        long dirty = std::max(0L, count - (entry.members - (long)entry.stamps.size()));
         if (dirty) {
-          written_back.push_back({entry->tensor, dirty * entry->member_bytes});
-          dirty_bytes -= dirty * entry->member_bytes;
-          entry->stamps.erase(entry->stamps.begin(), entry->stamps.begin() + dirty);
+          written_back.push_back({entry.tensor, dirty * entry.member_bytes});
+          dirty_bytes -= dirty * entry.member_bytes;
+          entry.stamps.erase_front(dirty);
         }
-        if (entry->stamps.empty()) dirty_keys.erase(key);
+        if (entry.stamps.empty()) dirty_keys.erase(key);
       }
-      used_bytes -= count * entry->member_bytes;
-      entry->members -= count;
-      entry->first += count;
-      if (!entry->members) {
+      used_bytes -= count * entry.member_bytes;
+      entry.members -= count;
+      entry.first += count;
+      if (!entry.members) {
         lines.erase(key);
         forget_readers(key);
       }
@@ -392,22 +385,22 @@ struct L2Cache {
   WrittenBack write_back_oldest() {
     WrittenBack written_back;
     while (!dirty_keys.empty()) {
-      TileKey key = dirty_keys.front().first;
-      EntryRef entry = *lines.find(key);
+      TileId key = dirty_keys.front();
+      Entry& entry = tiles[key].entry;  // (a dirty key is in _lines)
       long count = 0;
       if (dirty_lifetime_bytes >= 0) {
-        while (count < (long)entry->stamps.size() && recency.since(entry->stamps[count]) > dirty_lifetime_bytes) count += 1;
+        while (count < (long)entry.stamps.size() && recency.since(entry.stamps[count]) > dirty_lifetime_bytes) count += 1;
       }
       if (dirty_limit_bytes >= 0 && dirty_bytes > dirty_limit_bytes) {
         long keep = dirty_keys.size() == 1 ? 1 : 0;
-        long over = members_covering(dirty_bytes - dirty_limit_bytes, entry->member_bytes);
-        count = std::max(count, std::min(entry->dirty() - keep, over));
+        long over = members_covering(dirty_bytes - dirty_limit_bytes, entry.member_bytes);
+        count = std::max(count, std::min(entry.dirty() - keep, over));
       }
       if (count <= 0) break;
-      written_back.push_back({entry->tensor, count * entry->member_bytes});
-      dirty_bytes -= count * entry->member_bytes;
-      entry->stamps.erase(entry->stamps.begin(), entry->stamps.begin() + count);
-      if (entry->dirty()) break;
+      written_back.push_back({entry.tensor, count * entry.member_bytes});
+      dirty_bytes -= count * entry.member_bytes;
+      entry.stamps.erase_front(count);
+      if (entry.dirty()) break;
       dirty_keys.erase(key);
     }
     return written_back;
@@ -416,8 +409,8 @@ struct L2Cache {
   // tensor -> bytes dirty now, in the order l2cache.py's dict would hold them
   std::vector<std::pair<int, double>> dirty_by_tensor() {
     std::vector<std::pair<int, double>> out;
-    for (auto& item : dirty_keys) {
-      Entry& entry = **lines.find(item.first);
+    for (TileId key = dirty_keys.front(); key != NO_TILE; key = dirty_keys.next(key)) {
+      const Entry& entry = tiles[key].entry;
       bool found = false;
       for (auto& [t, v] : out) {
         if (t == entry.tensor) {
@@ -432,15 +425,17 @@ struct L2Cache {
 
   WrittenBack flush() {
     WrittenBack dirty;
-    for (auto& item : lines)
-      if (item.second->dirty()) dirty.push_back({item.second->tensor, item.second->dirty() * item.second->member_bytes});
+    for (TileId key = lines.front(); key != NO_TILE; key = lines.next(key)) {
+      const Entry& entry = tiles[key].entry;
+      if (entry.dirty()) dirty.push_back({entry.tensor, entry.dirty() * entry.member_bytes});
+    }
     lines.clear();
     dirty_keys.clear();
-    inflight.clear();
-    transfers.clear();
-    missing.clear();
-    readers.clear();
-    parts.clear();
+    for (TileState& t : tiles) {  // _inflight, _transfers, _missing, _readers, _parts cleared
+      TileId rewrite = t.rewrite;
+      t = TileState();
+      t.rewrite = rewrite;
+    }
     recency.reset();
     newest_stamp = 0;
     used_bytes = 0.0;

@@ -1,59 +1,88 @@
 // memsim/engine/recency.py in the compiled engine: bytes of distinct tiles touched since a given touch (a Fenwick
-// tree over touch sequence numbers). Line for line the reference, with the same float sums in the same order.
+// tree over touch sequence numbers). Line for line the reference, with the same float sums in the same order; tiles
+// by id (tiles.hpp).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <optional>
-#include <unordered_map>
 #include <vector>
+
+#include "tiles.hpp"
 
 namespace memsim_core {
 
-// A tile's name in L2 (memsim/engine/cta.py _key): a shared tile (tensor, region, index), a cohort's private tile
-// (tensor, ("cta", first pid), index), a spill slot ("spill", slot, index); `rewrite` marks l2cache.py's
-// ("rewrite of", key) while an entry is rebuilt.
-struct TileKey {
-  int32_t tensor = 0;
-  int32_t kind = 0;  // SHARED, PRIVATE, SPILL
-  int64_t region = 0;
-  int64_t index = 0;
-  bool rewrite = false;
-  bool operator==(const TileKey& o) const {
-    return tensor == o.tensor && kind == o.kind && region == o.region && index == o.index && rewrite == o.rewrite;
+// One member of an entry: member 0 of a tile is the tile itself (l2cache.py's (key, member) beyond it).
+// Members beyond 0 by (tile id, member) packed into one word, in an open-addressing table that never forgets until
+// reset (recency.py's _last is only ever cleared whole).
+class MemberTouches {
+ public:
+  struct Last {
+    int64_t seq = 0;  // 0: never touched (sequence numbers start at 1)
+    double nbytes = 0.0;
+  };
+  Last* find(TileId tile, int64_t member) {
+    if (member == 0) return tile < (TileId)first_.size() && first_[tile].seq ? &first_[tile] : nullptr;
+    if (slots_.empty()) return nullptr;
+    uint64_t key = pack(tile, member);
+    size_t mask = slots_.size() - 1;
+    for (size_t i = spread(key) & mask;; i = (i + 1) & mask) {
+      if (slots_[i].key == key) return &slots_[i].last;
+      if (slots_[i].key == 0) return nullptr;
+    }
   }
-};
-constexpr int32_t SHARED = 0, PRIVATE = 1, SPILL = 2;
-
-inline size_t mix(size_t h, uint64_t v) { return h ^ (v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2)); }
-struct TileKeyHash {
-  size_t operator()(const TileKey& k) const {
-    size_t h = mix(0, (uint64_t)k.tensor);
-    h = mix(h, (uint64_t)k.kind * 2 + k.rewrite);
-    h = mix(h, (uint64_t)k.region);
-    return mix(h, (uint64_t)k.index);
+  // the member's record, made (never touched) if new
+  Last& at(TileId tile, int64_t member) {
+    if (member == 0) {
+      if (tile >= (TileId)first_.size()) first_.resize(std::max<size_t>(2 * first_.size(), tile + 1024));
+      return first_[tile];
+    }
+    if (2 * (used_ + 1) > slots_.size()) grow();
+    uint64_t key = pack(tile, member);
+    size_t mask = slots_.size() - 1;
+    for (size_t i = spread(key) & mask;; i = (i + 1) & mask) {
+      if (slots_[i].key == key) return slots_[i].last;
+      if (slots_[i].key == 0) {
+        slots_[i].key = key;
+        ++used_;
+        return slots_[i].last;
+      }
+    }
   }
-};
+  void clear() {
+    std::fill(first_.begin(), first_.end(), Last{});
+    std::fill(slots_.begin(), slots_.end(), Slot{});
+    used_ = 0;
+  }
 
-// One member of an entry: tile (key, member), member 0 being the key itself.
-struct MemberKey {
-  TileKey tile;
-  int64_t member = 0;
-  bool operator==(const MemberKey& o) const { return tile == o.tile && member == o.member; }
-};
-struct MemberKeyHash {
-  size_t operator()(const MemberKey& k) const { return mix(TileKeyHash()(k.tile), (uint64_t)k.member); }
+ private:
+  struct Slot {
+    uint64_t key = 0;  // 0: empty (a member beyond 0 never packs to 0)
+    Last last;
+  };
+  static uint64_t pack(TileId tile, int64_t member) { return (uint64_t)tile << 32 ^ (uint64_t)member; }
+  void grow() {
+    std::vector<Slot> old(slots_.size() < 1024 ? 1024 : 2 * slots_.size());
+    old.swap(slots_);
+    size_t mask = slots_.size() - 1;
+    for (const Slot& s : old) {
+      if (s.key == 0) continue;
+      size_t i = spread(s.key) & mask;
+      while (slots_[i].key != 0) i = (i + 1) & mask;
+      slots_[i] = s;
+    }
+  }
+  std::vector<Last> first_;
+  std::vector<Slot> slots_;
+  size_t used_ = 0;
 };
 
 struct Recency {
   Recency() { reset(); }
   std::vector<double> tree;
   int64_t size = 0;
-  struct Last {
-    int64_t seq;
-    double nbytes;
-  };
-  std::unordered_map<MemberKey, Last, MemberKeyHash> last;
+  using Last = MemberTouches::Last;
+  MemberTouches last;
   int64_t seq = 0;
   double total = 0.0;
 
@@ -66,20 +95,15 @@ struct Recency {
   }
 
   // `watched_from` < 0: None.
-  int64_t touch(const MemberKey& key, double nbytes, int64_t watched_from = -1) {
-    auto it = last.find(key);
-    if (it != last.end()) {
-      Last old = it->second;
+  int64_t touch(TileId tile, int64_t member, double nbytes, int64_t watched_from = -1) {
+    Last& old = last.at(tile, member);
+    if (old.seq) {
       if (watched_from >= 0 && old.seq > watched_from && old.nbytes == nbytes) return old.seq;
       add(old.seq, -old.nbytes);
     }
     seq += 1;
-    add(seq, nbytes);
-    if (it != last.end()) {
-      it->second = Last{seq, nbytes};
-    } else {
-      last.emplace(key, Last{seq, nbytes});
-    }
+    add(seq, nbytes);  // (the tree's growth leaves `old` where it is)
+    old = Last{seq, nbytes};
     return seq;
   }
 
@@ -89,10 +113,10 @@ struct Recency {
     return seq;
   }
 
-  std::optional<int64_t> last_touch(const MemberKey& key) const {
-    auto it = last.find(key);
-    if (it == last.end()) return std::nullopt;
-    return it->second.seq;
+  std::optional<int64_t> last_touch(TileId tile, int64_t member) {
+    Last* found = last.find(tile, member);
+    if (found == nullptr) return std::nullopt;
+    return found->seq;
   }
 
   double since(int64_t s) const {

@@ -235,8 +235,7 @@ struct SharedPipes {
     }
     if (delay_s == INF) return;
     uint64_t v = version;
-    EventRef timer = env->timeout(std::max(delay_s, 0.0));
-    timer->callbacks.push_back([this, v](Event*) { on_timer(v); });
+    env->timer(std::max(delay_s, 0.0), this, v);
   }
 
   void on_timer(uint64_t v) {

@@ -10,11 +10,11 @@
 // Processes are C++20 coroutines: `co_await event` is SimPy's `yield event`, `co_await task` is `yield from`.
 #pragma once
 
+#include <algorithm>
 #include <coroutine>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <queue>
 #include <utility>
 #include <vector>
 
@@ -79,7 +79,58 @@ class Ref {
 };
 
 struct Event;
-using Callback = std::function<void(Event*)>;
+
+// What an event calls when processed: the process waiting on it resumes (most callbacks), or anything else.
+struct Callback {
+  Callback() = default;
+  template <class F>
+  Callback(F f) : call(std::move(f)) {}  // NOLINT: from a lambda, as std::function
+  static Callback resuming(std::coroutine_handle<> h) {
+    Callback c;
+    c.resume = h;
+    return c;
+  }
+  void operator()(Event* e) const {
+    if (resume) {
+      resume.resume();
+    } else {
+      call(e);
+    }
+  }
+  std::coroutine_handle<> resume;
+  std::function<void(Event*)> call;
+};
+
+// An event's callbacks in the order registered: most events have one, held without a heap allocation.
+class Callbacks {
+ public:
+  void push_back(Callback cb) {
+    if (count_ == 0) {
+      first_ = std::move(cb);
+    } else {
+      rest_.push_back(std::move(cb));
+    }
+    ++count_;
+  }
+  bool empty() const { return count_ == 0; }
+  // Calls each in order (a callback may register more on other events, never on this one: it is processed).
+  void run(Event* e) const {
+    if (count_ == 0) return;
+    first_(e);
+    for (size_t i = 0; i < rest_.size(); ++i) rest_[i](e);
+  }
+  void clear() {
+    if (count_ == 0) return;
+    first_ = Callback();
+    rest_.clear();
+    count_ = 0;
+  }
+
+ private:
+  Callback first_;
+  std::vector<Callback> rest_;
+  size_t count_ = 0;
+};
 
 struct Event {
   explicit Event(Env* env) : env(env) {}
@@ -91,23 +142,26 @@ struct Event {
   bool triggered = false;  // SimPy: _value is not PENDING
   bool processed = false;  // SimPy: callbacks is None
   int64_t value = 0;       // what `co_await` hands back (a Store's item)
-  std::vector<Callback> callbacks;
+  Callbacks callbacks;
   Event* succeed(int64_t v = 0);
+  // Processing: its callbacks, in order; a timer (below) calls its unit instead.
+  virtual void fire() { callbacks.run(this); }
 };
 using EventRef = Ref<Event>;
 
 constexpr int URGENT = 0;
 constexpr int NORMAL = 1;
 
+// (time, priority, insertion number), the last two packed into one word: URGENT's numbers all come first.
 struct Scheduled {
   double time;
-  int priority;
-  uint64_t id;
+  uint64_t order;  // priority << 62 | insertion number
   EventRef event;
-  bool operator>(const Scheduled& o) const {
-    if (time != o.time) return time > o.time;
-    if (priority != o.priority) return priority > o.priority;
-    return id > o.id;
+};
+struct LaterScheduled {
+  bool operator()(const Scheduled& a, const Scheduled& b) const {
+    if (a.time != b.time) return a.time > b.time;
+    return a.order > b.order;
   }
 };
 
@@ -118,11 +172,12 @@ struct Env {
   ~Env() { clear(); }
   double now;
   uint64_t next_id = 0;
-  std::priority_queue<Scheduled, std::vector<Scheduled>, std::greater<Scheduled>> queue;
+  std::vector<Scheduled> queue;     // a binary heap, earliest on top
   std::vector<Ref<Process>> live;  // started and not ended: their frames are destroyed with the environment
 
   void schedule(Event* e, int priority = NORMAL, double delay = 0.0) {
-    queue.push(Scheduled{now + delay, priority, next_id++, EventRef(e)});
+    queue.push_back(Scheduled{now + delay, (uint64_t)priority << 62 | next_id++, EventRef(e)});
+    std::push_heap(queue.begin(), queue.end(), LaterScheduled());
   }
   EventRef event() { return EventRef(new Event(this)); }
   EventRef timeout(double delay) {
@@ -131,17 +186,20 @@ struct Env {
     schedule(e.get(), NORMAL, delay);
     return e;
   }
+  // A timeout that calls unit->on_timer(version) when processed (fluid.py and sharing.py's timers).
+  template <class Unit>
+  void timer(double delay, Unit* unit, uint64_t version);
   // Process the next event; false when none is left.
   bool step() {
     if (queue.empty()) return false;
-    Scheduled s = queue.top();
-    queue.pop();
+    std::pop_heap(queue.begin(), queue.end(), LaterScheduled());
+    Scheduled s = std::move(queue.back());
+    queue.pop_back();
     now = s.time;
     Event* e = s.event.get();
-    std::vector<Callback> callbacks = std::move(e->callbacks);
-    e->callbacks.clear();
     e->processed = true;
-    for (auto& cb : callbacks) cb(e);
+    e->fire();
+    e->callbacks.clear();
     return true;
   }
   void clear();
@@ -152,6 +210,20 @@ inline Event* Event::succeed(int64_t v) {
   value = v;
   env->schedule(this);
   return this;
+}
+
+template <class Unit>
+struct Timer : Event {
+  Timer(Env* env, Unit* unit, uint64_t version) : Event(env), unit(unit), version(version) {}
+  Unit* unit;
+  uint64_t version;
+  void fire() override { unit->on_timer(version); }
+};
+template <class Unit>
+void Env::timer(double delay, Unit* unit, uint64_t version) {
+  Event* e = new Timer<Unit>(this, unit, version);
+  e->triggered = true;
+  schedule(e, NORMAL, delay);
 }
 
 // ---- coroutines -----------------------------------------------------------------------------------------------
@@ -214,7 +286,7 @@ inline ProcessRef start(Env* env, Task t) {
   EventRef init(new Event(env));
   init->triggered = true;
   auto h = p->task.handle;
-  init->callbacks.push_back([h](Event*) { h.resume(); });
+  init->callbacks.push_back(Callback::resuming(h));
   env->schedule(init.get(), URGENT);
   return p;
 }
@@ -235,7 +307,7 @@ inline void Process::end() {
 
 inline void Env::clear() {
   // Suspended frames may hold events that hold callbacks into other frames: drop the queue first, then the frames.
-  while (!queue.empty()) queue.pop();
+  queue.clear();
   std::vector<Ref<Process>> alive = std::move(live);
   live.clear();
   for (auto& p : alive) {
@@ -251,7 +323,7 @@ inline void Env::clear() {
 struct Wait {
   EventRef event;
   bool await_ready() const { return event->processed; }
-  void await_suspend(std::coroutine_handle<> h) { event->callbacks.push_back([h](Event*) { h.resume(); }); }
+  void await_suspend(std::coroutine_handle<> h) { event->callbacks.push_back(Callback::resuming(h)); }
   int64_t await_resume() const { return event->value; }
 };
 inline Wait wait(EventRef e) { return Wait{std::move(e)}; }
