@@ -9,6 +9,8 @@ A kernel that spills registers (tiles.spill_bytes_per_cta, _per_iteration) store
 local-memory slots once at the start and again after each key block's matmuls.
 """
 
+from functools import cache
+
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
 from memsim.schedules.steps import CtaProgram, Launch, Load, Mma, Store, Stream, Vector, spill_steps, streamed_loop
@@ -51,25 +53,31 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
         kv = tuple(Stream(t, region, *walk, bn * d * kv_e, last, keys_in_last * d * kv_e) for t in ("K", "V"))
         streams = ((Stream("Q", None, 0, 0, q_tile.bytes),) if tiles.q_reload else ()) + kv
 
-        def body(masked: bool) -> tuple:
-            ops = online_softmax(bm * bn, bm * bn if masked else 0, rows, 0, d)
-            return (matmul, Vector(ops.cuda_ops - ops.exp_ops, ops.exp_ops), matmul, *spill_each)
-
         # Key blocks from edge_from on (in the query block's own order) are masked: walked first to last, the last
         # ones; last to first, the first ones.
         if descending:
-            runs = _runs(count - edge_from, count, body(True), body(False))
+            runs = _runs(count - edge_from, count, body(rows, True), body(rows, False))
         else:
-            runs = _runs(edge_from, count, body(False), body(True))
+            runs = _runs(edge_from, count, body(rows, False), body(rows, True))
 
-        final = online_softmax(0, 0, 0, rows, d)
         return CtaProgram(
             prologue=spill_once + (() if tiles.q_reload else (q_tile,)),
             loop=streamed_loop(count, streams, runs, overlap_vector=overlap),
-            epilogue=(Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
-                      Store("O", None, 0, rows * d * shape.out_element_bytes),
-                      *((Store("LSE", None, 0, rows * ACCUMULATOR_BYTES),) if tiles.lse_output else ())),
+            epilogue=epilogue(rows),
         )
+
+    # What depends on a query block's rows alone, made once per row count (a launch has one or two).
+    @cache
+    def body(rows: int, masked: bool) -> tuple:
+        ops = online_softmax(bm * bn, bm * bn if masked else 0, rows, 0, d)
+        return (matmul, Vector(ops.cuda_ops - ops.exp_ops, ops.exp_ops), matmul, *spill_each)
+
+    @cache
+    def epilogue(rows: int) -> tuple:
+        final = online_softmax(0, 0, 0, rows, d)
+        return (Vector(final.cuda_ops - final.exp_ops, final.exp_ops),
+                Store("O", None, 0, rows * d * shape.out_element_bytes),
+                *((Store("LSE", None, 0, rows * ACCUMULATOR_BYTES),) if tiles.lse_output else ()))
 
     def work_class(pid: int):
         q_block, batch, kv_head = locate(pid)

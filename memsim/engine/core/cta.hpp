@@ -71,7 +71,8 @@ struct Missed {
   double fraction;
 };
 
-inline Task load_tiles(Machine& m, std::vector<const Steps*> iterations, CohortRef cohort) {
+// Iterations a .. b of loads, iteration i's being steps[from[i] .. from[i + 1]) (the caller's, alive while it awaits).
+inline Task load_tiles(Machine& m, const Step* steps, const size_t* from, long a, long b, Cohort* cohort) {
   Env* env = m.env;
   L2Cache& l2 = m.l2;
   Counters& c = m.counters;
@@ -80,9 +81,10 @@ inline Task load_tiles(Machine& m, std::vector<const Steps*> iterations, CohortR
   double deliver = 0.0, shared_bytes = 0.0, private_bytes = 0.0;
   long miss_iterations = 0, hit_iterations = 0;
   const long weight = cohort->weight;
-  for (const Steps* loads : iterations) {
+  for (long i = a; i < b; ++i) {
     int outcome = 1;  // True; 0: None; -1: False
-    for (const Step& load : *loads) {
+    for (const Step* load_ = steps + from[i]; load_ != steps + from[i + 1]; ++load_) {
+      const Step& load = *load_;
       KeyOf k = tile_key(load, *cohort);
       TileId tile = l2.id(k.key);
       deliver += load.a;
@@ -167,7 +169,7 @@ inline Task fetch_line(Machine& m, TileId key, double nbytes, int tensor, long m
   fetched->succeed();
 }
 
-inline Task store_tile(Machine& m, Step step, CohortRef cohort) {
+inline Task store_tile(Machine& m, Step step, Cohort* cohort) {
   KeyOf k = tile_key(step, *cohort);
   TileId tile = m.l2.id(k.key);
   bool atomic = step.kind == ATOMIC;
@@ -190,7 +192,7 @@ inline void spill(Machine& m, const Step& step, const Cohort& cohort) {
 }
 
 // `steps` is the caller's, alive while it awaits this.
-inline Task compute(Machine& m, const std::vector<Step>* steps_, CohortRef cohort, long repeats, bool ping_pong,
+inline Task compute(Machine& m, const std::vector<Step>* steps_, Cohort* cohort, long repeats, bool ping_pong,
                     std::optional<Issue> issue) {
   const std::vector<Step>& steps = *steps_;
   Demands demand_s{};
@@ -235,7 +237,7 @@ inline Task compute(Machine& m, const std::vector<Step>* steps_, CohortRef cohor
 }
 
 // `steps` is the caller's, alive while it awaits this.
-inline Task run_steps(Machine& m, const std::vector<Step>* steps_, CohortRef cohort, long repeats = 1,
+inline Task run_steps(Machine& m, const std::vector<Step>* steps_, Cohort* cohort, long repeats = 1,
                       bool ping_pong = false, std::optional<Issue> issue = std::nullopt) {
   const std::vector<Step>& steps = *steps_;
   std::vector<Step> pending;
@@ -250,9 +252,8 @@ inline Task run_steps(Machine& m, const std::vector<Step>* steps_, CohortRef coh
       issue.reset();
     }
     if (step.kind == LOAD) {
-      Steps one(1, step);
-      std::vector<const Steps*> iterations(1, &one);
-      co_await load_tiles(m, iterations, cohort);
+      static const size_t one[2] = {0, 1};
+      co_await load_tiles(m, &step, one, 0, 1, cohort);
     } else if (step.kind == STORE || step.kind == ATOMIC) {
       co_await store_tile(m, step, cohort);
     } else {
@@ -344,13 +345,13 @@ inline std::vector<std::pair<long, long>> spans(long iterations, long batch) {
   return out;
 }
 
-inline Task overlapped_vectors(Machine& m, std::vector<Step> vectors, CohortRef cohort, ProcessRef previous, long repeats) {
+inline Task overlapped_vectors(Machine& m, std::vector<Step> vectors, Cohort* cohort, ProcessRef previous, long repeats) {
   if (previous) co_await wait(previous);
   co_await run_steps(m, &vectors, cohort, repeats, true);
 }
 
 // cta.py _overlapped: this iteration's matmuls, then its softmax as a process of its own after the previous one's.
-inline Task overlapped(Machine& m, const std::vector<Step>* steps, CohortRef cohort, ProcessRef previous, long repeats,
+inline Task overlapped(Machine& m, const std::vector<Step>* steps, Cohort* cohort, ProcessRef previous, long repeats,
                        std::optional<Issue> issue, ProcessRef* out) {
   std::vector<Step> matmuls, vectors;
   for (const Step& s : *steps) (s.kind == VECTOR ? vectors : matmuls).push_back(s);
@@ -358,13 +359,12 @@ inline Task overlapped(Machine& m, const std::vector<Step>* steps, CohortRef coh
   *out = start(m.env, overlapped_vectors(m, vectors, cohort, previous, repeats));
 }
 
-inline Task fetch_span(Machine& m, CohortRef cohort, long a, long b) {
-  std::vector<const Steps*> iterations;
-  for (long i = a; i < b; ++i) iterations.push_back(&cohort->program->loads[i]);
-  co_await load_tiles(m, iterations, cohort);
+inline Task fetch_span(Machine& m, Cohort* cohort, long a, long b) {
+  const Program& p = *cohort->program;
+  co_await load_tiles(m, p.load_steps.data(), p.load_from.data(), a, b, cohort);
 }
 
-inline Task run_loop(Machine& m, CohortRef cohort, long stages, long batch, std::optional<Issue> issue) {
+inline Task run_loop(Machine& m, Cohort* cohort, long stages, long batch, std::optional<Issue> issue) {
   const Program& loop = *cohort->program;
   auto spans_ = spans(loop.iterations, batch);
   std::vector<ProcessRef> fetches;
@@ -397,7 +397,7 @@ inline Task run_loop(Machine& m, CohortRef cohort, long stages, long batch, std:
   if (vector_chain) co_await wait(vector_chain);
 }
 
-inline Task run_cohort(Machine& m, CohortRef cohort, long stages, long batch, std::optional<Issue> issue) {
+inline Task run_cohort(Machine& m, Cohort* cohort, long stages, long batch, std::optional<Issue> issue) {
   cohort->start_s = m.env->now;
   const Program& p = *cohort->program;
   co_await run_steps(m, &p.prologue, cohort);

@@ -51,7 +51,7 @@ inline std::vector<int> breadth_first(const std::vector<int>& free_slots, const 
   return out;
 }
 
-inline Task finish_cohort(Machine& m, CohortRef cohort, ProcessRef process, Store* free, LaunchHooks* hooks) {
+inline Task finish_cohort(Machine& m, Cohort* cohort, ProcessRef process, Store* free, LaunchHooks* hooks) {
   co_await wait(process);
   m.sm_groups.leave(cohort->group, cohort->weight);
   hooks->finished(cohort->weight);
@@ -105,9 +105,9 @@ inline Task run_launch(Machine& m, const LaunchSpec& launch, LaunchHooks* hooks,
         for (int i : indices) cohort->slots.push_back(member_slots[i]);
         cohort->group = group;
         cohort->program = hooks->program(cohort->first_pid);
-        ProcessRef process = start(env, run_cohort(m, cohort, launch.num_stages, launch.batch, launch.issue));
+        ProcessRef process = start(env, run_cohort(m, cohort.get(), launch.num_stages, launch.batch, launch.issue));
         cohorts_out->push_back(cohort);
-        running.push_back(start(env, finish_cohort(m, cohort, process, &free, hooks)));
+        running.push_back(start(env, finish_cohort(m, cohort.get(), process, &free, hooks)));
       }
     }
   }

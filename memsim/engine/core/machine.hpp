@@ -36,9 +36,10 @@ struct Program {
   Steps prologue, epilogue;
   bool has_loop = false;
   long iterations = 0;
-  std::vector<Steps> loads;    // per iteration
-  std::vector<Steps> bodies;   // the loop's distinct compute steps
-  std::vector<int> body_of;    // per iteration: its compute steps, in bodies
+  Steps load_steps;               // every iteration's loads, one after another
+  std::vector<size_t> load_from;  // iteration i's: load_steps[load_from[i] .. load_from[i + 1])
+  std::vector<Steps> bodies;      // the loop's distinct compute steps
+  std::vector<int> body_of;       // per iteration: its compute steps, in bodies
   bool overlap_vector = false;
   const Steps& compute(long i) const { return bodies[body_of[i]]; }
 };

@@ -178,17 +178,18 @@ struct Decoder {
       edge.push_back(e.p != Py_None ? integer(e.p) : 0);
       edge_bytes.push_back(number_attr(s, edge_bytes_));
     }
-    p.loads.resize(p.iterations);
+    p.load_steps.reserve(p.iterations * n);
+    p.load_from.reserve(p.iterations + 1);
     for (long i = 0; i < p.iterations; ++i) {
-      Steps& loads = p.loads[i];
-      loads.reserve(n);
+      p.load_from.push_back(p.load_steps.size());
       for (Py_ssize_t k = 0; k < n; ++k) {
         Step st = base[k];
         st.index = base[k].index + stride[k] * i;
         if (has_edge[k] && st.index == edge[k]) st.a = edge_bytes[k];
-        loads.push_back(st);
+        p.load_steps.push_back(st);
       }
     }
+    p.load_from.push_back(p.load_steps.size());
     Obj runs = attr(loop, runs_);
     Obj fast_runs(PySequence_Fast(runs.p, "runs must be a sequence"));
     Py_ssize_t r = PySequence_Fast_GET_SIZE(fast_runs.get());
@@ -209,14 +210,17 @@ struct Decoder {
 
   void called(PyObject* loop, Program& p) {
     Obj loads = attr(loop, loads_), compute = attr(loop, compute_);
-    p.loads.reserve(p.iterations);
+    p.load_from.reserve(p.iterations + 1);
     for (long i = 0; i < p.iterations; ++i) {
       Obj l(PyObject_CallFunction(loads.p, "l", i));
-      p.loads.push_back(steps(l.get()));
+      p.load_from.push_back(p.load_steps.size());
+      Steps these = steps(l.get());
+      p.load_steps.insert(p.load_steps.end(), these.begin(), these.end());
       Obj c(PyObject_CallFunction(compute.p, "l", i));
       p.bodies.push_back(steps(c.get()));
       p.body_of.push_back((int)i);
     }
+    p.load_from.push_back(p.load_steps.size());
   }
 
   ProgramRef program(PyObject* cta) {
