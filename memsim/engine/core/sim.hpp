@@ -165,6 +165,28 @@ struct LaterScheduled {
   }
 };
 
+// Events due at the present instant, in the order scheduled (their insertion numbers rise): a first-in first-out
+// queue, emptied before time moves on.
+class NowQueue {
+ public:
+  bool empty() const { return head_ == items_.size(); }
+  const Scheduled& front() const { return items_[head_]; }
+  void push(Scheduled s) { items_.push_back(std::move(s)); }
+  Scheduled pop() {
+    Scheduled s = std::move(items_[head_++]);
+    if (head_ == items_.size()) clear();
+    return s;
+  }
+  void clear() {
+    items_.clear();
+    head_ = 0;
+  }
+
+ private:
+  std::vector<Scheduled> items_;
+  size_t head_ = 0;
+};
+
 struct Process;
 
 struct Env {
@@ -172,11 +194,20 @@ struct Env {
   ~Env() { clear(); }
   double now;
   uint64_t next_id = 0;
-  std::vector<Scheduled> queue;     // a binary heap, earliest on top
+  // SimPy's one heap, kept as three: what is due now (most events: succeed() schedules now), URGENT and NORMAL
+  // apart, each already in order; and the rest in a binary heap, earliest on top. step() takes the earliest of
+  // the three heads, which is the top of SimPy's heap.
+  NowQueue now_urgent, now_normal;
+  std::vector<Scheduled> queue;
   std::vector<Ref<Process>> live;  // started and not ended: their frames are destroyed with the environment
 
   void schedule(Event* e, int priority = NORMAL, double delay = 0.0) {
-    queue.push_back(Scheduled{now + delay, (uint64_t)priority << 62 | next_id++, EventRef(e)});
+    Scheduled s{now + delay, (uint64_t)priority << 62 | next_id++, EventRef(e)};
+    if (s.time == now) {
+      (priority == URGENT ? now_urgent : now_normal).push(std::move(s));
+      return;
+    }
+    queue.push_back(std::move(s));
     std::push_heap(queue.begin(), queue.end(), LaterScheduled());
   }
   EventRef event() { return EventRef(new Event(this)); }
@@ -191,10 +222,8 @@ struct Env {
   void timer(double delay, Unit* unit, uint64_t version);
   // Process the next event; false when none is left.
   bool step() {
-    if (queue.empty()) return false;
-    std::pop_heap(queue.begin(), queue.end(), LaterScheduled());
-    Scheduled s = std::move(queue.back());
-    queue.pop_back();
+    Scheduled s = next();
+    if (!s.event) return false;
     now = s.time;
     Event* e = s.event.get();
     e->processed = true;
@@ -203,6 +232,29 @@ struct Env {
     return true;
   }
   void clear();
+
+ private:
+  Scheduled next() {
+    LaterScheduled later;
+    // the earliest head: heap top, then what is due now (ties impossible: insertion numbers differ)
+    int from = queue.empty() ? -1 : 0;
+    const Scheduled* best = queue.empty() ? nullptr : &queue.front();
+    if (!now_urgent.empty() && (!best || later(*best, now_urgent.front()))) {
+      best = &now_urgent.front();
+      from = 1;
+    }
+    if (!now_normal.empty() && (!best || later(*best, now_normal.front()))) {
+      best = &now_normal.front();
+      from = 2;
+    }
+    if (from == 1) return now_urgent.pop();
+    if (from == 2) return now_normal.pop();
+    if (from < 0) return Scheduled{0.0, 0, EventRef()};
+    std::pop_heap(queue.begin(), queue.end(), later);
+    Scheduled s = std::move(queue.back());
+    queue.pop_back();
+    return s;
+  }
 };
 
 inline Event* Event::succeed(int64_t v) {
@@ -308,6 +360,8 @@ inline void Process::end() {
 inline void Env::clear() {
   // Suspended frames may hold events that hold callbacks into other frames: drop the queue first, then the frames.
   queue.clear();
+  now_urgent.clear();
+  now_normal.clear();
   std::vector<Ref<Process>> alive = std::move(live);
   live.clear();
   for (auto& p : alive) {
