@@ -71,8 +71,22 @@ struct Missed {
   double fraction;
 };
 
-// Iterations a .. b of loads, iteration i's being steps[from[i] .. from[i + 1]) (the caller's, alive while it awaits).
-inline Task load_tiles(Machine& m, const Step* steps, const size_t* from, long a, long b, Cohort* cohort) {
+// What load_tiles loads: iterations of a program's loop, or one load step (the caller's, alive while it awaits).
+struct LoadSource {
+  const Program* program = nullptr;
+  const Step* single = nullptr;
+  template <class F>
+  void each_load(long i, F&& f) const {
+    if (single) {
+      f(*single);
+    } else {
+      program->each_load(i, f);
+    }
+  }
+};
+
+// Iterations a .. b of `source`.
+inline Task load_tiles(Machine& m, LoadSource source, long a, long b, Cohort* cohort) {
   Env* env = m.env;
   L2Cache& l2 = m.l2;
   Counters& c = m.counters;
@@ -83,15 +97,14 @@ inline Task load_tiles(Machine& m, const Step* steps, const size_t* from, long a
   const long weight = cohort->weight;
   for (long i = a; i < b; ++i) {
     int outcome = 1;  // True; 0: None; -1: False
-    for (const Step* load_ = steps + from[i]; load_ != steps + from[i + 1]; ++load_) {
-      const Step& load = *load_;
+    source.each_load(i, [&](const Step& load) {
       KeyOf k = tile_key(load, *cohort);
       TileId tile = l2.id(k.key);
       deliver += load.a;
       c.l2_read.add(load.tensor, load.a * weight);
       bool named_before = false;
       for (const Missed& miss : missed) named_before = named_before || miss.key == tile;
-      if (named_before) continue;
+      if (named_before) return;
       if (load.region >= 0 && l2.shared_age_weight != 1.0) m.write_back(l2.read_shared(tile, k.nbytes, weight));
       Lookup found = l2.lookup(tile);
       if (found.found == Found::Miss) {
@@ -109,7 +122,7 @@ inline Task load_tiles(Machine& m, const Step* steps, const size_t* from, long a
         if (started && !started->triggered) streaming.push_back(started);
         if (outcome == 1) outcome = 0;
       }
-    }
+    });
     if (outcome == -1) {
       miss_iterations += 1;
     } else if (outcome == 1) {
@@ -252,8 +265,7 @@ inline Task run_steps(Machine& m, const std::vector<Step>* steps_, Cohort* cohor
       issue.reset();
     }
     if (step.kind == LOAD) {
-      static const size_t one[2] = {0, 1};
-      co_await load_tiles(m, &step, one, 0, 1, cohort);
+      co_await load_tiles(m, LoadSource{nullptr, &step}, 0, 1, cohort);
     } else if (step.kind == STORE || step.kind == ATOMIC) {
       co_await store_tile(m, step, cohort);
     } else {
@@ -360,8 +372,7 @@ inline Task overlapped(Machine& m, const std::vector<Step>* steps, Cohort* cohor
 }
 
 inline Task fetch_span(Machine& m, Cohort* cohort, long a, long b) {
-  const Program& p = *cohort->program;
-  co_await load_tiles(m, p.load_steps.data(), p.load_from.data(), a, b, cohort);
+  co_await load_tiles(m, LoadSource{cohort->program.get(), nullptr}, a, b, cohort);
 }
 
 inline Task run_loop(Machine& m, Cohort* cohort, long stages, long batch, std::optional<Issue> issue) {

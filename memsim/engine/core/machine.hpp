@@ -32,16 +32,42 @@ struct Step {
 };
 using Steps = std::vector<Step>;
 
+// steps.Stream: iteration i loads tile first + stride * i (`base` with that index), edge_bytes long at the edge tile.
+struct Stream {
+  Step base;
+  int64_t stride = 0;
+  bool has_edge = false;
+  int64_t edge = 0;
+  double edge_bytes = 0.0;
+  Step load(long i) const {
+    Step st = base;
+    st.index = base.index + stride * i;
+    if (has_edge && st.index == edge) st.a = edge_bytes;
+    return st;
+  }
+};
+
 struct Program {
   Steps prologue, epilogue;
   bool has_loop = false;
   long iterations = 0;
-  Steps load_steps;               // every iteration's loads, one after another
-  std::vector<size_t> load_from;  // iteration i's: load_steps[load_from[i] .. load_from[i + 1])
+  bool streamed = false;          // its loads are streams (steps.streamed_loop), made as they are read
+  std::vector<Stream> streams;    // streamed: iteration i loads streams[k].load(i), k in order
+  Steps load_steps;               // otherwise every iteration's loads, one after another,
+  std::vector<size_t> load_from;  // iteration i's being load_steps[load_from[i] .. load_from[i + 1])
   std::vector<Steps> bodies;      // the loop's distinct compute steps
   std::vector<int> body_of;       // per iteration: its compute steps, in bodies
   bool overlap_vector = false;
   const Steps& compute(long i) const { return bodies[body_of[i]]; }
+  // f(load) for each of iteration i's loads, in order
+  template <class F>
+  void each_load(long i, F&& f) const {
+    if (streamed) {
+      for (const Stream& s : streams) f(s.load(i));
+      return;
+    }
+    for (size_t k = load_from[i]; k < load_from[i + 1]; ++k) f(load_steps[k]);
+  }
 };
 using ProgramRef = std::shared_ptr<const Program>;
 

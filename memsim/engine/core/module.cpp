@@ -155,41 +155,26 @@ struct Decoder {
     return out;
   }
 
-  // steps.Stream.load, for every iteration
+  // steps.Stream, as data: the engine makes each iteration's loads as it reads them
   void streamed(PyObject* loop, PyObject* streams, Program& p) {
     Obj fast(PySequence_Fast(streams, "streams must be a sequence"));
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
-    std::vector<Step> base;
-    std::vector<int64_t> stride, edge;
-    std::vector<char> has_edge;
-    std::vector<double> edge_bytes;
+    p.streamed = true;
     for (Py_ssize_t k = 0; k < n; ++k) {
       PyObject* s = PySequence_Fast_GET_ITEM(fast.p, k);
-      Step st;
-      st.kind = LOAD;
-      st.tensor = intern(tensors, attr(s, tensor_).p);
-      st.region = region(s);
-      st.index = integer_attr(s, first_);
-      st.a = number_attr(s, bytes_);
-      base.push_back(st);
-      stride.push_back(integer_attr(s, stride_));
+      Stream st;
+      st.base.kind = LOAD;
+      st.base.tensor = intern(tensors, attr(s, tensor_).p);
+      st.base.region = region(s);
+      st.base.index = integer_attr(s, first_);
+      st.base.a = number_attr(s, bytes_);
+      st.stride = integer_attr(s, stride_);
       Obj e = attr(s, edge_);
-      has_edge.push_back(e.p != Py_None);
-      edge.push_back(e.p != Py_None ? integer(e.p) : 0);
-      edge_bytes.push_back(number_attr(s, edge_bytes_));
+      st.has_edge = e.p != Py_None;
+      st.edge = st.has_edge ? integer(e.p) : 0;
+      st.edge_bytes = number_attr(s, edge_bytes_);
+      p.streams.push_back(st);
     }
-    p.load_steps.reserve(p.iterations * n);
-    p.load_from.reserve(p.iterations + 1);
-    for (long i = 0; i < p.iterations; ++i) {
-      p.load_from.push_back(p.load_steps.size());
-      for (Py_ssize_t k = 0; k < n; ++k) {
-        Step st = base[k];
-        st.index = base[k].index + stride[k] * i;
-        if (has_edge[k] && st.index == edge[k]) st.a = edge_bytes[k];
-        p.load_steps.push_back(st);
-      }
-    }
-    p.load_from.push_back(p.load_steps.size());
     Obj runs = attr(loop, runs_);
     Obj fast_runs(PySequence_Fast(runs.p, "runs must be a sequence"));
     Py_ssize_t r = PySequence_Fast_GET_SIZE(fast_runs.get());
