@@ -9,7 +9,7 @@ A kernel that spills registers (tiles.spill_bytes_per_cta, _per_iteration) store
 local-memory slots once at the start and again after each key block's matmuls.
 """
 
-from functools import cache
+from functools import cache, lru_cache
 
 from memsim.algorithms.softmax import online_softmax
 from memsim.algorithms.tiling import q_block_tiles
@@ -19,6 +19,9 @@ from memsim.workload.shape import AttentionShape
 from memsim.workload.tiles import TileConfig
 from memsim.algorithms.flash2 import smem_buffers
 from memsim.algorithms.base import registers_estimate
+
+
+PROGRAMS_KEPT = 4096  # programs a launch keeps made at once (memory stays bounded on the longest grids)
 
 
 def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", overlap: bool = False) -> Launch:
@@ -38,7 +41,12 @@ def forward(shape: AttentionShape, tiles: TileConfig, name: str = "flash2_fwd", 
         return q_block, batch, head // shape.group_size
 
     def program(pid: int) -> CtaProgram:
-        q_block, batch, kv_head = locate(pid)
+        return same_work(*locate(pid))
+
+    # The q heads of one kv head run the same program (their Q and O are each CTA's own): made once while its
+    # CTAs are dispatched, t_r apart.
+    @lru_cache(maxsize=PROGRAMS_KEPT)
+    def same_work(q_block: int, batch: int, kv_head: int) -> CtaProgram:
         rows = int(blocks.rows[q_block])
         first, count = int(blocks.first_tile[q_block]), int(blocks.tiles[q_block])
         edge_from = count - int(blocks.edge_tiles[q_block])

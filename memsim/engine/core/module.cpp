@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "dispatch.hpp"
@@ -294,10 +295,25 @@ struct PyHooks : LaunchHooks {
     return result;
   }
   Decoder decoder;
+  // Programs read lately, by their Python object (a schedule may hand the same object to several CTAs); each
+  // object held, so that its address names it.
+  static constexpr size_t PROGRAMS_KEPT = 4096;
+  std::unordered_map<PyObject*, std::pair<PyObject*, ProgramRef>> read;
+  ~PyHooks() { forget(); }
+  void forget() {
+    for (auto& [_, held] : read) Py_DECREF(held.first);
+    read.clear();
+  }
   ProgramRef program(int64_t pid) override {
     Obj args(Py_BuildValue("(L)", (long long)pid));
     Obj cta = call("program", args.get());
-    return decoder.program(cta.p);
+    auto found = read.find(cta.p);
+    if (found != read.end()) return found->second.second;
+    ProgramRef p = decoder.program(cta.p);
+    if (read.size() >= PROGRAMS_KEPT) forget();
+    Py_INCREF(cta.p);
+    read.emplace(cta.p, std::make_pair(cta.p, p));
+    return p;
   }
   long limit() override {
     if (!watches_dispatch) return grid;
