@@ -53,13 +53,9 @@ inline EventRef both(Env* env, EventRef a, EventRef b) {  // cta.py _both
   if (a->triggered) return b;
   if (b->triggered) return a;
   EventRef out = env->event();
-  auto waiting = std::make_shared<int>(2);
-  auto one_done = [out, waiting](Event*) {
-    *waiting -= 1;
-    if (!*waiting) out->succeed();
-  };
-  a->callbacks.push_back(one_done);
-  b->callbacks.push_back(one_done);
+  out->value = 2;
+  a->callbacks.push_back(Callback::counting_down(out.get()));
+  b->callbacks.push_back(Callback::counting_down(out.get()));
   return out;
 }
 
@@ -390,17 +386,25 @@ inline Task run_loop(Machine& m, Cohort* cohort, long stages, long batch, std::o
     } else {
       co_await wait(fetches[j]);
     }
-    std::vector<const Steps*> iterations;
-    for (long i = a; i < b; ++i) iterations.push_back(&loop.compute(i));
-    auto [steps, repeats] = merge_steps(iterations);
+    // the span's compute: one iteration's as it is (merge_steps would copy it), several merged
+    std::pair<Steps, long> merged;
+    const Steps* steps = &loop.compute(a);
+    long repeats = 1;
+    if (b - a > 1) {
+      std::vector<const Steps*> iterations;
+      for (long i = a; i < b; ++i) iterations.push_back(&loop.compute(i));
+      merged = merge_steps(iterations);
+      steps = &merged.first;
+      repeats = merged.second;
+    }
     std::optional<Issue> span_issue;
     if (issue) span_issue = Issue{issue->instructions * (b - a), issue->warps};
     if (loop.overlap_vector) {
       ProcessRef next;
-      co_await overlapped(m, &steps, cohort, vector_chain, repeats, span_issue, &next);
+      co_await overlapped(m, steps, cohort, vector_chain, repeats, span_issue, &next);
       vector_chain = next;
     } else {
-      co_await run_steps(m, &steps, cohort, repeats, false, span_issue);
+      co_await run_steps(m, steps, cohort, repeats, false, span_issue);
     }
     if (stages > 1 && j + stages < spans_.size())
       fetches.push_back(start(m.env, fetch_span(m, cohort, spans_[j + stages].first, spans_[j + stages].second)));

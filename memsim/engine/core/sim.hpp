@@ -80,7 +80,8 @@ class Ref {
 
 struct Event;
 
-// What an event calls when processed: the process waiting on it resumes (most callbacks), or anything else.
+// What an event calls when processed: the process waiting on it resumes (most callbacks), a joining event counts
+// one more of its events done (counting_down), or anything else.
 struct Callback {
   Callback() = default;
   template <class F>
@@ -90,14 +91,10 @@ struct Callback {
     c.resume = h;
     return c;
   }
-  void operator()(Event* e) const {
-    if (resume) {
-      resume.resume();
-    } else {
-      call(e);
-    }
-  }
+  static Callback counting_down(Event* join);
+  void operator()(Event* e) const;
   std::coroutine_handle<> resume;
+  Ref<Event> join;  // succeeds when its value, the events it waits for, counts down to 0
   std::function<void(Event*)> call;
 };
 
@@ -264,6 +261,21 @@ inline Event* Event::succeed(int64_t v) {
   return this;
 }
 
+inline Callback Callback::counting_down(Event* join) {
+  Callback c;
+  c.join = Ref<Event>(join);
+  return c;
+}
+inline void Callback::operator()(Event* e) const {
+  if (resume) {
+    resume.resume();
+  } else if (join) {
+    if (!join->triggered && --join->value == 0) join->succeed();
+  } else {
+    call(e);
+  }
+}
+
 template <class Unit>
 struct Timer : Event {
   Timer(Env* env, Unit* unit, uint64_t version) : Event(env), unit(unit), version(version) {}
@@ -389,17 +401,9 @@ inline EventRef all_of(Env* env, const std::vector<EventRef>& events) {
     cond->succeed();
     return cond;
   }
-  struct State {
-    size_t count = 0, total = 0;
-  };
-  auto state = std::make_shared<State>();
-  state->total = events.size();
-  // The condition's callbacks hold it alive while it is waited on through its events.
-  auto check = [state, cond](Event*) {
-    if (cond->triggered) return;
-    state->count += 1;
-    if (state->count == state->total) cond->succeed();
-  };
+  // The condition counts its events down in its value; its callbacks hold it alive while it is waited on.
+  cond->value = (int64_t)events.size();
+  Callback check = Callback::counting_down(cond.get());
   for (const auto& e : events) {
     if (e->processed) {
       check(e.get());
