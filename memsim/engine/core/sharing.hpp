@@ -70,6 +70,7 @@ struct RequestKeyHash {
 struct KnownKey {
   ClassKey key;
   double scale;
+  int class_id = -1;  // the key's number among every class key seen (KeyCache::class_ids)
 };
 // sharing.py _class_key: ((direction, cap), seconds on the dominant pipe).
 inline KnownKey class_key(const Demands& demands, double chain_s) {
@@ -86,7 +87,20 @@ inline KnownKey class_key(const Demands& demands, double chain_s) {
   out.key.cap = chain_s > 0 ? significant_digits(scale / chain_s) : INF;
   return out;
 }
-using KeyCache = std::unordered_map<RequestKey, KnownKey, RequestKeyHash>;
+// Requests' class keys, worked out once per distinct request (shared by every SM group's pipes), each class key
+// numbered, so that a group finds its class by number.
+struct KeyCache {
+  std::unordered_map<RequestKey, KnownKey, RequestKeyHash> known;
+  std::unordered_map<ClassKey, int, ClassKeyHash> class_ids;
+  const KnownKey& of(const Demands& demands, double chain_s) {
+    RequestKey rk{demands, chain_s};
+    auto it = known.find(rk);
+    if (it != known.end()) return it->second;
+    KnownKey k = class_key(demands, chain_s);
+    if (k.scale > 0) k.class_id = class_ids.emplace(k.key, (int)class_ids.size()).first->second;
+    return known.emplace(rk, k).first->second;
+  }
+};
 
 struct PipeClass {
   explicit PipeClass(const ClassKey& k) : direction(k.direction), cap(k.cap) {
@@ -105,7 +119,7 @@ struct SharedPipes {
   Env* env;
   double capacity;
   KeyCache* keys;
-  std::unordered_map<ClassKey, std::unique_ptr<PipeClass>, ClassKeyHash> classes;
+  std::vector<std::unique_ptr<PipeClass>> classes;  // by class id (KeyCache), made as first used
   std::vector<PipeClass*> active;
   uint64_t next_id = 0;
   double last_s;
@@ -116,16 +130,14 @@ struct SharedPipes {
 
   EventRef use(const Demands& demands, double chain_s, double weight = 1.0) {
     EventRef done = env->event();
-    RequestKey rk{demands, chain_s};
-    auto it = keys->find(rk);
-    if (it == keys->end()) it = keys->emplace(rk, class_key(demands, chain_s)).first;
-    const KnownKey known = it->second;
+    const KnownKey known = keys->of(demands, chain_s);
     if (known.scale <= 0 || weight <= 0) {
       done->succeed();
       return done;
     }
     advance();
-    auto& slot = classes[known.key];
+    if (known.class_id >= (int)classes.size()) classes.resize(known.class_id + 1);
+    auto& slot = classes[known.class_id];
     if (!slot) slot = std::make_unique<PipeClass>(known.key);
     PipeClass* cls = slot.get();
     if (cls->queue.empty()) active.push_back(cls);
