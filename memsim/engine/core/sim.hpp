@@ -162,6 +162,52 @@ struct LaterScheduled {
   }
 };
 
+// A 4-ary min-heap of scheduled events: half the levels of a binary heap, and a node's children share a cache line
+// or two (the queue holds the timers of every unit and the latencies of every load in flight).
+class EventHeap {
+ public:
+  bool empty() const { return items_.empty(); }
+  const Scheduled& top() const { return items_.front(); }
+  void push(Scheduled s) {
+    size_t i = items_.size();
+    items_.push_back(std::move(s));
+    Scheduled moving = std::move(items_[i]);
+    while (i > 0) {
+      size_t parent = (i - 1) / ARITY;
+      if (!later_(items_[parent], moving)) break;
+      items_[i] = std::move(items_[parent]);
+      i = parent;
+    }
+    items_[i] = std::move(moving);
+  }
+  Scheduled pop() {
+    Scheduled out = std::move(items_.front());
+    Scheduled moving = std::move(items_.back());
+    items_.pop_back();
+    size_t n = items_.size();
+    if (n == 0) return out;
+    size_t i = 0;
+    for (;;) {
+      size_t first = ARITY * i + 1;
+      if (first >= n) break;
+      size_t best = first, last = std::min(first + ARITY, n);
+      for (size_t c = first + 1; c < last; ++c)
+        if (later_(items_[best], items_[c])) best = c;
+      if (!later_(moving, items_[best])) break;
+      items_[i] = std::move(items_[best]);
+      i = best;
+    }
+    items_[i] = std::move(moving);
+    return out;
+  }
+  void clear() { items_.clear(); }
+
+ private:
+  static constexpr size_t ARITY = 4;
+  LaterScheduled later_;
+  std::vector<Scheduled> items_;
+};
+
 // Events due at the present instant, in the order scheduled (their insertion numbers rise): a first-in first-out
 // queue, emptied before time moves on.
 class NowQueue {
@@ -195,7 +241,7 @@ struct Env {
   // apart, each already in order; and the rest in a binary heap, earliest on top. step() takes the earliest of
   // the three heads, which is the top of SimPy's heap.
   NowQueue now_urgent, now_normal;
-  std::vector<Scheduled> queue;
+  EventHeap queue;
   std::vector<Ref<Process>> live;  // started and not ended: their frames are destroyed with the environment
 
   void schedule(Event* e, int priority = NORMAL, double delay = 0.0) {
@@ -204,8 +250,7 @@ struct Env {
       (priority == URGENT ? now_urgent : now_normal).push(std::move(s));
       return;
     }
-    queue.push_back(std::move(s));
-    std::push_heap(queue.begin(), queue.end(), LaterScheduled());
+    queue.push(std::move(s));
   }
   EventRef event() { return EventRef(new Event(this)); }
   EventRef timeout(double delay) {
@@ -235,7 +280,7 @@ struct Env {
     LaterScheduled later;
     // the earliest head: heap top, then what is due now (ties impossible: insertion numbers differ)
     int from = queue.empty() ? -1 : 0;
-    const Scheduled* best = queue.empty() ? nullptr : &queue.front();
+    const Scheduled* best = queue.empty() ? nullptr : &queue.top();
     if (!now_urgent.empty() && (!best || later(*best, now_urgent.front()))) {
       best = &now_urgent.front();
       from = 1;
@@ -247,10 +292,7 @@ struct Env {
     if (from == 1) return now_urgent.pop();
     if (from == 2) return now_normal.pop();
     if (from < 0) return Scheduled{0.0, 0, EventRef()};
-    std::pop_heap(queue.begin(), queue.end(), later);
-    Scheduled s = std::move(queue.back());
-    queue.pop_back();
-    return s;
+    return queue.pop();
   }
 };
 
