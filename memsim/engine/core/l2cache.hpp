@@ -20,30 +20,7 @@ constexpr double NEGLIGIBLE_LOSS = 1e-4;
 constexpr int ON_BOTH_SURELY = 64;
 
 // Each dirty member's last touch, oldest first: appended at the back, taken from the front.
-class Stamps {
- public:
-  bool empty() const { return head_ == v_.size(); }
-  size_t size() const { return v_.size() - head_; }
-  int64_t& operator[](size_t i) { return v_[head_ + i]; }
-  int64_t operator[](size_t i) const { return v_[head_ + i]; }
-  void push_back(int64_t s) { v_.push_back(s); }
-  void pop_front() { erase_front(1); }
-  void erase_front(size_t n) {
-    head_ += n;
-    if (head_ == v_.size()) {
-      v_.clear();
-      head_ = 0;
-    }
-  }
-  void clear() {
-    v_.clear();
-    head_ = 0;
-  }
-
- private:
-  std::vector<int64_t> v_;
-  size_t head_ = 0;
-};
+using Stamps = Fifo<int64_t>;
 
 struct Entry {
   double member_bytes = 0.0;
@@ -344,7 +321,7 @@ struct L2Cache {
 
   void drop_oldest(TileId key, Entry& entry) {
     if (entry.dirty() == entry.members) {
-      entry.stamps.pop_front();
+      entry.stamps.erase_front(1);
       dirty_bytes -= entry.member_bytes;
       if (!entry.dirty()) dirty_keys.erase(key);
     }

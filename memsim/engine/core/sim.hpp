@@ -208,17 +208,25 @@ class EventHeap {
   std::vector<Scheduled> items_;
 };
 
-// Events due at the present instant, in the order scheduled (their insertion numbers rise): a first-in first-out
-// queue, emptied before time moves on.
-class NowQueue {
+// A first-in first-out queue over one vector: appended at the back, taken from the front (its storage is reused
+// once it empties, which the engine's queues do often).
+template <class T>
+class Fifo {
  public:
   bool empty() const { return head_ == items_.size(); }
-  const Scheduled& front() const { return items_[head_]; }
-  void push(Scheduled s) { items_.push_back(std::move(s)); }
-  Scheduled pop() {
-    Scheduled s = std::move(items_[head_++]);
+  size_t size() const { return items_.size() - head_; }
+  T& operator[](size_t i) { return items_[head_ + i]; }
+  const T& operator[](size_t i) const { return items_[head_ + i]; }
+  const T& front() const { return items_[head_]; }
+  void push_back(T item) { items_.push_back(std::move(item)); }
+  T pop_front() {
+    T item = std::move(items_[head_]);
+    erase_front(1);
+    return item;
+  }
+  void erase_front(size_t n) {
+    head_ += n;
     if (head_ == items_.size()) clear();
-    return s;
   }
   void clear() {
     items_.clear();
@@ -226,7 +234,7 @@ class NowQueue {
   }
 
  private:
-  std::vector<Scheduled> items_;
+  std::vector<T> items_;
   size_t head_ = 0;
 };
 
@@ -240,14 +248,14 @@ struct Env {
   // SimPy's one heap, kept as three: what is due now (most events: succeed() schedules now), URGENT and NORMAL
   // apart, each already in order; and the rest in a binary heap, earliest on top. step() takes the earliest of
   // the three heads, which is the top of SimPy's heap.
-  NowQueue now_urgent, now_normal;
+  Fifo<Scheduled> now_urgent, now_normal;  // due at the present instant, in the order scheduled
   EventHeap queue;
   std::vector<Ref<Process>> live;  // started and not ended: their frames are destroyed with the environment
 
   void schedule(Event* e, int priority = NORMAL, double delay = 0.0) {
     Scheduled s{now + delay, (uint64_t)priority << 62 | next_id++, EventRef(e)};
     if (s.time == now) {
-      (priority == URGENT ? now_urgent : now_normal).push(std::move(s));
+      (priority == URGENT ? now_urgent : now_normal).push_back(std::move(s));
       return;
     }
     queue.push(std::move(s));
@@ -289,8 +297,8 @@ struct Env {
       best = &now_normal.front();
       from = 2;
     }
-    if (from == 1) return now_urgent.pop();
-    if (from == 2) return now_normal.pop();
+    if (from == 1) return now_urgent.pop_front();
+    if (from == 2) return now_normal.pop_front();
     if (from < 0) return Scheduled{0.0, 0, EventRef()};
     return queue.pop();
   }
