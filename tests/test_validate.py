@@ -186,6 +186,39 @@ def test_a_re_measured_case_replaces_its_earlier_row(tmp_path):
     assert [(r["id"], r["time_s"]) for r in rows] == [(other["id"], 1.0), (old["id"], 3.0)]
 
 
+def _host_run(cases: dict, loop: str | None = cmp.HOST_TIME_LOOP) -> dict:
+    return {"clear_s": 90e-6, "cases": cases, **({"loop": loop} if loop else {})}
+
+
+def test_host_times_join_their_cases_and_only_runs_that_timed_do_benchs_loop_count(tmp_path):
+    case = "sdpa_flash.b1h16k16n4096m4096d128c0.bf16"
+    (tmp_path / "measurements-a.jsonl").write_text(json.dumps(row(case)) + "\n")
+    (tmp_path / "host-time-a.json").write_text(json.dumps(_host_run({case: {"host_s": 1e-3, "call_s": 2e-3}})))
+    (tmp_path / "host-time-b.json").write_text(json.dumps(_host_run({case: {"host_s": 5e-3, "call_s": 6e-3}},
+                                                                    loop=None)))  # an earlier kind of run
+    (tmp_path / "host-time-c.json").write_text(json.dumps(_host_run({case: {"error": "refused"}})))
+    [got] = cmp.load_rows(tmp_path)
+    assert got["host_time"] == {"host_s": 1e-3, "call_s": 2e-3, "clear_s": 90e-6}
+    (tmp_path / "host-time-d.json").write_text("{not json")
+    with pytest.raises(cmp.MemsimError, match="host-time-d.json"):
+        cmp.load_rows(tmp_path)
+
+
+@pytest.mark.parametrize("host_s, bound_by", [(1e-3, "host"), (50e-6, "kernels")])
+def test_a_call_is_predicted_as_its_kernels_or_its_host_side_whichever_is_longer(host_s, bound_by):
+    """do_bench's L2 clear runs on the GPU while the host issues the call: the host's issue time less the clear
+    shows where it is the longer; the call is then timed in the run that timed the host."""
+    raw = {**row("sdpa_flash.b1h16k16n4096m4096d128c0.bf16"),
+           "host_time": {"host_s": host_s, "call_s": 7e-4, "clear_s": 90e-6}}
+    got = cmp.compare_row((raw, "analytic"))
+    assert got.measured["time"] == 7e-4 and got.host_issue_s == pytest.approx(host_s - 90e-6)
+    kernels = got.predicted["kernel_time"]
+    assert got.predicted["time"] == (host_s - 90e-6 if bound_by == "host" else kernels)
+    assert kernels < 1e-3 - 90e-6 and kernels > 50e-6 - 90e-6
+    plain = cmp.compare_row((row("sdpa_flash.b1h16k16n4096m4096d128c0.bf16"), "analytic"))
+    assert plain.predicted["time"] == plain.predicted["kernel_time"] and plain.host_issue_s is None
+
+
 def test_measured_fields_sum_every_launch_of_a_case():
     r = row("sdpa_flash.b8h32k8n1m32768d128c0.bf16")  # split kernel + combine kernel
     m = cmp.measured(r)

@@ -35,7 +35,12 @@ from validation.mapping import Mapped, Unmapped, map_case
 
 # time: the do_bench median of the whole call, host included; kernel_time: the GPU time of its launches under
 # ncu (gpu__time_duration, cold L2), which is what memsim models. A call whose host side is slower than its
-# kernels (short launches from Python, a host sync) shows in time and not in kernel_time.
+# kernels (short launches from Python, a host sync) shows in time and not in kernel_time. Where the results hold
+# the host's time to issue the case's call (validation/host_time.py: do_bench's loop issued without waiting, in the
+# same run as a do_bench median of the call), time is that run's median, predicted as the larger of memsim's
+# kernel time and the host's issue time less do_bench's L2 clear (which the GPU runs while the host issues the
+# call): the host's time is an input, like a kernel's launch config, and it differs from host to host and run
+# to run (the same call 23-76 us on two H100 machines the same day: results/h100/host-time-*-2026-11-24.json).
 FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "time", "kernel_time")
 # The named calibration subset: cases of these kernels fitted a model parameter (the H100 preset's
 # dependent_step_latency_s: our flash2 forward rows). Summaries leave them out; every other case is held out.
@@ -63,6 +68,7 @@ class Row:
     skipped: str = ""  # why there is no comparison
     below_floor: list = field(default_factory=list)  # fields where memsim and the counter are both below FLOORS
     calibration: bool = False  # in the calibration subset (CALIBRATION_KERNELS): not held out
+    host_issue_s: float | None = None  # the host's time to issue the call less do_bench's clear, where measured
 
 
 def load_rows(results: Path) -> list[dict]:
@@ -83,7 +89,29 @@ def load_rows(results: Path) -> list[dict]:
                 raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
             rows.pop(row.get("id", f"{path}:{number}"), None)  # a re-measured case goes to the end, as measured
             rows[row.get("id", f"{path}:{number}")] = row
-    return list(rows.values())
+    hosts = load_host_times(results if results.is_dir() else results.parent)
+    return [{**row, "host_time": hosts[case_id]} if case_id in hosts else row for case_id, row in rows.items()]
+
+
+HOST_TIME_LOOP = "do_bench's"  # validation/host_time.py's runs that time do_bench's own loop (earlier runs did not)
+
+
+def load_host_times(folder: Path) -> dict[str, dict]:
+    """Case id -> {"host_s", "call_s", "clear_s"}: the host's time per repeat of do_bench's loop, the call's do_bench
+    median in the same run, and do_bench's L2 clear, from every host-time-*.json under `folder` that
+    validation/host_time.py wrote timing do_bench's loop (files in name order, a later one replacing a case)."""
+    out: dict[str, dict] = {}
+    for path in sorted(folder.glob("host-time-*.json")):
+        try:
+            run = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise MemsimError(f"{path}: not JSON ({err.msg})") from None
+        if run.get("loop") != HOST_TIME_LOOP:
+            continue
+        for case_id, case in run.get("cases", {}).items():
+            if "host_s" in case and "call_s" in case:
+                out[case_id] = {"host_s": case["host_s"], "call_s": case["call_s"], "clear_s": run["clear_s"]}
+    return out
 
 
 def measured(row: dict) -> dict:
@@ -134,6 +162,11 @@ def compare_row(args: tuple[dict, str]) -> Row:
         row.skipped = f"memsim refused it: {why}"
         return row
     row.measured = measured(raw)
+    host = raw.get("host_time")
+    if host is not None:  # the call timed in the run that timed its host side (FIELDS' comment)
+        row.host_issue_s = host["host_s"] - host["clear_s"]
+        row.measured["time"] = host["call_s"]
+        row.predicted["time"] = max(row.predicted["kernel_time"], row.host_issue_s)
     row.below_floor = [f for f, floor in FLOORS.items()
                        if f in row.measured and row.measured[f] < floor and row.predicted[f] < floor]
     row.error = {f: row.predicted[f] / row.measured[f] - 1 for f in FIELDS
