@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from validation.cases import Case
-from validation.measure import add_case_arguments, environment, selected
+from validation.measure import add_case_arguments, environment, gpu_cases
 from validation.runners import DRAWN_AS, DTYPES, kernel_call, rotating
 
 CALLS = 20  # repeats issued back to back per batch: with their clears and events, far under the GPU queue's 1024
@@ -144,12 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     add_case_arguments(parser, "folder for host-time.json", out_required=True)
     parser.add_argument("--tiny", action="store_true", help="also each case's kernel at a small shape")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("host_time: no CUDA device; run this on the GPU machine", file=sys.stderr)
-        return 1
-    cases = selected(args, "host_time")
-    if cases is None:
-        return 2
+    cases = gpu_cases(args, "host_time")
+    if isinstance(cases, int):
+        return cases
     from rich.progress import Progress
 
     out = {**environment(), "cpu": cpu_name(), "calls": CALLS, "batches": BATCHES, "loop": "do_bench's",

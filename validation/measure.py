@@ -63,6 +63,15 @@ def select(args) -> list[Case]:
     return cases
 
 
+def gpu_cases(args, prog: str) -> list[Case] | int:
+    """The cases the options choose, on a machine with a CUDA device; otherwise the exit status, said on stderr."""
+    if not torch.cuda.is_available():
+        print(f"{prog}: no CUDA device; run this on the GPU machine", file=sys.stderr)
+        return 1
+    cases = selected(args, prog)
+    return 2 if cases is None else cases
+
+
 def selected(args, prog: str) -> list[Case] | None:
     """The cases the options choose, or None, said on stderr as `prog: ...`, where they choose wrongly."""
     try:
@@ -123,12 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ncu", action="store_true", help="times only")
     parser.add_argument("--profile-pass", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("measure: no CUDA device; run this on the GPU machine", file=sys.stderr)
-        return 1
-    cases = selected(args, "measure")
-    if cases is None:
-        return 2
+    cases = gpu_cases(args, "measure")
+    if isinstance(cases, int):
+        return cases
     if args.profile_pass:
         profile_pass(cases)
         return 0
