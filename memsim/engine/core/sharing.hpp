@@ -33,22 +33,18 @@ inline double significant_digits(double x) {
   return std::strtod(buf, nullptr);
 }
 
-struct ClassKey {
-  Demands direction;
-  double cap;
-  bool operator==(const ClassKey& o) const {
-    return std::memcmp(direction.data(), o.direction.data(), sizeof(Demands)) == 0 &&
-           std::memcmp(&cap, &o.cap, sizeof cap) == 0;
+// A dict key of sharing.py: a number per pipe and one more, equal when every bit is (Python compares the floats of
+// a tuple exactly; no NaN reaches here). A class key is (direction, cap); a request's, (demands, chain_s).
+struct PipeKey {
+  Demands per_pipe;
+  double other;
+  bool operator==(const PipeKey& o) const {
+    return std::memcmp(per_pipe.data(), o.per_pipe.data(), sizeof(Demands)) == 0 &&
+           std::memcmp(&other, &o.other, sizeof other) == 0;
   }
 };
-struct RequestKey {
-  Demands demands;
-  double chain_s;
-  bool operator==(const RequestKey& o) const {
-    return std::memcmp(demands.data(), o.demands.data(), sizeof(Demands)) == 0 &&
-           std::memcmp(&chain_s, &o.chain_s, sizeof chain_s) == 0;
-  }
-};
+using ClassKey = PipeKey;
+using RequestKey = PipeKey;
 inline size_t hash_doubles(const double* v, size_t n) {
   size_t h = 1469598103934665603ull;
   for (size_t i = 0; i < n; ++i) {
@@ -58,12 +54,9 @@ inline size_t hash_doubles(const double* v, size_t n) {
   }
   return h;
 }
-struct ClassKeyHash {
-  size_t operator()(const ClassKey& k) const { return hash_doubles(k.direction.data(), PIPE_COUNT) ^ hash_doubles(&k.cap, 1); }
-};
-struct RequestKeyHash {
-  size_t operator()(const RequestKey& k) const {
-    return hash_doubles(k.demands.data(), PIPE_COUNT) ^ (hash_doubles(&k.chain_s, 1) * 31);
+struct PipeKeyHash {
+  size_t operator()(const PipeKey& k) const {
+    return hash_doubles(k.per_pipe.data(), PIPE_COUNT) ^ (hash_doubles(&k.other, 1) * 31);
   }
 };
 
@@ -83,15 +76,15 @@ inline KnownKey class_key(const Demands& demands, double chain_s) {
   KnownKey out{};
   out.scale = scale;
   if (scale <= 0) return out;
-  for (int p = 0; p < PIPE_COUNT; ++p) out.key.direction[p] = round_digits(demands[p] / scale);
-  out.key.cap = chain_s > 0 ? significant_digits(scale / chain_s) : INF;
+  for (int p = 0; p < PIPE_COUNT; ++p) out.key.per_pipe[p] = round_digits(demands[p] / scale);
+  out.key.other = chain_s > 0 ? significant_digits(scale / chain_s) : INF;
   return out;
 }
 // Requests' class keys, worked out once per distinct request (shared by every SM group's pipes), each class key
 // numbered, so that a group finds its class by number.
 struct KeyCache {
-  std::unordered_map<RequestKey, KnownKey, RequestKeyHash> known;
-  std::unordered_map<ClassKey, int, ClassKeyHash> class_ids;
+  std::unordered_map<RequestKey, KnownKey, PipeKeyHash> known;
+  std::unordered_map<ClassKey, int, PipeKeyHash> class_ids;
   const KnownKey& of(const Demands& demands, double chain_s) {
     RequestKey rk{demands, chain_s};
     auto it = known.find(rk);
@@ -103,7 +96,7 @@ struct KeyCache {
 };
 
 struct PipeClass {
-  explicit PipeClass(const ClassKey& k) : direction(k.direction), cap(k.cap) {
+  explicit PipeClass(const ClassKey& k) : direction(k.per_pipe), cap(k.other) {
     for (int p = 0; p < PIPE_COUNT; ++p)
       if (direction[p] > 0) uses.push_back({p, direction[p]});
   }

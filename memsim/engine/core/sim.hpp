@@ -109,7 +109,6 @@ class Callbacks {
     }
     ++count_;
   }
-  bool empty() const { return count_ == 0; }
   // Calls each in order (a callback may register more on other events, never on this one: it is processed).
   void run(Event* e) const {
     if (count_ == 0) return;
