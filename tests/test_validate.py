@@ -4,6 +4,7 @@ and `memsim validate` end to end on the recorded H100 measurements."""
 import dataclasses
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,55 @@ def test_a_call_is_predicted_as_its_kernels_or_its_host_side_whichever_is_longer
     assert kernels < 1e-3 - 90e-6 and kernels > 50e-6 - 90e-6
     plain = cmp.compare_row((row("sdpa_flash.b1h16k16n4096m4096d128c0.bf16"), "analytic"))
     assert plain.predicted["time"] == plain.predicted["kernel_time"] and plain.host_issue_s is None
+
+
+def _repeat(launches: list[dict], written: float, read: float, ns: float) -> list[dict]:
+    """`launches` again, as validation/repeat_counters.py records a call: the first launch's DRAM bytes and
+    duration replaced."""
+    first = {**launches[0], "dram__bytes_write.sum": written, "dram__bytes_read.sum": read,
+             "gpu__time_duration.sum": ns}
+    return [{k: v for k, v in first.items() if k != "range"}, *launches[1:]]
+
+
+def test_repeats_join_their_case_only_when_the_kernels_and_their_launch_configs_match(tmp_path):
+    case = row("sdpa_flash.b1h16k16n4096m4096d128c0.bf16")
+    same = _repeat(case["launches"], 1e6, 2e6, 3e3)
+    recompiled = [{**same[0], "launch__registers_per_thread": 128.0}]
+    (tmp_path / "measurements-a.jsonl").write_text(json.dumps(case) + "\n")
+    (tmp_path / "repeats-a.jsonl").write_text(json.dumps({"id": case["id"], "repeats": [same, recompiled, []]}) + "\n")
+    (tmp_path / "repeats-b.jsonl").write_text(json.dumps({"id": "other.case", "repeats": [same]}) + "\n")
+    [got] = cmp.load_rows(tmp_path)
+    assert got["repeats"] == [same]
+    (tmp_path / "repeats-c.jsonl").write_text("{not json")
+    with pytest.raises(cmp.MemsimError, match="repeats-c.jsonl:1"):
+        cmp.load_rows(tmp_path)
+
+
+def test_repeated_fields_are_the_median_of_the_row_and_its_repeats():
+    case = row("sdpa_flash.b1h16k16n4096m4096d128c0.bf16")
+    [launch] = case["launches"]
+    alone = cmp.measured(case)
+    repeats = [_repeat(case["launches"], w, r, t) for w, r, t in ((1e6, 5e7, 1e5), (2e7, 6e7, 9e5), (9e6, 4e7, 2e5),
+                                                                   (3e6, 1e8, 3e5))]
+    got = cmp.measured({**case, "repeats": repeats})
+    assert got["hbm_write"] == 9e6  # of 1, 20, 9, 3 and the row's 13.5 MB
+    assert got["hbm_read"] == statistics.median([launch["dram__bytes_read.sum"], 5e7, 6e7, 4e7, 1e8])
+    assert got["kernel_time"] == pytest.approx(3e-4)  # of 100, 900, 200, 300 and the row's 398 us
+    assert {k: v for k, v in got.items() if k not in cmp.REPEATED} == \
+        {k: v for k, v in alone.items() if k not in cmp.REPEATED}
+    assert cmp.compare_row(({**case, "repeats": repeats}, "analytic")).runs == 5
+
+
+def test_repeat_counters_sorts_launches_by_case_and_repeat():
+    from validation import repeat_counters as rc
+
+    cases = [Case("sdpa_flash", 1, 16, 16, 512, 512, 64, False), Case("sdpa_cudnn", 1, 16, 16, 512, 512, 64, False)]
+    a, b = cases[0].id, cases[1].id
+    launches = [{"range": rc.range_name(a, 1), "kernel": "k1"}, {"range": rc.range_name(a, 0), "kernel": "k0"},
+                {"range": rc.range_name(a, 0), "kernel": "k0b"}, {"range": a, "kernel": "not a repeat"},
+                {"range": rc.range_name(a, 7), "kernel": "beyond the repeats asked for"}]
+    got = rc.by_case(launches, cases, repeats=3)
+    assert got == {a: [[{"kernel": "k0"}, {"kernel": "k0b"}], [{"kernel": "k1"}]], b: []}
 
 
 def test_measured_fields_sum_every_launch_of_a_case():

@@ -69,6 +69,7 @@ class Row:
     below_floor: list = field(default_factory=list)  # fields where memsim and the counter are both below FLOORS
     calibration: bool = False  # in the calibration subset (CALIBRATION_KERNELS): not held out
     host_issue_s: float | None = None  # the host's time to issue the call less do_bench's clear, where measured
+    runs: int = 1  # ncu runs behind the REPEATED fields: the row's own and its repeats (their median)
 
 
 def load_rows(results: Path) -> list[dict]:
@@ -89,8 +90,46 @@ def load_rows(results: Path) -> list[dict]:
                 raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
             rows.pop(row.get("id", f"{path}:{number}"), None)  # a re-measured case goes to the end, as measured
             rows[row.get("id", f"{path}:{number}")] = row
-    hosts = load_host_times(results if results.is_dir() else results.parent)
-    return [{**row, "host_time": hosts[case_id]} if case_id in hosts else row for case_id, row in rows.items()]
+    folder = results if results.is_dir() else results.parent
+    hosts, repeats = load_host_times(folder), load_repeats(folder)
+    out = []
+    for case_id, row in rows.items():
+        if case_id in hosts:
+            row = {**row, "host_time": hosts[case_id]}
+        same = [run for run in repeats.get(case_id, []) if launch_signature(run) == launch_signature(row["launches"])]
+        out.append({**row, "repeats": same} if same else row)
+    return out
+
+
+# Fields that validation/repeat_counters.py measures again (ncu.COUNTERS: DRAM bytes and kernel time; the
+# crossbar bytes come from a profiling run of their own and are not repeated).
+REPEATED = ("hbm_read", "hbm_write", "kernel_time")
+
+
+def load_repeats(folder: Path) -> dict[str, list[list[dict]]]:
+    """Case id -> the launch lists of every repeated call of it, from every repeats-*.jsonl under `folder`
+    (validation/repeat_counters.py), files in name order."""
+    out: dict[str, list[list[dict]]] = {}
+    for path in sorted(folder.glob("repeats-*.jsonl")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
+            out.setdefault(row["id"], []).extend(run for run in row.get("repeats", []) if run)
+    return out
+
+
+LAUNCH_CONFIG = ("launch__grid_size", "launch__block_size", "launch__registers_per_thread",
+                 "launch__shared_mem_per_block_dynamic", "launch__shared_mem_per_block_static")
+
+
+def launch_signature(launches: list[dict]) -> tuple:
+    """What makes two calls the same kernels: each launch's name and launch configuration, in order. A repeat whose
+    signature differs from its row's (the kernel changed since the row was measured) is not the row's."""
+    return tuple((k.get("kernel"), *(k.get(c) for c in LAUNCH_CONFIG)) for k in launches)
 
 
 HOST_TIME_LOOP = "do_bench's"  # validation/host_time.py's runs that time do_bench's own loop (earlier runs did not)
@@ -115,17 +154,28 @@ def load_host_times(folder: Path) -> dict[str, dict]:
 
 
 def measured(row: dict) -> dict:
+    """The row's measured fields. Where it has repeats (load_repeats), each REPEATED field is the median over the
+    row's own run and its repeats: one ncu run of a kernel that ends with part of its output dirty in L2 moves by
+    up to a quarter from the next (validation/repeat_counters.py)."""
     launches = row["launches"]
     out = {"time": row.get("time_s")}
     if row.get("counters") and launches:
-        out["kernel_time"] = 1e-9 * sum(k.get("gpu__time_duration.sum") or 0.0 for k in launches)  # ns
-        out["hbm_read"] = sum(k.get("dram__bytes_read.sum") or 0.0 for k in launches)
-        out["hbm_write"] = sum(k.get("dram__bytes_write.sum") or 0.0 for k in launches)
+        out.update(_dram_and_time(launches))
+        repeats = [_dram_and_time(run) for run in row.get("repeats", [])]
+        if repeats:
+            out.update({f: statistics.median([out[f], *(r[f] for r in repeats)]) for f in REPEATED})
         out["l2_read"] = _total(launches, "l1tex__m_xbar2l1tex_read_bytes.sum")  # rows measured before it: none
         out["l2_write"] = _total(launches, "l1tex__m_l1tex2xbar_write_bytes.sum")
         lookups = _total(launches, "lts__t_sectors_srcunit_tex_op_read.sum")
         out["l2_read_lookups"] = None if lookups is None else SECTOR_BYTES * lookups
     return {k: v for k, v in out.items() if v}
+
+
+def _dram_and_time(launches: list[dict]) -> dict:
+    """REPEATED of one call, from its launches (ns of gpu__time_duration to seconds)."""
+    return {"hbm_read": sum(k.get("dram__bytes_read.sum") or 0.0 for k in launches),
+            "hbm_write": sum(k.get("dram__bytes_write.sum") or 0.0 for k in launches),
+            "kernel_time": 1e-9 * sum(k.get("gpu__time_duration.sum") or 0.0 for k in launches)}
 
 
 def _total(launches: list[dict], metric: str) -> float | None:
@@ -162,6 +212,7 @@ def compare_row(args: tuple[dict, str]) -> Row:
         row.skipped = f"memsim refused it: {why}"
         return row
     row.measured = measured(raw)
+    row.runs = 1 + len(raw.get("repeats", []))
     host = raw.get("host_time")
     if host is not None:  # the call timed in the run that timed its host side (FIELDS' comment)
         row.host_issue_s = host["host_s"] - host["clear_s"]
