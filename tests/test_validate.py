@@ -250,10 +250,11 @@ def test_repeated_fields_are_the_median_of_the_row_and_its_repeats():
                                                                    (3e6, 1e8, 3e5))]
     got = cmp.measured({**case, "repeats": repeats})
     assert got["hbm_write"] == 9e6  # of 1, 20, 9, 3 and the row's 13.5 MB
+    assert got["hbm_bytes"] == got["hbm_read"] + got["hbm_write"]
     assert got["hbm_read"] == statistics.median([launch["dram__bytes_read.sum"], 5e7, 6e7, 4e7, 1e8])
     assert got["kernel_time"] == pytest.approx(3e-4)  # of 100, 900, 200, 300 and the row's 398 us
-    assert {k: v for k, v in got.items() if k not in cmp.REPEATED} == \
-        {k: v for k, v in alone.items() if k not in cmp.REPEATED}
+    derived = (*cmp.REPEATED, "hbm_bytes")
+    assert {k: v for k, v in got.items() if k not in derived} == {k: v for k, v in alone.items() if k not in derived}
     assert cmp.compare_row(({**case, "repeats": repeats}, "analytic")).runs == 5
 
 
@@ -273,6 +274,9 @@ def test_measured_fields_sum_every_launch_of_a_case():
     r = row("sdpa_flash.b8h32k8n1m32768d128c0.bf16")  # split kernel + combine kernel
     m = cmp.measured(r)
     assert m["hbm_read"] == pytest.approx(sum(k["dram__bytes_read.sum"] for k in r["launches"]))
+    assert m["hbm_bytes"] == pytest.approx(m["hbm_read"] + sum(k["dram__bytes_write.sum"] for k in r["launches"]))
+    got = cmp.compare_row((r, "analytic"))
+    assert got.predicted["hbm_bytes"] == got.predicted["hbm_read"] + got.predicted["hbm_write"]
     lookups = 32 * sum(k["lts__t_sectors_srcunit_tex_op_read.sum"] for k in r["launches"])
     assert m["l2_read_lookups"] == pytest.approx(lookups)
     assert m["time"] == r["time_s"]

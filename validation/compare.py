@@ -41,7 +41,9 @@ from validation.mapping import Mapped, Unmapped, map_case
 # kernel time and the host's issue time less do_bench's L2 clear (which the GPU runs while the host issues the
 # call): the host's time is an input, like a kernel's launch config, and it differs from host to host and run
 # to run (the same call 23-76 us on two H100 machines the same day: results/h100/host-time-*-2026-11-24.json).
-FIELDS = ("hbm_read", "hbm_write", "l2_read", "l2_write", "time", "kernel_time")
+# hbm_bytes: HBM read and written together, the bytes that set a memory-bound kernel's time (the issue of a model's
+# writes, which depend on what is still dirty in L2 when a kernel ends, shows in hbm_write on its own).
+FIELDS = ("hbm_read", "hbm_write", "hbm_bytes", "l2_read", "l2_write", "time", "kernel_time")
 # The named calibration subset: cases of these kernels fitted a model parameter (the H100 preset's
 # dependent_step_latency_s: our flash2 forward rows). Summaries leave them out; every other case is held out.
 CALIBRATION_KERNELS = ("flash2",)
@@ -164,6 +166,7 @@ def measured(row: dict) -> dict:
         repeats = [_dram_and_time(run) for run in row.get("repeats", [])]
         if repeats:
             out.update({f: statistics.median([out[f], *(r[f] for r in repeats)]) for f in REPEATED})
+        out["hbm_bytes"] = out["hbm_read"] + out["hbm_write"]
         out["l2_read"] = _total(launches, "l1tex__m_xbar2l1tex_read_bytes.sum")  # rows measured before it: none
         out["l2_write"] = _total(launches, "l1tex__m_l1tex2xbar_write_bytes.sum")
         lookups = _total(launches, "lts__t_sectors_srcunit_tex_op_read.sum")
@@ -193,7 +196,7 @@ def predicted(mapped: Mapped, gpu: str, engine: str) -> dict:
                           f"{', '.join(k.name for k in p.kernels)}")
     latency_s = sum(k.latency_s for k in kernels)  # memsim models the GPU: the call's time is its kernels'
     moved = {key: sum(k.bytes[key] for k in kernels) for key in ("hbm_read", "hbm_write", "l2_read", "l2_write")}
-    return {**moved, "time": latency_s, "kernel_time": latency_s}
+    return {**moved, "hbm_bytes": moved["hbm_read"] + moved["hbm_write"], "time": latency_s, "kernel_time": latency_s}
 
 
 def compare_row(args: tuple[dict, str]) -> Row:

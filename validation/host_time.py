@@ -14,6 +14,9 @@ For each case, on the GPU machine (torch, triton, rich; no memsim):
   median over 5 such batches; wall_s: the same repeats until the GPU had run them;
 - host_tiny_s (--tiny): the same at a small shape of the same kernel and flags (`tiny`), whose kernels take a few
   microseconds: whether the host's time depends on the shape;
+- idle_s, gpu_s, stall_s (gpu_stall): the call timed with events from an idle GPU, and with the GPU kept busy
+  until the host has issued it all; their difference is how long the GPU waits on the host within the call,
+  which do_bench's clear hides up to its own length;
 - call_s: do_bench's median, as validation.measure takes it, today, on this host (the recorded rows were
   measured on another day, perhaps another host: the two say whether the host changed).
 And once: clear_s, the GPU time of do_bench's L2 clear (events around it, median of 50), and the host's CPU.
@@ -26,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +44,8 @@ BATCHES = 5  # the host's time wanders from batch to batch: their median
 SETS = 2  # input sets rotated, as the suite's calls are
 MOBA_TINY_LEN = 2048  # MoBA's smallest suite length: 4 blocks of 512 keys for its top 3
 TINY_LEN = 256
+STALL_CALLS = 20  # calls timed with events for gpu_stall, each way: their median
+SLEEP_CYCLES = 8_000_000  # about 4 ms at Hopper's 1.98 GHz: longer than any suite call's host side (under 1.5 ms)
 
 
 def tiny(case: Case) -> Case:
@@ -63,15 +69,21 @@ def device_sets(case: Case, count: int = SETS) -> list[tuple[torch.Tensor, ...]]
                   for s in (q_shape, kv_shape, kv_shape)) for _ in range(count)]
 
 
-def issue_time(case: Case) -> dict:
-    """Host seconds per repeat of do_bench's loop (clear the L2, record an event, call, record an event), issued
-    `CALLS` at a time with no synchronisation: the median over `BATCHES` batches; and wall seconds per repeat
-    until the GPU had run a batch (its median)."""
+def l2_clear() -> Callable[[], None]:
+    """do_bench's L2 clear: triton's own buffer and clear where it has them."""
     from triton import runtime
 
     driver = runtime.driver.active
     cache = driver.get_empty_cache_for_benchmark()
     clear = getattr(driver, "clear_cache", None) or (lambda c: c.zero_())
+    return lambda: clear(cache)
+
+
+def issue_time(case: Case) -> dict:
+    """Host seconds per repeat of do_bench's loop (clear the L2, record an event, call, record an event), issued
+    `CALLS` at a time with no synchronisation: the median over `BATCHES` batches; and wall seconds per repeat
+    until the GPU had run a batch (its median)."""
+    clear = l2_clear()
     run = rotating(device_sets(case), kernel_call(case))
     for _ in range(3):  # compile, autotune, allocate outside the timing
         run()
@@ -81,7 +93,7 @@ def issue_time(case: Case) -> dict:
     for _ in range(BATCHES):
         start = time.perf_counter()
         for begin, end in events:
-            clear(cache)
+            clear()
             begin.record()
             run()
             end.record()
@@ -92,6 +104,33 @@ def issue_time(case: Case) -> dict:
     return {"host_s": statistics.median(host), "wall_s": statistics.median(wall), "run": run}
 
 
+def gpu_stall(run) -> dict:
+    """How long the GPU waits on the host within one call: events around the call, the L2 cleared first, once
+    with the GPU idle when the call begins (idle_s: the host's time to reach each launch shows as GPU time) and
+    once with the GPU kept busy by a sleep of SLEEP_CYCLES first, so that the host has issued everything before
+    the GPU reaches the call (gpu_s); each the median of STALL_CALLS calls. stall_s = idle_s - gpu_s. Only the
+    host's work before and between launches counts: what it does after the last launch (freeing, returning
+    outputs) delays the next call, not this one's events, which is where the host-loop time (host_s) says too
+    much."""
+    clear = l2_clear()
+    idle, busy = [], []
+    for seconds, sleep_cycles in ((idle, 0), (busy, SLEEP_CYCLES)):
+        for _ in range(STALL_CALLS):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            clear()
+            if sleep_cycles:
+                torch.cuda._sleep(sleep_cycles)
+            else:
+                torch.cuda.synchronize()
+            begin.record()
+            run()
+            end.record()
+            torch.cuda.synchronize()
+            seconds.append(begin.elapsed_time(end) * 1e-3)
+    idle_s, gpu_s = statistics.median(idle), statistics.median(busy)
+    return {"idle_s": idle_s, "gpu_s": gpu_s, "stall_s": max(0.0, idle_s - gpu_s)}
+
+
 def call_time(run) -> float:
     import triton.testing
 
@@ -100,16 +139,12 @@ def call_time(run) -> float:
 
 def clear_time() -> float:
     """GPU seconds of do_bench's L2 clear (triton's own buffer and clear where it has them)."""
-    from triton import runtime
-
-    driver = runtime.driver.active
-    cache = driver.get_empty_cache_for_benchmark()
-    clear = getattr(driver, "clear_cache", None) or (lambda c: c.zero_())
+    clear = l2_clear()
     seconds = []
     for _ in range(50):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        clear(cache)
+        clear()
         end.record()
         torch.cuda.synchronize()
         seconds.append(start.elapsed_time(end) * 1e-3)
@@ -129,6 +164,7 @@ def cpu_name() -> str:
 def measure(case: Case, with_tiny: bool) -> dict:
     at_shape = issue_time(case)
     row = {k: at_shape[k] for k in ("host_s", "wall_s")}
+    row.update(gpu_stall(at_shape["run"]))
     row["call_s"] = call_time(at_shape["run"])
     del at_shape
     torch.cuda.empty_cache()
@@ -169,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for case_id, r in list(out["cases"].items()):
         if "host_s" in r:
             print(f"{case_id:55s} host {r['host_s'] * 1e6:8.1f} us  tiny {r.get('host_tiny_s', 0) * 1e6:8.1f} us  "
-                  f"wall {r['wall_s'] * 1e6:9.1f} us  call {r['call_s'] * 1e6:9.1f} us")
+                  f"stall {r['stall_s'] * 1e6:8.1f} us  gpu {r['gpu_s'] * 1e6:9.1f} us  call {r['call_s'] * 1e6:9.1f} us")
         else:
             print(f"{case_id:55s} {r['error']}")
     return 0

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from validation.compare import FIELDS, Row
 
-LABELS = {"hbm_read": "HBM bytes read", "hbm_write": "HBM bytes written", "l2_read": "L2 -> SM bytes read",
+LABELS = {"hbm_read": "HBM bytes read", "hbm_write": "HBM bytes written", "hbm_bytes": "HBM bytes read + written",
+          "l2_read": "L2 -> SM bytes read",
           "l2_write": "SM -> L2 bytes written",
           "time": "time of the call (s)", "kernel_time": "GPU time of its kernels (s)"}
 
@@ -20,7 +21,8 @@ def _pyplot():
 
 def predicted_vs_measured(rows: list[Row], path: Path, title: str) -> Path:
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(16, 10))
+    columns = 4
+    fig, axes = plt.subplots(-(-len(FIELDS) // columns), columns, figsize=(21, 10))
     kernels = sorted({r.kernel for r in rows if not r.skipped})
     colours = {k: plt.cm.tab10(i % 10) for i, k in enumerate(kernels)}
     for ax, name in zip(axes.flat, FIELDS):
