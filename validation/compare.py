@@ -24,6 +24,7 @@ report that subset apart; every other case is held out.
 
 import json
 import statistics
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,13 +84,7 @@ def load_rows(results: Path) -> list[dict]:
         raise MemsimError(f"no measurements*.jsonl under {results}; run validation/measure.py on a GPU first")
     rows: dict[str, dict] = {}
     for path in files:
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
+        for number, row in _jsonl(path):
             rows.pop(row.get("id", f"{path}:{number}"), None)  # a re-measured case goes to the end, as measured
             rows[row.get("id", f"{path}:{number}")] = row
     folder = results if results.is_dir() else results.parent
@@ -98,9 +93,21 @@ def load_rows(results: Path) -> list[dict]:
     for case_id, row in rows.items():
         if case_id in hosts:
             row = {**row, "host_time": hosts[case_id]}
-        same = [run for run in repeats.get(case_id, []) if launch_signature(run) == launch_signature(row["launches"])]
+        signature = launch_signature(row.get("launches", []))
+        same = [run for run in repeats.get(case_id, []) if launch_signature(run) == signature]
         out.append({**row, "repeats": same} if same else row)
     return out
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of each non-blank line of a JSON-lines file; one clear error for a line that is not JSON."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
 
 
 # Fields that validation/repeat_counters.py measures again (ncu.COUNTERS: DRAM bytes and kernel time; the
@@ -113,13 +120,7 @@ def load_repeats(folder: Path) -> dict[str, list[list[dict]]]:
     (validation/repeat_counters.py), files in name order."""
     out: dict[str, list[list[dict]]] = {}
     for path in sorted(folder.glob("repeats-*.jsonl")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MemsimError(f"{path}:{number}: not a JSON row ({err.msg})") from None
+        for _, row in _jsonl(path):
             out.setdefault(row["id"], []).extend(run for run in row.get("repeats", []) if run)
     return out
 

@@ -24,7 +24,7 @@ def predicted_vs_measured(rows: list[Row], path: Path, title: str) -> Path:
     columns = 4
     fig, axes = plt.subplots(-(-len(FIELDS) // columns), columns, figsize=(21, 10))
     kernels = sorted({r.kernel for r in rows if not r.skipped})
-    colours = {k: plt.cm.tab10(i % 10) for i, k in enumerate(kernels)}
+    colours = {k: plt.cm.tab20(i % 20) for i, k in enumerate(kernels)}  # 18 kernels today: one colour each
     for ax, name in zip(axes.flat, FIELDS):
         points = [(r.measured[name], r.predicted[name], r.kernel) for r in rows
                   if not r.skipped and r.measured.get(name) and r.predicted.get(name)]
