@@ -8,7 +8,8 @@ crossbar: l1tex__m_xbar2l1tex_read_bytes, l1tex__m_l1tex2xbar_write_bytes), time
 kernel time (ncu's gpu__time_duration). The L2's own sector lookups (lts__t_sectors_srcunit_tex_op_read)
 are kept beside them as `l2_read_lookups`, not compared: the L2 looks a sector up once for several SMs
 that ask for it at nearly the same time, while each of them receives it (validation/l2_read_probe.py).
-Summaries use |error|: median, 90th percentile, worst.
+Summaries use |error|: median, 90th percentile, worst. Where a case was profiled again (validation/repeat_counters.py,
+repeats-*.jsonl beside the rows), its DRAM bytes and kernel time are the median of its row and those repeats.
 
 HBM writes under HBM_WRITE_FLOOR_BYTES are below what ncu resolves: a kernel that stores nothing still shows
 0.04-0.67 MB of dram__bytes_write (validation/cta_spread_probe.py). Where memsim and the counter both say less

@@ -18,7 +18,9 @@ def register(cli: click.Group) -> None:
 
 @click.command("validate")
 @click.option("--results", type=click.Path(path_type=Path), default=Path("validation/results/h100"), show_default=True,
-              help="Folder of measurements*.jsonl (or one such file) written by validation/measure.py on a GPU.")
+              help="Folder of measurements*.jsonl (or one such file) written by validation/measure.py on a GPU; "
+                   "repeats-*.jsonl (validation/repeat_counters.py) and host-time-*.json (validation/host_time.py) "
+                   "beside them are used too.")
 @click.option("--engine", default="des", show_default=True, type=click.Choice(ENGINES))
 @click.option("--workers", default=2, show_default=True, type=int, help="Processes re-predicting cases.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
