@@ -93,20 +93,24 @@ def time_case(case: Case) -> dict:
     return {"time_s": median_ms * 1e-3, "timing": "triton.testing.do_bench median, inputs rotated"}
 
 
+def profiled_call(call, inputs: tuple, range_name: str) -> None:
+    """`call(*inputs)` once to warm up (compilation, per-input preparation), then again inside the NVTX range
+    `range_name` between cudaProfilerStart and Stop: what ncu profiles."""
+    call(*inputs)
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    torch.cuda.nvtx.range_push(range_name)
+    call(*inputs)
+    torch.cuda.synchronize()
+    torch.cuda.nvtx.range_pop()
+    torch.cuda.profiler.stop()
+
+
 def profile_pass(cases: list[Case]) -> None:
     """Under ncu: each case once, warmed up, inside its NVTX range and cudaProfilerStart/Stop."""
     for case in cases:
         try:
-            call = kernel_call(case)
-            q, k, v = input_sets(case, count=1)[0]
-            call(q, k, v)
-            torch.cuda.synchronize()
-            torch.cuda.profiler.start()
-            torch.cuda.nvtx.range_push(case.id)
-            call(q, k, v)
-            torch.cuda.synchronize()
-            torch.cuda.nvtx.range_pop()
-            torch.cuda.profiler.stop()
+            profiled_call(kernel_call(case), input_sets(case, count=1)[0], case.id)
         except Exception as err:  # a backend that refuses a shape: the timing pass records why
             print(f"measure: {case.id}: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
                   file=sys.stderr)

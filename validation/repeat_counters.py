@@ -26,7 +26,7 @@ import torch
 from validation import ncu
 from validation.cases import Case
 from validation.host_time import device_sets
-from validation.measure import add_case_arguments, environment, gpu_cases
+from validation.measure import add_case_arguments, environment, gpu_cases, profiled_call
 from validation.runners import kernel_call
 
 RANGE_MARK = "#"  # an NVTX range is "<case id>#<repeat>"
@@ -43,14 +43,7 @@ def profile_pass(cases: list[Case], repeats: int) -> None:
         try:
             call = kernel_call(case)
             for repeat, inputs in enumerate(device_sets(case, count=repeats)):
-                call(*inputs)
-                torch.cuda.synchronize()
-                torch.cuda.profiler.start()
-                torch.cuda.nvtx.range_push(range_name(case.id, repeat))
-                call(*inputs)
-                torch.cuda.synchronize()
-                torch.cuda.nvtx.range_pop()
-                torch.cuda.profiler.stop()
+                profiled_call(call, inputs, range_name(case.id, repeat))
             del inputs
             torch.cuda.empty_cache()
         except Exception as err:  # a backend that refuses a shape: no repeats for it
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case.id:55s} DRAM written " + " ".join(f"{w:8.2f}" for w in written) + " MB")
     done_cases = sum(1 for c in cases if runs[c.id])
     print(f"repeat_counters: {done_cases} of {len(cases)} cases profiled -> {args.out / 'repeats.jsonl'}")
-    return 0 if done.returncode == 0 else done.returncode
+    return done.returncode
 
 
 if __name__ == "__main__":

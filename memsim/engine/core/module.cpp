@@ -242,21 +242,18 @@ PyObject* item(PyObject* dict, const char* key) {
 double f(PyObject* d, const char* key) { return number(item(d, key)); }
 long long i(PyObject* d, const char* key) { return integer(item(d, key)); }
 
-std::vector<double> doubles(PyObject* seq) {
+// A Python sequence's items, each read by `read` (number or integer).
+template <class T, class Read>
+std::vector<T> sequence(PyObject* seq, Read read) {
   Obj fast(PySequence_Fast(seq, "expected a sequence"));
   Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
-  std::vector<double> out;
-  for (Py_ssize_t k = 0; k < n; ++k) out.push_back(number(PySequence_Fast_GET_ITEM(fast.p, k)));
-  return out;
-}
-std::vector<int64_t> ints(PyObject* seq) {
-  Obj fast(PySequence_Fast(seq, "expected a sequence"));
-  Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.get());
-  std::vector<int64_t> out;
+  std::vector<T> out;
   out.reserve(n);
-  for (Py_ssize_t k = 0; k < n; ++k) out.push_back(integer(PySequence_Fast_GET_ITEM(fast.p, k)));
+  for (Py_ssize_t k = 0; k < n; ++k) out.push_back((T)read(PySequence_Fast_GET_ITEM(fast.p, k)));
   return out;
 }
+std::vector<double> doubles(PyObject* seq) { return sequence<double>(seq, number); }
+std::vector<int64_t> ints(PyObject* seq) { return sequence<int64_t>(seq, integer); }
 
 Params params_of(PyObject* d) {
   Params p;
