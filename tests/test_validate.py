@@ -240,6 +240,9 @@ def test_repeats_join_their_case_only_when_the_kernels_and_their_launch_configs_
     (tmp_path / "repeats-c.jsonl").write_text("{not json")
     with pytest.raises(cmp.MemsimError, match="repeats-c.jsonl:1"):
         cmp.load_rows(tmp_path)
+    (tmp_path / "repeats-c.jsonl").write_text(json.dumps({"repeats": [same]}) + "\n")
+    with pytest.raises(cmp.MemsimError, match='repeats-c.jsonl:1: a repeat row needs an "id"'):
+        cmp.load_rows(tmp_path)
 
 
 def test_repeated_fields_are_the_median_of_the_row_and_its_repeats():

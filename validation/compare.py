@@ -121,7 +121,10 @@ def load_repeats(folder: Path) -> dict[str, list[list[dict]]]:
     (validation/repeat_counters.py), files in name order."""
     out: dict[str, list[list[dict]]] = {}
     for path in sorted(folder.glob("repeats-*.jsonl")):
-        for _, row in _jsonl(path):
+        for number, row in _jsonl(path):
+            if not isinstance(row, dict) or "id" not in row:
+                raise MemsimError(f"{path}:{number}: a repeat row needs an \"id\" (as validation/repeat_counters.py "
+                                  "writes it)")
             out.setdefault(row["id"], []).extend(run for run in row.get("repeats", []) if run)
     return out
 
